@@ -1,0 +1,258 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Color is which half-cluster of an app an instance belongs to (DESIGN.md "Vocabulary").
+// It is fixed for the life of an instance.
+type Color string
+
+// The colors. ColorNone is an instance that takes no part in blue/green releases.
+const (
+	ColorNone  Color = ""
+	ColorBlue  Color = "blue"
+	ColorGreen Color = "green"
+)
+
+// Valid reports whether c is one of the three known colors.
+func (c Color) Valid() bool { return c == ColorNone || c == ColorBlue || c == ColorGreen }
+
+// DefaultWeight is the base weight (capacity) of an instance, and the traffic weight of an
+// instance whose app is in no open release channel.
+const DefaultWeight = 100
+
+// SchemaVersion is the "v" field of the instance records this package writes and reads.
+const SchemaVersion = 1
+
+// Instance is one running process of an app, as registered in etcd (DESIGN.md "Instance
+// record"). Treat a received Instance as read-only: its Metadata map may be shared.
+type Instance struct {
+	// ID identifies the instance within its app: letters, digits, '.', '_', '-'; at most
+	// 128 characters. Required.
+	ID string
+	// App is the name of the app (service) the instance provides. Same characters as ID.
+	// Required.
+	App string
+	// Addr is the host:port consumers dial. Required.
+	Addr string
+	// Color is blue, green or none. Default none.
+	Color Color
+	// Version is a free-form version label, e.g. "v2". Optional.
+	Version string
+	// Channel is the release channel the app is in, "" when it is in no open channel.
+	// Written by the instance itself from the channel's rule.
+	Channel string
+	// Weight is the operator's base weight (capacity). Finite and >= 0; a Registrar
+	// registers 0 as DefaultWeight (100).
+	Weight float64
+	// TrafficWeight is the color weight from the channel's rule (DESIGN.md "The weight
+	// formula"). Finite and >= 0. It only has meaning inside a channel: an instance with an
+	// empty Channel is always written with DefaultWeight.
+	TrafficWeight float64
+	// StartTime is when the instance started; consumers ramp its weight up from here.
+	// A Registrar sets it to the registration time when zero.
+	StartTime time.Time
+	// Warmup is how long the weight ramps up after StartTime; 0 means no warmup.
+	Warmup time.Duration
+	// Metadata is free-form, e.g. {"zone": "a"}.
+	Metadata map[string]string
+}
+
+// Key is the etcd key of the instance under prefix: <prefix>/services/<app>/<id>.
+func (in Instance) Key(prefix string) string { return AppPrefix(prefix, in.App) + in.ID }
+
+// AppPrefix is the etcd key prefix of all instances of app, ending in '/'.
+func AppPrefix(prefix, app string) string { return prefix + "/services/" + app + "/" }
+
+// Equal reports whether two instances have the same content.
+func (in Instance) Equal(o Instance) bool {
+	return in.ID == o.ID && in.App == o.App && in.Addr == o.Addr && in.Color == o.Color &&
+		in.Version == o.Version && in.Channel == o.Channel && in.Weight == o.Weight &&
+		in.TrafficWeight == o.TrafficWeight && in.StartTime.Equal(o.StartTime) &&
+		in.Warmup == o.Warmup && maps.Equal(in.Metadata, o.Metadata)
+}
+
+// ErrInvalidInstance is returned (wrapped, as a *FieldError) when an instance record breaks a
+// rule of DESIGN.md. Branch with errors.Is; read the field with errors.As.
+var ErrInvalidInstance = errors.New("registry: invalid instance")
+
+// FieldError says which field of an instance record is wrong and why.
+type FieldError struct {
+	Field string // the JSON name of the field, e.g. "addr"
+	Value string // the offending value, quoted as written
+	Rule  string // what the value must be
+}
+
+func (e *FieldError) Error() string {
+	return fmt.Sprintf("registry: invalid instance: %s %s: %s", e.Field, e.Value, e.Rule)
+}
+
+// Is makes errors.Is(err, ErrInvalidInstance) true.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidInstance }
+
+const maxNameLen = 128
+
+// ValidateName checks an app or instance name: 1 to 128 of [A-Za-z0-9._-], not "." or "..".
+// field names the field in the error.
+func ValidateName(field, name string) error {
+	if name == "" {
+		return &FieldError{Field: field, Value: `""`, Rule: "is required"}
+	}
+	if len(name) > maxNameLen {
+		return &FieldError{Field: field, Value: strconv.Quote(name[:16] + "…"),
+			Rule: fmt.Sprintf("is %d bytes long; at most %d are allowed", len(name), maxNameLen)}
+	}
+	if name == "." || name == ".." {
+		return &FieldError{Field: field, Value: strconv.Quote(name), Rule: `must not be "." or ".."`}
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return &FieldError{Field: field, Value: strconv.Quote(name),
+				Rule: fmt.Sprintf("has %q at byte %d; use only letters, digits, '.', '_' and '-'", c, i)}
+		}
+	}
+	return nil
+}
+
+// Validate checks every field against DESIGN.md and returns the first violation as a
+// *FieldError.
+func (in Instance) Validate() error {
+	if err := ValidateName("app", in.App); err != nil {
+		return err
+	}
+	if err := ValidateName("id", in.ID); err != nil {
+		return err
+	}
+	if err := validateAddr(in.Addr); err != nil {
+		return err
+	}
+	if !in.Color.Valid() {
+		return &FieldError{Field: "color", Value: strconv.Quote(string(in.Color)), Rule: `must be "blue", "green" or "" (none)`}
+	}
+	if in.Channel != "" {
+		if err := ValidateName("channel", in.Channel); err != nil {
+			return err
+		}
+	}
+	if err := validateWeight("weight", in.Weight); err != nil {
+		return err
+	}
+	if err := validateWeight("traffic_weight", in.TrafficWeight); err != nil {
+		return err
+	}
+	if in.Warmup < 0 {
+		return &FieldError{Field: "warmup_ms", Value: strconv.FormatInt(in.Warmup.Milliseconds(), 10), Rule: "must not be negative"}
+	}
+	return nil
+}
+
+func validateAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: `must be "host:port", e.g. "10.0.3.7:9000" or "[::1]:9000"`}
+	}
+	if host == "" {
+		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: "has no host; register the address consumers can dial, not a wildcard listen address"}
+	}
+	if host == "0.0.0.0" || host == "::" {
+		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: "is a wildcard address; register the address consumers can dial"}
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: "port must be a number from 1 to 65535"}
+	}
+	return nil
+}
+
+func validateWeight(field string, w float64) error {
+	if math.IsNaN(w) || math.IsInf(w, 0) || w < 0 {
+		return &FieldError{Field: field, Value: strconv.FormatFloat(w, 'g', -1, 64), Rule: "must be a finite number >= 0"}
+	}
+	return nil
+}
+
+// record is the stored JSON form (DESIGN.md "Instance record"), kept apart from Instance so the
+// public type can evolve without changing what is in etcd.
+type record struct {
+	V             int               `json:"v"`
+	ID            string            `json:"id"`
+	App           string            `json:"app"`
+	Addr          string            `json:"addr"`
+	Color         string            `json:"color"`
+	Version       string            `json:"version,omitempty"`
+	Channel       string            `json:"channel"`
+	Weight        *float64          `json:"weight"`
+	TrafficWeight *float64          `json:"traffic_weight"`
+	StartTime     time.Time         `json:"start_time"`
+	WarmupMS      int64             `json:"warmup_ms"`
+	Metadata      map[string]string `json:"metadata,omitempty"`
+}
+
+// Marshal validates in and encodes it as the stored JSON record.
+func Marshal(in Instance) ([]byte, error) {
+	if err := in.Validate(); err != nil {
+		return nil, err
+	}
+	w, tw := in.Weight, in.TrafficWeight
+	return json.Marshal(record{
+		V: SchemaVersion, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
+		Version: in.Version, Channel: in.Channel, Weight: &w, TrafficWeight: &tw,
+		StartTime: in.StartTime.UTC(), WarmupMS: in.Warmup.Milliseconds(), Metadata: in.Metadata,
+	})
+}
+
+// ErrMalformedRecord is wrapped by Unmarshal's errors for a value that is not a valid
+// instance record.
+var ErrMalformedRecord = errors.New("registry: malformed instance record")
+
+// Unmarshal decodes and validates a stored instance record. A missing weight or
+// traffic_weight reads as DefaultWeight. Records of another schema version are refused.
+func Unmarshal(data []byte) (Instance, error) {
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return Instance{}, fmt.Errorf("%w: %w", ErrMalformedRecord, err)
+	}
+	if r.V != SchemaVersion {
+		return Instance{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, SchemaVersion)
+	}
+	if r.WarmupMS < 0 || r.WarmupMS > math.MaxInt64/int64(time.Millisecond) {
+		return Instance{}, fmt.Errorf("%w: warmup_ms %d is out of range", ErrMalformedRecord, r.WarmupMS)
+	}
+	in := Instance{
+		ID: r.ID, App: r.App, Addr: r.Addr, Color: Color(r.Color), Version: r.Version,
+		Channel: r.Channel, Weight: DefaultWeight, TrafficWeight: DefaultWeight,
+		StartTime: r.StartTime, Warmup: time.Duration(r.WarmupMS) * time.Millisecond, Metadata: r.Metadata,
+	}
+	if r.Weight != nil {
+		in.Weight = *r.Weight
+	}
+	if r.TrafficWeight != nil {
+		in.TrafficWeight = *r.TrafficWeight
+	}
+	if err := in.Validate(); err != nil {
+		return Instance{}, fmt.Errorf("%w: %w", ErrMalformedRecord, err)
+	}
+	return in, nil
+}
+
+// withDefaults fills what a registration leaves zero: Weight 0 → DefaultWeight, and an
+// instance in no channel always carries TrafficWeight DefaultWeight (DESIGN.md).
+func (in Instance) withDefaults() Instance {
+	if in.Weight == 0 {
+		in.Weight = DefaultWeight
+	}
+	if in.Channel == "" {
+		in.TrafficWeight = DefaultWeight
+	}
+	in.Metadata = maps.Clone(in.Metadata)
+	return in
+}

@@ -1,0 +1,167 @@
+package registry_test
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+func validInstance() registry.Instance {
+	return registry.Instance{
+		ID: "order-7d9f", App: "order", Addr: "10.0.3.7:9000", Color: registry.ColorBlue,
+		Version: "v2", Channel: "trade", Weight: 100, TrafficWeight: 1.0101,
+		StartTime: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC), Warmup: time.Minute,
+		Metadata: map[string]string{"zone": "a"},
+	}
+}
+
+func TestValidateNamesTheFieldAndRule(t *testing.T) {
+	cases := []struct {
+		name  string
+		mod   func(*registry.Instance)
+		field string
+		rule  string
+	}{
+		{"no app", func(i *registry.Instance) { i.App = "" }, "app", "required"},
+		{"slash in app", func(i *registry.Instance) { i.App = "a/b" }, "app", "'/'"},
+		{"dotdot id", func(i *registry.Instance) { i.ID = ".." }, "id", `".."`},
+		{"long id", func(i *registry.Instance) { i.ID = strings.Repeat("x", 129) }, "id", "at most 128"},
+		{"space in id", func(i *registry.Instance) { i.ID = "a b" }, "id", "' '"},
+		{"no port", func(i *registry.Instance) { i.Addr = "10.0.0.1" }, "addr", "host:port"},
+		{"no host", func(i *registry.Instance) { i.Addr = ":9000" }, "addr", "no host"},
+		{"wildcard", func(i *registry.Instance) { i.Addr = "0.0.0.0:9000" }, "addr", "wildcard"},
+		{"bad port", func(i *registry.Instance) { i.Addr = "h:99999" }, "addr", "1 to 65535"},
+		{"bad color", func(i *registry.Instance) { i.Color = "red" }, "color", `"blue", "green"`},
+		{"bad channel", func(i *registry.Instance) { i.Channel = "t/x" }, "channel", "'/'"},
+		{"negative weight", func(i *registry.Instance) { i.Weight = -1 }, "weight", "finite number >= 0"},
+		{"NaN traffic weight", func(i *registry.Instance) { i.TrafficWeight = math.NaN() }, "traffic_weight", "finite"},
+		{"Inf weight", func(i *registry.Instance) { i.Weight = math.Inf(1) }, "weight", "finite"},
+		{"negative warmup", func(i *registry.Instance) { i.Warmup = -time.Second }, "warmup_ms", "negative"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := validInstance()
+			c.mod(&in)
+			err := in.Validate()
+			if !errors.Is(err, registry.ErrInvalidInstance) {
+				t.Fatalf("Validate() = %v, want ErrInvalidInstance", err)
+			}
+			var fe *registry.FieldError
+			if !errors.As(err, &fe) || fe.Field != c.field {
+				t.Fatalf("Validate() = %v, want a FieldError for %q", err, c.field)
+			}
+			if !strings.Contains(err.Error(), c.rule) {
+				t.Fatalf("error %q does not state the rule (%q)", err, c.rule)
+			}
+			if _, err := registry.Marshal(in); !errors.Is(err, registry.ErrInvalidInstance) {
+				t.Fatalf("Marshal accepted an invalid instance: %v", err)
+			}
+		})
+	}
+	if err := validInstance().Validate(); err != nil {
+		t.Fatalf("valid instance refused: %v", err)
+	}
+}
+
+func TestRecordRoundTripAndDesignExample(t *testing.T) {
+	in := validInstance()
+	data, err := registry.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(data, &fields); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"v", "id", "app", "addr", "color", "version", "channel", "weight", "traffic_weight", "start_time", "warmup_ms", "metadata"} {
+		if _, ok := fields[k]; !ok {
+			t.Errorf("stored record has no %q field: %s", k, data)
+		}
+	}
+	if fields["v"] != 1.0 || fields["warmup_ms"] != 60000.0 {
+		t.Errorf("v or warmup_ms wrong: %s", data)
+	}
+	out, err := registry.Unmarshal(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.Equal(in) {
+		t.Fatalf("round trip changed the record:\n in %+v\nout %+v", in, out)
+	}
+
+	// The example of DESIGN.md decodes as written.
+	design := `{"v":1,"id":"order-7d9f","app":"order","addr":"10.0.3.7:9000","color":"blue","version":"v2",
+ "channel":"trade","weight":100,"traffic_weight":100,"start_time":"2026-11-21T10:00:00Z",
+ "warmup_ms":60000,"metadata":{"zone":"a"}}`
+	got, err := registry.Unmarshal([]byte(design))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Warmup != time.Minute || got.Metadata["zone"] != "a" || got.TrafficWeight != 100 {
+		t.Fatalf("DESIGN.md example decoded wrong: %+v", got)
+	}
+}
+
+func TestUnmarshalDefaultsAndRefusals(t *testing.T) {
+	got, err := registry.Unmarshal([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Weight != 100 || got.TrafficWeight != 100 {
+		t.Fatalf("missing weights should read as 100, got %v and %v", got.Weight, got.TrafficWeight)
+	}
+	zero, err := registry.Unmarshal([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","weight":0,"traffic_weight":0}`))
+	if err != nil || zero.Weight != 0 || zero.TrafficWeight != 0 {
+		t.Fatalf("explicit zero weights must stay zero (a drained color): %+v %v", zero, err)
+	}
+	for _, bad := range []string{
+		``, `null`, `[]`, `{"v":2,"id":"a","app":"x","addr":"h:1"}`, `{"id":"a","app":"x","addr":"h:1"}`,
+		`{"v":1,"id":"a","app":"x","addr":"nope"}`, `{"v":1,"id":"a","app":"x","addr":"h:1","weight":-3}`,
+		`{"v":1,"id":"a","app":"x","addr":"h:1","warmup_ms":-1}`, `{"v":1,"id":"a","app":"x","addr":"h:1","warmup_ms":9223372036854775807}`,
+	} {
+		if _, err := registry.Unmarshal([]byte(bad)); !errors.Is(err, registry.ErrMalformedRecord) {
+			t.Errorf("Unmarshal(%q) = %v, want ErrMalformedRecord", bad, err)
+		}
+	}
+}
+
+// FuzzUnmarshal: the decoder never panics, and whatever it accepts is valid and survives a
+// round trip unchanged.
+func FuzzUnmarshal(f *testing.F) {
+	good, _ := registry.Marshal(validInstance())
+	f.Add(good)
+	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1"}`))
+	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"[::1]:9","weight":1e308,"traffic_weight":0}`))
+	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","start_time":"bad"}`))
+	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","color":"red"}`))
+	f.Add([]byte(`{"v":1,"metadata":{"k":1}}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in, err := registry.Unmarshal(data)
+		if err != nil {
+			if !errors.Is(err, registry.ErrMalformedRecord) {
+				t.Fatalf("error does not wrap ErrMalformedRecord: %v", err)
+			}
+			return
+		}
+		if err := in.Validate(); err != nil {
+			t.Fatalf("accepted an invalid record: %v", err)
+		}
+		again, err := registry.Marshal(in)
+		if err != nil {
+			t.Fatalf("cannot re-encode an accepted record: %v", err)
+		}
+		back, err := registry.Unmarshal(again)
+		if err != nil {
+			t.Fatalf("cannot decode own encoding %s: %v", again, err)
+		}
+		if !back.Equal(in) {
+			t.Fatalf("round trip changed the record:\n%+v\n%+v", in, back)
+		}
+	})
+}

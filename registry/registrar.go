@@ -1,0 +1,709 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-go/switchyard/internal/backoff"
+)
+
+// DefaultPrefix is the etcd key prefix everything of switchyard lives under.
+const DefaultPrefix = "/switchyard"
+
+// Defaults of Config.
+const (
+	DefaultTTL            = 10 * time.Second
+	DefaultCheckInterval  = 500 * time.Millisecond
+	DefaultCheckTimeout   = time.Minute
+	DefaultRequestTimeout = 5 * time.Second
+)
+
+// Check is a readiness check: Register does not register the instance until every check
+// returns nil in the same round (DESIGN.md "Lifecycle of an instance").
+type Check struct {
+	// Name identifies the check in errors and logs, e.g. "db".
+	Name string
+	// Func reports whether the instance is ready as far as this check goes. It is called
+	// with a ctx that ends when Register gives up; it should return promptly.
+	Func func(ctx context.Context) error
+}
+
+// Config configures a Registrar.
+type Config struct {
+	// Client is the etcd client. Required. The Registrar does not close it.
+	Client *clientv3.Client
+	// Prefix is the etcd key prefix. Default DefaultPrefix ("/switchyard").
+	Prefix string
+	// Instance is the record to register. ID, App and Addr are required. A zero Weight
+	// registers DefaultWeight (100); a zero StartTime registers the time of Register; with
+	// an empty Channel, TrafficWeight is always DefaultWeight.
+	Instance Instance
+	// TTL is the lease TTL, rounded up to whole seconds. If the instance dies, consumers
+	// stop seeing it after at most TTL. Default DefaultTTL (10 s).
+	TTL time.Duration
+	// RegisterDelay is waited after the readiness checks pass and before registering,
+	// e.g. to let caches fill. Default 0.
+	RegisterDelay time.Duration
+	// Checks are the readiness checks. Default none.
+	Checks []Check
+	// CheckInterval is the pause between rounds of failing readiness checks. Default
+	// DefaultCheckInterval (500 ms).
+	CheckInterval time.Duration
+	// CheckTimeout caps how long Register waits for the readiness checks. Default
+	// DefaultCheckTimeout (1 min).
+	CheckTimeout time.Duration
+	// RequestTimeout caps each etcd request. Default DefaultRequestTimeout (5 s).
+	RequestTimeout time.Duration
+	// OnStateChange, if set, is told of every state change, in order, from one goroutine.
+	// It may block without holding up the Registrar, but should not for long.
+	OnStateChange func(StateChange)
+	// Logger receives state changes (Info/Warn) and retry details (Debug). Default
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// State is where a Registrar stands.
+type State int
+
+// The states. A Registrar starts Unregistered, becomes Registered after Register, goes Lost
+// while its lease is gone or etcd is unreachable (it re-registers by itself), returns to
+// Unregistered after Deregister, and ends Closed.
+const (
+	StateUnregistered State = iota
+	StateRegistered
+	StateLost
+	StateClosed
+)
+
+func (s State) String() string {
+	switch s {
+	case StateUnregistered:
+		return "unregistered"
+	case StateRegistered:
+		return "registered"
+	case StateLost:
+		return "lost"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// StateChange is one transition, with the error that caused it, if any.
+type StateChange struct {
+	From, To State
+	Err      error
+}
+
+// Errors a caller can branch on.
+var (
+	// ErrClosed is returned by calls on a closed Registrar.
+	ErrClosed = errors.New("registry: registrar is closed")
+	// ErrNotReady is wrapped by the *ReadinessError Register returns when a readiness check
+	// did not pass in time.
+	ErrNotReady = errors.New("registry: instance not ready")
+	// ErrEtcdUnavailable is wrapped when etcd could not be reached within RequestTimeout.
+	ErrEtcdUnavailable = errors.New("registry: etcd unavailable")
+)
+
+// ReadinessError names the readiness check that kept an instance from registering.
+type ReadinessError struct {
+	Check   string
+	Timeout time.Duration
+	Err     error // the check's last error
+}
+
+func (e *ReadinessError) Error() string {
+	return fmt.Sprintf("registry: readiness check %q did not pass within %v: %v; the instance was not registered",
+		e.Check, e.Timeout, e.Err)
+}
+
+// Unwrap returns ErrNotReady and the check's own error.
+func (e *ReadinessError) Unwrap() []error { return []error{ErrNotReady, e.Err} }
+
+// A Registrar keeps one instance registered in etcd under a lease.
+//
+// Locking: opMu serializes every etcd write of the record and of the lease (Register, Update,
+// Deregister, the background re-registration, Close); it is held across etcd requests, each
+// bounded by RequestTimeout, and never while calling user code. mu guards the fields below
+// it and is never held across I/O or a callback.
+type Registrar struct {
+	cfg    Config
+	key    string
+	ttlSec int64
+	log    *slog.Logger
+	notify *notifier
+
+	opMu sync.Mutex
+
+	mu      sync.Mutex
+	inst    Instance         // the record to write (latest Update)
+	lease   clientv3.LeaseID // 0: none granted, or known to be gone
+	suspect bool             // the lease's keepalive stopped: it may have expired
+	dirty   bool             // etcd may differ from what we want; the keeper retries
+	want    bool             // registered (Register) or not (Deregister)
+	state   State
+	closed  bool
+	keeper  context.CancelFunc // nil until the first lease
+	kick    chan struct{}      // wakes the keeper when lease or dirty changed
+	done    chan struct{}      // closed when the keeper exits
+}
+
+// NewRegistrar checks cfg and returns a Registrar that has not registered anything yet.
+func NewRegistrar(cfg Config) (*Registrar, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("registry: Config.Client is nil; pass a connected *clientv3.Client")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if err := validatePrefix(cfg.Prefix); err != nil {
+		return nil, err
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("registry: Config.TTL %v is negative; use a positive TTL (default %v)", cfg.TTL, DefaultTTL)
+	}
+	if cfg.RegisterDelay < 0 {
+		return nil, fmt.Errorf("registry: Config.RegisterDelay %v is negative", cfg.RegisterDelay)
+	}
+	if cfg.CheckInterval <= 0 {
+		cfg.CheckInterval = DefaultCheckInterval
+	}
+	if cfg.CheckTimeout <= 0 {
+		cfg.CheckTimeout = DefaultCheckTimeout
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	for i, c := range cfg.Checks {
+		if c.Name == "" || c.Func == nil {
+			return nil, fmt.Errorf("registry: Config.Checks[%d] needs both a Name and a Func", i)
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	inst := cfg.Instance.withDefaults()
+	if err := inst.Validate(); err != nil {
+		return nil, err
+	}
+	r := &Registrar{
+		cfg:    cfg,
+		key:    inst.Key(cfg.Prefix),
+		ttlSec: int64((cfg.TTL + time.Second - 1) / time.Second),
+		log:    cfg.Logger.With("app", inst.App, "instance", inst.ID),
+		inst:   inst,
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	r.notify = newNotifier(cfg.OnStateChange)
+	return r, nil
+}
+
+func validatePrefix(p string) error {
+	if !strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
+		return fmt.Errorf("registry: prefix %q must start with '/' and not end with one, e.g. %q", p, DefaultPrefix)
+	}
+	return nil
+}
+
+// Key is the etcd key the instance is registered under.
+func (r *Registrar) Key() string { return r.key }
+
+// Instance returns the record as it is (or will be) registered.
+func (r *Registrar) Instance() Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inst
+}
+
+// State returns the current state.
+func (r *Registrar) State() State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state
+}
+
+// Register waits for the readiness checks, then RegisterDelay, then writes the record under
+// a lease and keeps the lease alive in the background until Deregister or Close. If the lease
+// is lost later (etcd unreachable for longer than the TTL), the Registrar re-registers by
+// itself once etcd is back. Register on a registered instance is a no-op; after Deregister it
+// registers again (checks and delay included).
+func (r *Registrar) Register(ctx context.Context) error {
+	r.mu.Lock()
+	closed, registered := r.closed, r.want && r.state == StateRegistered
+	r.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if registered {
+		return nil
+	}
+	if err := r.waitReady(ctx); err != nil {
+		return err
+	}
+	if r.cfg.RegisterDelay > 0 {
+		t := time.NewTimer(r.cfg.RegisterDelay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return ErrClosed
+	}
+	r.want = true
+	if r.inst.StartTime.IsZero() {
+		r.inst.StartTime = time.Now().UTC().Truncate(time.Millisecond)
+	}
+	r.mu.Unlock()
+	if err := r.syncLocked(ctx); err != nil {
+		r.mu.Lock()
+		r.want = false
+		r.mu.Unlock()
+		return fmt.Errorf("registry: register %s: %w", r.key, err)
+	}
+	r.startKeeper()
+	return nil
+}
+
+// waitReady runs the checks in rounds until one round passes, CheckTimeout runs out (a
+// *ReadinessError) or ctx ends (ctx.Err()).
+func (r *Registrar) waitReady(ctx context.Context) error {
+	if len(r.cfg.Checks) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, r.cfg.CheckTimeout)
+	defer cancel()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	var failed string
+	var lastErr error
+	for {
+		select {
+		case <-cctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if lastErr == nil {
+				lastErr = cctx.Err()
+			}
+			return &ReadinessError{Check: failed, Timeout: r.cfg.CheckTimeout, Err: lastErr}
+		case <-t.C:
+		}
+		failed, lastErr = "", nil
+		for _, c := range r.cfg.Checks {
+			if err := c.Func(cctx); err != nil {
+				failed, lastErr = c.Name, err
+				break
+			}
+		}
+		if lastErr == nil {
+			return nil
+		}
+		r.log.Debug("registry: readiness check failed; retrying", "check", failed, "err", lastErr)
+		t.Reset(r.cfg.CheckInterval)
+	}
+}
+
+// Update applies fn to a copy of the record and re-puts it under the same lease (e.g. a new
+// traffic_weight). fn must not change ID, App or Addr. If the instance is not registered,
+// the new record is kept for the next registration. If etcd cannot be reached, Update
+// returns the error, keeps the new record, and the Registrar writes it by itself once etcd
+// is back.
+func (r *Registrar) Update(ctx context.Context, fn func(*Instance)) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return ErrClosed
+	}
+	cur := r.inst
+	r.mu.Unlock()
+
+	next := cur.withDefaults() // clones Metadata, so fn cannot touch the stored map
+	fn(&next)
+	if next.ID != cur.ID || next.App != cur.App || next.Addr != cur.Addr {
+		return errors.New("registry: Update may not change id, app or addr; register a new instance for that")
+	}
+	next = next.withDefaults()
+	if err := next.Validate(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.inst = next
+	want := r.want
+	r.mu.Unlock()
+	if !want {
+		return nil
+	}
+	if err := r.syncLocked(ctx); err != nil {
+		return fmt.Errorf("registry: update %s (kept; retried in the background): %w", r.key, err)
+	}
+	return nil
+}
+
+// Deregister deletes the instance's key at once, so consumers stop picking it, and keeps the
+// lease and record so that Register can register it again. If etcd cannot be reached it
+// returns the error and keeps trying in the background.
+func (r *Registrar) Deregister(ctx context.Context) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return ErrClosed
+	}
+	r.want = false
+	r.mu.Unlock()
+	if err := r.syncLocked(ctx); err != nil {
+		return fmt.Errorf("registry: deregister %s (retried in the background): %w", r.key, err)
+	}
+	return nil
+}
+
+// Close stops the keepalive and revokes the lease, which deletes the key if it is still
+// there. A Registrar cannot be used after Close. It is safe to call more than once.
+func (r *Registrar) Close(ctx context.Context) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	stop := r.keeper
+	r.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-r.done
+	}
+
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	lease := r.lease
+	r.lease = 0
+	r.mu.Unlock()
+	var err error
+	if lease != 0 {
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+		_, err = r.cfg.Client.Revoke(rctx, lease)
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			err = nil
+		}
+		if err != nil {
+			err = fmt.Errorf("registry: revoke lease of %s (it expires by itself within %v): %w", r.key, r.cfg.TTL, err)
+		}
+	}
+	r.setState(StateClosed, err)
+	r.notify.close()
+	return err
+}
+
+// syncLocked makes etcd match what is wanted: the record under a live lease, or no key.
+// It needs opMu held. On failure it marks the Registrar dirty so the keeper retries.
+func (r *Registrar) syncLocked(ctx context.Context) error {
+	err := r.trySyncLocked(ctx)
+	r.mu.Lock()
+	r.dirty = err != nil
+	want := r.want
+	r.mu.Unlock()
+	switch {
+	case err == nil && want:
+		r.setState(StateRegistered, nil)
+	case err == nil:
+		r.setState(StateUnregistered, nil)
+	case want:
+		r.setState(StateLost, err)
+	}
+	r.wake()
+	return err
+}
+
+func (r *Registrar) trySyncLocked(ctx context.Context) error {
+	r.mu.Lock()
+	want, inst, lease, suspect := r.want, r.inst, r.lease, r.suspect
+	r.mu.Unlock()
+
+	if !want {
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+		defer cancel()
+		_, err := r.cfg.Client.Delete(rctx, r.key)
+		return etcdErr(ctx, err)
+	}
+	val, err := Marshal(inst)
+	if err != nil {
+		return err
+	}
+	if lease != 0 && suspect {
+		// The keepalive stopped. If etcd kept the lease (it does not expire leases while it
+		// has no leader), keep using it; otherwise grant a new one below.
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+		resp, err := r.cfg.Client.TimeToLive(rctx, lease)
+		cancel()
+		if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return etcdErr(ctx, err)
+		}
+		if err != nil || resp.TTL <= 0 {
+			lease = 0
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		if lease == 0 {
+			rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+			g, err := r.cfg.Client.Grant(rctx, r.ttlSec)
+			cancel()
+			if err != nil {
+				return etcdErr(ctx, err)
+			}
+			lease = g.ID
+		}
+		r.mu.Lock()
+		r.lease, r.suspect = lease, false
+		r.mu.Unlock()
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+		_, err = r.cfg.Client.Put(rctx, r.key, string(val), clientv3.WithLease(lease))
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+			lease = 0 // expired between TimeToLive and Put: grant a fresh one
+			continue
+		}
+		return etcdErr(ctx, err)
+	}
+}
+
+// etcdErr turns a timeout of our own request into ErrEtcdUnavailable, keeps the caller's
+// cancellation as ctx.Err(), and passes other errors through.
+func etcdErr(ctx context.Context, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		return fmt.Errorf("%w: no answer in time; check that etcd is running and reachable at the client's endpoints: %w", ErrEtcdUnavailable, err)
+	}
+	return err
+}
+
+func (r *Registrar) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Registrar) setState(to State, err error) {
+	r.mu.Lock()
+	from := r.state
+	r.state = to
+	r.mu.Unlock()
+	if from == to {
+		return
+	}
+	switch {
+	case to == StateLost:
+		r.log.Warn("registry: registration lost; re-registering when etcd is back", "err", err)
+	case err != nil:
+		r.log.Warn("registry: state changed", "from", from, "to", to, "err", err)
+	default:
+		r.log.Info("registry: state changed", "from", from, "to", to)
+	}
+	r.notify.send(StateChange{From: from, To: to, Err: err})
+}
+
+func (r *Registrar) startKeeper() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.keeper != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.keeper = cancel
+	go r.keep(ctx)
+}
+
+// keep runs in the background from the first Register until Close: it keeps the current
+// lease alive, notices when the keepalive stops (etcd's client closes the channel once the
+// TTL has passed without an answer), and re-syncs with backoff until etcd matches.
+func (r *Registrar) keep(ctx context.Context) {
+	defer close(r.done)
+	var (
+		kaLease  clientv3.LeaseID
+		kaCh     <-chan *clientv3.LeaseKeepAliveResponse
+		kaCancel context.CancelFunc = func() {}
+		retry    *time.Timer
+		retryC   <-chan time.Time
+	)
+	defer func() { kaCancel() }()
+	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: min(5*time.Second, r.cfg.TTL)}
+	for {
+		r.mu.Lock()
+		lease, dirty, suspect := r.lease, r.dirty, r.suspect
+		r.mu.Unlock()
+		if lease != kaLease || (kaCh == nil && lease != 0 && !suspect) {
+			kaCancel()
+			kaLease, kaCh = lease, nil
+			if lease != 0 && !suspect {
+				ch, cancel, err := r.keepAlive(ctx, lease)
+				kaCancel = cancel
+				if err != nil {
+					r.leaseLost(lease, err)
+					continue
+				}
+				kaCh = ch
+			}
+		}
+		if dirty && retryC == nil {
+			d := bo.Next()
+			if retry == nil {
+				retry = time.NewTimer(d)
+			} else {
+				retry.Reset(d)
+			}
+			retryC = retry.C
+		}
+		select {
+		case <-ctx.Done():
+			if retry != nil {
+				retry.Stop()
+			}
+			return
+		case <-r.kick:
+		case _, ok := <-kaCh:
+			if !ok {
+				kaCh = nil
+				r.leaseLost(lease, errors.New("lease keepalive stopped: etcd did not answer within the TTL"))
+			}
+		case <-retryC:
+			retryC = nil
+			r.opMu.Lock()
+			err := r.syncLocked(ctx)
+			r.opMu.Unlock()
+			if err == nil {
+				bo.Reset()
+			} else {
+				r.log.Debug("registry: re-sync failed; retrying", "err", err)
+			}
+		}
+	}
+}
+
+// keepAlive starts etcd's keepalive of lease; cancel stops it.
+func (r *Registrar) keepAlive(ctx context.Context, lease clientv3.LeaseID) (<-chan *clientv3.LeaseKeepAliveResponse, context.CancelFunc, error) {
+	kctx, cancel := context.WithCancel(ctx)
+	ch, err := r.cfg.Client.KeepAlive(kctx, lease)
+	return ch, cancel, err
+}
+
+// leaseLost marks the lease suspect and the registration dirty, so the keeper re-syncs.
+func (r *Registrar) leaseLost(lease clientv3.LeaseID, err error) {
+	r.mu.Lock()
+	if r.lease != lease || r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.suspect, r.dirty = true, true
+	want := r.want
+	r.mu.Unlock()
+	if want {
+		r.setState(StateLost, err)
+	}
+}
+
+// notifier delivers state changes to a callback in order, from its own goroutine, without
+// ever blocking the sender. mu guards queue and closed.
+type notifier struct {
+	fn     func(StateChange)
+	mu     sync.Mutex
+	queue  []StateChange
+	closed bool
+	wake   chan struct{}
+	done   chan struct{}
+}
+
+func newNotifier(fn func(StateChange)) *notifier {
+	n := &notifier{fn: fn, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	if fn == nil {
+		close(n.done)
+		return n
+	}
+	go n.run()
+	return n
+}
+
+func (n *notifier) send(c StateChange) {
+	if n.fn == nil {
+		return
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.queue = append(n.queue, c)
+	select { // never blocks; done under mu so that close cannot close wake in between
+	case n.wake <- struct{}{}:
+	default:
+	}
+	n.mu.Unlock()
+}
+
+// close delivers what is queued, then stops the goroutine and waits for it.
+func (n *notifier) close() {
+	if n.fn == nil {
+		return
+	}
+	n.mu.Lock()
+	if !n.closed {
+		n.closed = true
+		close(n.wake)
+	}
+	n.mu.Unlock()
+	<-n.done
+}
+
+func (n *notifier) run() {
+	defer close(n.done)
+	for range n.wake {
+		for {
+			n.mu.Lock()
+			if len(n.queue) == 0 {
+				n.mu.Unlock()
+				break
+			}
+			c := n.queue[0]
+			n.queue = n.queue[1:]
+			n.mu.Unlock()
+			n.fn(c)
+		}
+	}
+	// wake was closed: flush what is left.
+	n.mu.Lock()
+	rest := n.queue
+	n.queue = nil
+	n.mu.Unlock()
+	for _, c := range rest {
+		n.fn(c)
+	}
+}

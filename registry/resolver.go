@@ -1,0 +1,171 @@
+package registry
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/serviceconfig"
+)
+
+// Scheme is the gRPC target scheme of the resolver: switchyard:///<app>.
+const Scheme = "switchyard"
+
+// DefaultServiceConfig is the service config the resolver sends when ResolverConfig has
+// none: it selects gRPC's round_robin policy until switchyard's weighted balancer lands.
+const DefaultServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}`
+
+// ResolverConfig configures the resolver builder.
+type ResolverConfig struct {
+	// Client is the etcd client. Required. The resolver does not close it.
+	Client *clientv3.Client
+	// Prefix is the etcd key prefix. Default DefaultPrefix ("/switchyard").
+	Prefix string
+	// ServiceConfig is the JSON service config sent with every update (it selects the load
+	// balancing policy and may carry method configs). Default DefaultServiceConfig.
+	ServiceConfig string
+	// RequestTimeout caps each list request. Default DefaultRequestTimeout (5 s).
+	RequestTimeout time.Duration
+	// Logger, default slog.Default().
+	Logger *slog.Logger
+	// MeterProvider, default otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+}
+
+// NewResolverBuilder returns a gRPC resolver builder for switchyard:///<app> targets. Pass it
+// to grpc.NewClient with grpc.WithResolvers; it registers nothing globally.
+//
+// Each ClientConn gets its own Watcher of the app. Every change of the instance set becomes a
+// resolver.State whose Endpoints carry the instance record in their Attributes (read it with
+// InstanceFromEndpoint). While the resolver has never reached etcd it reports the error to
+// gRPC (RPCs fail with it instead of hanging) and keeps retrying; once it has a set it keeps
+// it through etcd outages.
+func NewResolverBuilder(cfg ResolverConfig) (resolver.Builder, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("registry: ResolverConfig.Client is nil; pass a connected *clientv3.Client")
+	}
+	if cfg.ServiceConfig == "" {
+		cfg.ServiceConfig = DefaultServiceConfig
+	}
+	if !json.Valid([]byte(cfg.ServiceConfig)) {
+		return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig is not valid JSON: %q", cfg.ServiceConfig)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if err := validatePrefix(cfg.Prefix); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &builder{cfg: cfg}, nil
+}
+
+type builder struct{ cfg ResolverConfig }
+
+func (b *builder) Scheme() string { return Scheme }
+
+func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	app := strings.TrimPrefix(target.Endpoint(), "/")
+	if err := ValidateName("app", app); err != nil {
+		return nil, fmt.Errorf("registry: target %q: want %s:///<app>: %w", target.URL.String(), Scheme, err)
+	}
+	sc := cc.ParseServiceConfig(b.cfg.ServiceConfig)
+	if sc.Err != nil {
+		return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig rejected by gRPC: %w", sc.Err)
+	}
+	r := &etcdResolver{cc: cc, sc: sc, log: b.cfg.Logger.With("app", app), eps: map[string]cachedEndpoint{}}
+	w, err := NewWatcher(WatcherConfig{
+		Client:         b.cfg.Client,
+		Prefix:         b.cfg.Prefix,
+		App:            app,
+		OnUpdate:       r.update,
+		RequestTimeout: b.cfg.RequestTimeout,
+		Logger:         b.cfg.Logger,
+		MeterProvider:  b.cfg.MeterProvider,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.w = w
+	return r, nil
+}
+
+// etcdResolver feeds one ClientConn. update runs only on the Watcher's goroutine, which owns
+// eps; no lock is needed.
+type etcdResolver struct {
+	cc  resolver.ClientConn
+	sc  *serviceconfig.ParseResult
+	log *slog.Logger
+	w   *Watcher
+	eps map[string]cachedEndpoint // by instance ID: reused while the record is unchanged
+}
+
+type cachedEndpoint struct {
+	inst Instance
+	ep   resolver.Endpoint
+}
+
+func (r *etcdResolver) update(u Update) {
+	if u.Err != nil {
+		r.cc.ReportError(fmt.Errorf("registry: no instances known yet: %w", u.Err))
+		return
+	}
+	eps := make([]resolver.Endpoint, len(u.Instances))
+	next := make(map[string]cachedEndpoint, len(u.Instances))
+	for i, in := range u.Instances {
+		c, ok := r.eps[in.ID]
+		if !ok || !c.inst.Equal(in) {
+			c = cachedEndpoint{inst: in, ep: newEndpoint(in)}
+		}
+		next[in.ID] = c
+		eps[i] = c.ep
+	}
+	r.eps = next
+	if err := r.cc.UpdateState(resolver.State{Endpoints: eps, ServiceConfig: r.sc}); err != nil {
+		// The balancer refused the state (e.g. round_robin with no endpoints). gRPC will ask
+		// for a re-resolution; the watch delivers the next change anyway.
+		r.log.Debug("registry: gRPC did not accept the instance set", "instances", len(eps), "err", err)
+	}
+}
+
+func (r *etcdResolver) ResolveNow(resolver.ResolveNowOptions) { r.w.Refresh() }
+
+func (r *etcdResolver) Close() { r.w.Close() }
+
+// instanceKey is the Endpoint.Attributes key of the instance record.
+type instanceKey struct{}
+
+// instanceAttr wraps the record with the Equal method gRPC's attributes use, so an unchanged
+// record compares equal and a weight change does not look like a new endpoint.
+type instanceAttr struct{ in Instance }
+
+func (a *instanceAttr) Equal(o any) bool {
+	b, ok := o.(*instanceAttr)
+	return ok && a.in.Equal(b.in)
+}
+
+func newEndpoint(in Instance) resolver.Endpoint {
+	return resolver.Endpoint{
+		Addresses:  []resolver.Address{{Addr: in.Addr}},
+		Attributes: attributes.New(instanceKey{}, &instanceAttr{in: in}),
+	}
+}
+
+// InstanceFromEndpoint returns the instance record the resolver attached to ep. ok is false
+// for an endpoint that did not come from this resolver.
+func InstanceFromEndpoint(ep resolver.Endpoint) (in Instance, ok bool) {
+	a, ok := ep.Attributes.Value(instanceKey{}).(*instanceAttr)
+	if !ok {
+		return Instance{}, false
+	}
+	return a.in, true
+}
