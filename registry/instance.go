@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -219,7 +220,7 @@ var ErrMalformedRecord = errors.New("registry: malformed instance record")
 func Unmarshal(data []byte) (Instance, error) {
 	var r record
 	if err := json.Unmarshal(data, &r); err != nil {
-		return Instance{}, fmt.Errorf("%w: %w", ErrMalformedRecord, err)
+		return Instance{}, malformed(err)
 	}
 	if r.V != SchemaVersion {
 		return Instance{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, SchemaVersion)
@@ -239,10 +240,21 @@ func Unmarshal(data []byte) (Instance, error) {
 		in.TrafficWeight = *r.TrafficWeight
 	}
 	if err := in.Validate(); err != nil {
-		return Instance{}, fmt.Errorf("%w: %w", ErrMalformedRecord, err)
+		return Instance{}, malformed(err)
 	}
 	return in, nil
 }
+
+// malformedError wraps why a stored record was refused, under one package prefix.
+type malformedError struct{ err error }
+
+func malformed(err error) error { return &malformedError{err} }
+
+func (e *malformedError) Error() string {
+	return ErrMalformedRecord.Error() + ": " + strings.TrimPrefix(e.err.Error(), "registry: ")
+}
+
+func (e *malformedError) Unwrap() []error { return []error{ErrMalformedRecord, e.err} }
 
 // withDefaults fills what a registration leaves zero: Weight 0 → DefaultWeight, and an
 // instance in no channel always carries TrafficWeight DefaultWeight (DESIGN.md).

@@ -165,3 +165,15 @@ func FuzzUnmarshal(f *testing.F) {
 		}
 	})
 }
+
+func TestMalformedErrorKeepsTheFieldError(t *testing.T) {
+	_, err := registry.Unmarshal([]byte(`{"v":1,"id":"a","app":"x","addr":"h:0"}`))
+	var fe *registry.FieldError
+	if !errors.As(err, &fe) || fe.Field != "addr" {
+		t.Fatalf("Unmarshal error %v does not carry the FieldError", err)
+	}
+	want := `registry: malformed instance record: invalid instance: addr "h:0": port must be a number from 1 to 65535`
+	if err.Error() != want {
+		t.Fatalf("error text\n got %q\nwant %q", err, want)
+	}
+}

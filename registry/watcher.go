@@ -283,8 +283,8 @@ func (w *Watcher) decode(kv *mvccpb.KeyValue) (id string, in Instance, ok bool) 
 	}
 	in, err := Unmarshal(kv.Value)
 	if err == nil && (in.App != w.cfg.App || in.ID != id) {
-		err = fmt.Errorf("%w: record says app %q id %q but is stored under app %q id %q",
-			ErrMalformedRecord, in.App, in.ID, w.cfg.App, id)
+		err = malformed(fmt.Errorf("record says app %q id %q but is stored under app %q id %q",
+			in.App, in.ID, w.cfg.App, id))
 	}
 	if err != nil {
 		w.skip(kv.Key, err)
