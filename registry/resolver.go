@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -107,11 +108,13 @@ type etcdResolver struct {
 	log *slog.Logger
 	w   *Watcher
 	eps map[string]cachedEndpoint // by instance ID: reused while the record is unchanged
+	gen uint64                    // stamps the entries seen in the latest update
 }
 
 type cachedEndpoint struct {
 	inst Instance
 	ep   resolver.Endpoint
+	gen  uint64
 }
 
 func (r *etcdResolver) update(u Update) {
@@ -119,17 +122,22 @@ func (r *etcdResolver) update(u Update) {
 		r.cc.ReportError(fmt.Errorf("registry: no instances known yet: %w", u.Err))
 		return
 	}
+	// Update the cache in place: only new or changed instances get a new Endpoint, and
+	// entries not stamped with this generation have left.
+	r.gen++
 	eps := make([]resolver.Endpoint, len(u.Instances))
-	next := make(map[string]cachedEndpoint, len(u.Instances))
 	for i, in := range u.Instances {
 		c, ok := r.eps[in.ID]
 		if !ok || !c.inst.Equal(in) {
 			c = cachedEndpoint{inst: in, ep: newEndpoint(in)}
 		}
-		next[in.ID] = c
+		c.gen = r.gen
+		r.eps[in.ID] = c
 		eps[i] = c.ep
 	}
-	r.eps = next
+	if len(r.eps) > len(u.Instances) {
+		maps.DeleteFunc(r.eps, func(_ string, c cachedEndpoint) bool { return c.gen != r.gen })
+	}
 	if err := r.cc.UpdateState(resolver.State{Endpoints: eps, ServiceConfig: r.sc}); err != nil {
 		// The balancer refused the state (e.g. round_robin with no endpoints). gRPC will ask
 		// for a re-resolution; the watch delivers the next change anyway.

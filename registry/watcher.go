@@ -77,9 +77,8 @@ type Watcher struct {
 	done    chan struct{}
 
 	// owned by the watch loop
-	set     map[string]Instance // by ID: the last good version of each instance
-	emitted []Instance          // the last set given to OnUpdate
-	hasSet  bool
+	set    []Instance // sorted by ID: the last good version of each instance
+	hasSet bool
 
 	mu   sync.Mutex
 	last Update
@@ -128,7 +127,6 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		nudge:   make(chan struct{}, 1),
 		cancel:  cancel,
 		done:    make(chan struct{}),
-		set:     map[string]Instance{},
 	}
 	go w.run(ctx)
 	return w, nil
@@ -215,21 +213,26 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, etcdErr(ctx, err)
 	}
-	next := make(map[string]Instance, len(resp.Kvs))
+	next := make([]Instance, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		id, in, ok := w.decode(kv)
 		switch {
 		case ok:
-			next[id] = in
+			next = append(next, in)
 		case id != "":
-			if old, had := w.set[id]; had {
-				next[id] = old
+			if i, had := w.find(id); had {
+				next = append(next, w.set[i])
 			}
 		}
 	}
-	w.set = next
-	w.publish(resp.Header.Revision, !w.hasSet)
-	w.hasSet = true
+	// etcd returns keys in byte order, which is ID order here; sorting is a check that
+	// costs one pass.
+	slices.SortFunc(next, func(a, b Instance) int { return cmp.Compare(a.ID, b.ID) })
+	changed := !w.hasSet || !slices.EqualFunc(next, w.set, Instance.Equal)
+	w.set, w.hasSet = next, true
+	if changed {
+		w.publish(resp.Header.Revision)
+	}
 	return resp.Header.Revision, nil
 }
 
@@ -242,27 +245,54 @@ func (w *Watcher) watch(ctx context.Context, rev int64) error {
 		if err := resp.Err(); err != nil {
 			return err
 		}
-		if len(resp.Events) == 0 {
-			continue
-		}
+		changed := false
 		for _, ev := range resp.Events {
 			switch ev.Type {
 			case mvccpb.PUT:
-				if id, in, ok := w.decode(ev.Kv); ok {
-					w.set[id] = in
+				if _, in, ok := w.decode(ev.Kv); ok {
+					changed = w.put(in) || changed
 				}
 			case mvccpb.DELETE:
 				if id, ok := w.idOf(ev.Kv.Key); ok {
-					delete(w.set, id)
+					changed = w.remove(id) || changed
 				}
 			}
 		}
-		w.publish(resp.Header.Revision, false)
+		if changed {
+			w.publish(resp.Header.Revision)
+		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	return errors.New("registry: watch channel closed")
+}
+
+func (w *Watcher) find(id string) (int, bool) {
+	return slices.BinarySearchFunc(w.set, id, func(in Instance, id string) int { return cmp.Compare(in.ID, id) })
+}
+
+// put adds or replaces in, and reports whether the set changed.
+func (w *Watcher) put(in Instance) bool {
+	i, found := w.find(in.ID)
+	if !found {
+		w.set = slices.Insert(w.set, i, in)
+		return true
+	}
+	if w.set[i].Equal(in) {
+		return false
+	}
+	w.set[i] = in
+	return true
+}
+
+// remove deletes id, and reports whether the set changed.
+func (w *Watcher) remove(id string) bool {
+	i, found := w.find(id)
+	if found {
+		w.set = slices.Delete(w.set, i, i+1)
+	}
+	return found
 }
 
 func (w *Watcher) idOf(key []byte) (string, bool) {
@@ -299,19 +329,9 @@ func (w *Watcher) skip(key []byte, err error) {
 	w.log.Warn("registry: skipping malformed instance record; keeping the last good version", "key", string(key), "err", err)
 }
 
-// publish gives OnUpdate the current set if it differs from the last one given (or always,
-// when force is set).
-func (w *Watcher) publish(rev int64, force bool) {
-	cur := make([]Instance, 0, len(w.set))
-	for _, in := range w.set {
-		cur = append(cur, in)
-	}
-	slices.SortFunc(cur, func(a, b Instance) int { return cmp.Compare(a.ID, b.ID) })
-	if !force && slices.EqualFunc(cur, w.emitted, Instance.Equal) {
-		return
-	}
-	w.emitted = cur
-	w.emit(Update{Instances: cur, Revision: rev})
+// publish gives OnUpdate a copy of the current set: the watch loop keeps changing its own.
+func (w *Watcher) publish(rev int64) {
+	w.emit(Update{Instances: slices.Clone(w.set), Revision: rev})
 }
 
 func (w *Watcher) emit(u Update) {

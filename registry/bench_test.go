@@ -1,0 +1,112 @@
+package registry_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/resolver"
+
+	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+// populate writes n instance records of app, in transactions of 100 puts.
+func populate(b *testing.B, cli *clientv3.Client, app string, n int) {
+	b.Helper()
+	var ops []clientv3.Op
+	flush := func() {
+		if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+			b.Fatal(err)
+		}
+		ops = ops[:0]
+	}
+	for i := 0; i < n; i++ {
+		in := registry.Instance{App: app, ID: fmt.Sprintf("i-%05d", i), Addr: fmt.Sprintf("10.0.%d.%d:9000", i/250, i%250+1),
+			Color: registry.ColorBlue, Weight: 100, TrafficWeight: 100, StartTime: time.Now()}
+		val, err := registry.Marshal(in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(in.Key(registry.DefaultPrefix), string(val)))
+		if len(ops) == 100 {
+			flush()
+		}
+	}
+	if len(ops) > 0 {
+		flush()
+	}
+}
+
+func nextState(b *testing.B, cc *stubCC) resolver.State {
+	select {
+	case s := <-cc.states:
+		return s
+	case <-time.After(30 * time.Second):
+		b.Fatal("no resolver state within 30s")
+	}
+	return resolver.State{}
+}
+
+// BenchmarkResolverUpdate measures one instance's record changing in etcd until gRPC holds
+// the new resolver state: etcd put, watch event, decode, rebuilding the sorted set and the
+// endpoint list (unchanged endpoints are reused). Allocations include etcd's client.
+func BenchmarkResolverUpdate(b *testing.B) {
+	for _, n := range []int{1_000, 10_000} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			e := etcdtest.Start(b)
+			cli := e.Client(b)
+			populate(b, cli, "bench", n)
+			cc := newStubCC()
+			buildResolver(b, cli, "bench", cc)
+			if s := nextState(b, cc); len(s.Endpoints) != n {
+				b.Fatalf("first state has %d endpoints, want %d", len(s.Endpoints), n)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				in := registry.Instance{App: "bench", ID: fmt.Sprintf("i-%05d", i%n), Addr: fmt.Sprintf("10.0.%d.%d:9000", (i%n)/250, (i%n)%250+1),
+					Weight: float64(i + 1), TrafficWeight: 100} // always a real change
+				val, _ := registry.Marshal(in)
+				if _, err := cli.Put(context.Background(), in.Key(registry.DefaultPrefix), string(val)); err != nil {
+					b.Fatal(err)
+				}
+				if s := nextState(b, cc); len(s.Endpoints) != n {
+					b.Fatalf("state has %d endpoints, want %d", len(s.Endpoints), n)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkResolverInitialList measures a new ClientConn's resolver listing n instances
+// until gRPC holds the first state.
+func BenchmarkResolverInitialList(b *testing.B) {
+	for _, n := range []int{1_000, 10_000} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			e := etcdtest.Start(b)
+			cli := e.Client(b)
+			populate(b, cli, "bench", n)
+			bld, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet(b)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			target := resolver.Target{URL: *mustParse(b, "switchyard:///bench")}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				cc := newStubCC()
+				r, err := bld.Build(target, cc, resolver.BuildOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if s := nextState(b, cc); len(s.Endpoints) != n {
+					b.Fatalf("state has %d endpoints, want %d", len(s.Endpoints), n)
+				}
+				r.Close()
+			}
+		})
+	}
+}
