@@ -1,0 +1,21 @@
+// Package switchyard makes releases of gRPC microservices lossless.
+//
+// During a rolling, blue/green or canary release no request fails, no request that entered
+// new code meets old code further down the chain, no message or scheduled job runs on a node
+// being drained, and a new instance takes traffic only once it is ready, then gradually.
+// A service imports the packages it needs and wires a few options in main; etcd is the one
+// piece of infrastructure switchyard needs.
+//
+// The packages, each implementing a part of DESIGN.md:
+//
+//   - registry: instances in etcd (lease, delayed and readiness-gated registration,
+//     deregistration, re-registration after an outage), watch-based discovery, and the gRPC
+//     resolver for switchyard:///<app> targets.
+//
+// Still to come, in this order: traffic (release channels, rules, events, stickiness),
+// balancer (the weighted gRPC policy with warmup, blue/green filter and offline marks),
+// lifecycle (lossless start and offline), mq and job (drain-aware consumers and sharded
+// jobs), and the operator CLI cmd/switchyard.
+//
+// This package itself holds no code.
+package switchyard

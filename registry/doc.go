@@ -1,0 +1,55 @@
+// Package registry keeps instances of gRPC services in etcd and resolves them for gRPC
+// clients. It implements DESIGN.md "etcd key layout" and "Instance record", and the
+// registration steps of "Lifecycle of an instance".
+//
+// # Providers: Registrar
+//
+// A Registrar registers one instance under <prefix>/services/<app>/<id> (default prefix
+// "/switchyard") as a JSON record attached to a lease (default TTL 10 s) that it keeps alive
+// in the background. Register waits for the readiness checks (Config.Checks, polled until they
+// all pass or Config.CheckTimeout runs out, naming the check that failed) and then for
+// Config.RegisterDelay before writing anything, so an instance is never found before it can
+// serve. Update re-puts the record under the same lease (the traffic package uses it for
+// channel and traffic_weight). Deregister deletes the key at once and keeps the lease, so that
+// Register can put it back; Close revokes the lease.
+//
+// If etcd is unreachable for longer than the TTL, etcd's client gives up on the lease
+// (after the TTL, or after DialTimeout+1 s if no keepalive was ever answered); the Registrar
+// goes to StateLost, and once etcd answers again it reuses the lease if etcd kept it or grants
+// a new one, and writes the latest record, with backoff and without any call from the user.
+// State changes reach Config.OnStateChange in order, and the log.
+//
+// # Consumers: Watcher and the resolver
+//
+// A Watcher follows one app: it lists the instances, then watches from the list's revision
+// + 1. When the watch fails (etcd restarted, leader lost, history compacted while it was
+// away) it lists again with backoff. It never empties its set because of a failure: an outage
+// keeps the last good set, and a record it cannot decode is skipped, logged, counted (the OTel
+// counter switchyard.registry.records.skipped, and Watcher.Skipped) while the last good
+// version of that instance stays.
+//
+// NewResolverBuilder returns a gRPC resolver for targets switchyard:///<app>, to pass to
+// grpc.NewClient with grpc.WithResolvers. Every change becomes a resolver.State whose
+// Endpoints carry the instance record in their Attributes (InstanceFromEndpoint reads it); an
+// unchanged record keeps an equal Endpoint, so a weight change reuses the connection. While it
+// has never reached etcd it reports the error to gRPC, so RPCs fail fast with
+// "registry: no instances known yet: ..." rather than hang, and it recovers by itself. Its
+// default service config selects round_robin (DefaultServiceConfig).
+//
+// # etcd client settings
+//
+// etcd's client keeps gRPC's default reconnect backoff, which grows to 120 s: after a long
+// outage, a client may take that long to notice etcd is back, and the Registrar re-registers
+// only then. Cap it in the client's config, e.g.
+//
+//	clientv3.Config{..., DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+//		Backoff: backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+//	})}}
+//
+// # Locking
+//
+// Registrar: opMu serializes etcd writes (held across requests bounded by RequestTimeout);
+// mu guards its fields and is never held across I/O or a callback. Watcher: the watch loop
+// owns the set; mu guards only the last Update. The resolver's state is owned by its
+// Watcher's goroutine.
+package registry
