@@ -13,9 +13,12 @@ import (
 	"github.com/switchyard-go/switchyard/registry"
 )
 
-// populate writes n instance records of app, in transactions of 100 puts.
-func populate(b *testing.B, cli *clientv3.Client, app string, n int) {
+// populated starts etcd holding n instance records of app "bench", written in transactions
+// of 100 puts, and returns a client of it.
+func populated(b *testing.B, n int) *clientv3.Client {
 	b.Helper()
+	cli := etcdtest.Start(b).Client(b)
+	const app = "bench"
 	var ops []clientv3.Op
 	flush := func() {
 		if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
@@ -38,6 +41,7 @@ func populate(b *testing.B, cli *clientv3.Client, app string, n int) {
 	if len(ops) > 0 {
 		flush()
 	}
+	return cli
 }
 
 func nextState(b *testing.B, cc *stubCC) resolver.State {
@@ -56,9 +60,7 @@ func nextState(b *testing.B, cc *stubCC) resolver.State {
 func BenchmarkResolverUpdate(b *testing.B) {
 	for _, n := range []int{1_000, 10_000} {
 		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
-			e := etcdtest.Start(b)
-			cli := e.Client(b)
-			populate(b, cli, "bench", n)
+			cli := populated(b, n)
 			cc := newStubCC()
 			buildResolver(b, cli, "bench", cc)
 			if s := nextState(b, cc); len(s.Endpoints) != n {
@@ -86,9 +88,7 @@ func BenchmarkResolverUpdate(b *testing.B) {
 func BenchmarkResolverInitialList(b *testing.B) {
 	for _, n := range []int{1_000, 10_000} {
 		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
-			e := etcdtest.Start(b)
-			cli := e.Client(b)
-			populate(b, cli, "bench", n)
+			cli := populated(b, n)
 			bld, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet(b)})
 			if err != nil {
 				b.Fatal(err)

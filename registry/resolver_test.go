@@ -69,6 +69,15 @@ func (cl *caller) halt() {
 	<-cl.done
 }
 
+// stopAndRequireNoFailures stops the loop and fails t if any call failed.
+func (cl *caller) stopAndRequireNoFailures(t testing.TB) {
+	t.Helper()
+	cl.halt()
+	if f := cl.failed(); len(f) != 0 {
+		t.Fatalf("%d of the calls failed, first: %v", len(f), f[0])
+	}
+}
+
 func (cl *caller) counts() map[string]int {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
@@ -124,10 +133,7 @@ func TestConsumerReachesEveryInstanceAndStopsReachingADeregisteredOne(t *testing
 	if got := cl.counts()["g-3"] - base["g-3"]; got != 0 {
 		t.Fatalf("g-3 answered %d calls after it was deregistered", got)
 	}
-	cl.halt()
-	if f := cl.failed(); len(f) != 0 {
-		t.Fatalf("%d calls failed, first: %v", len(f), f[0])
-	}
+	cl.stopAndRequireNoFailures(t)
 }
 
 func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
@@ -196,10 +202,7 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 	}
 	after := cl.counts()
 	cl.waitCalls(t, 5*time.Second, after, 20, "g-1", "g-2")
-	cl.halt()
-	if f := cl.failed(); len(f) != 0 {
-		t.Fatalf("%d calls failed across the outage, first: %v", len(f), f[0])
-	}
+	cl.stopAndRequireNoFailures(t)
 	t.Logf("calls per instance: %v", cl.counts())
 }
 
@@ -218,10 +221,7 @@ func TestMalformedRecordDoesNotStopRouting(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	cl.waitCalls(t, 10*time.Second, cl.counts(), 50, "g-1", "g-2") // g-1's last good record stays
-	cl.halt()
-	if f := cl.failed(); len(f) != 0 {
-		t.Fatalf("%d calls failed, first: %v", len(f), f[0])
-	}
+	cl.stopAndRequireNoFailures(t)
 }
 
 func TestResolverReportsErrorWhenEtcdIsUnreachable(t *testing.T) {
