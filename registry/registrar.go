@@ -11,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/backoff"
 )
@@ -492,16 +494,18 @@ func (r *Registrar) trySyncLocked(ctx context.Context) error {
 	}
 }
 
-// etcdErr turns a timeout of our own request into ErrEtcdUnavailable, keeps the caller's
-// cancellation as ctx.Err(), and passes other errors through.
+// etcdErr turns "etcd did not answer" (our request timed out, the connection broke, no
+// leader: gRPC Unavailable) into ErrEtcdUnavailable, keeps the caller's cancellation as
+// ctx.Err(), and passes other errors through.
 func etcdErr(ctx context.Context, err error) error {
 	switch {
 	case err == nil:
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
-		return fmt.Errorf("%w: no answer in time; check that etcd is running and reachable at the client's endpoints: %w", ErrEtcdUnavailable, err)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		status.Code(err) == codes.Unavailable:
+		return fmt.Errorf("%w; check that etcd is running and reachable at the client's endpoints: %w", ErrEtcdUnavailable, err)
 	}
 	return err
 }
@@ -619,7 +623,7 @@ func (r *Registrar) keepAlive(ctx context.Context, lease clientv3.LeaseID) (<-ch
 // leaseLost marks the lease suspect and the registration dirty, so the keeper re-syncs.
 func (r *Registrar) leaseLost(lease clientv3.LeaseID, err error) {
 	r.mu.Lock()
-	if r.lease != lease || r.closed {
+	if r.lease != lease { // a sync already moved to another lease
 		r.mu.Unlock()
 		return
 	}

@@ -347,3 +347,35 @@ func (s *stateLog) saw(seq ...registry.State) bool {
 	}
 	return i == len(seq)
 }
+
+func TestWritesThatFailDuringAPartitionAreRetriedInTheBackground(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, observer := e.Client(t), e.DirectClient(t)
+	rec := watch(t, observer, "order")
+	short := func(c *registry.Config) { c.TTL, c.RequestTimeout = 5*time.Second, 300*time.Millisecond }
+	upd := register(t, cli, "order", "o-1", "127.0.0.1:9001", short)
+	dereg := register(t, cli, "order", "o-2", "127.0.0.1:9002", short)
+	rec.waitFor(t, 5*time.Second, "both", hasIDs("o-1", "o-2"))
+
+	e.Cut()
+	err := upd.Update(context.Background(), func(in *registry.Instance) { in.Channel, in.TrafficWeight = "trade", 0 })
+	if !errors.Is(err, registry.ErrEtcdUnavailable) {
+		t.Fatalf("Update during a partition = %v, want ErrEtcdUnavailable", err)
+	}
+	if err := dereg.Deregister(context.Background()); !errors.Is(err, registry.ErrEtcdUnavailable) {
+		t.Fatalf("Deregister during a partition = %v, want ErrEtcdUnavailable", err)
+	}
+	e.Heal()
+
+	// Without another call, etcd converges to what was asked: o-1 drained, o-2 gone.
+	rec.waitFor(t, 10*time.Second, "o-1 updated and o-2 deregistered", func(in []registry.Instance) bool {
+		return len(in) == 1 && in[0].ID == "o-1" && in[0].Channel == "trade" && in[0].TrafficWeight == 0
+	})
+	// The watch event can arrive before the keeper has recorded its success.
+	for deadline := time.Now().Add(2 * time.Second); upd.State() != registry.StateRegistered || dereg.State() != registry.StateUnregistered; {
+		if time.Now().After(deadline) {
+			t.Fatalf("states after healing: %v, %v; want registered, unregistered", upd.State(), dereg.State())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
