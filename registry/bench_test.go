@@ -7,6 +7,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/naming/endpoints"
+	etcdresolver "go.etcd.io/etcd/client/v3/naming/resolver"
 	"google.golang.org/grpc/resolver"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
@@ -106,6 +108,56 @@ func BenchmarkResolverInitialList(b *testing.B) {
 					b.Fatalf("state has %d endpoints, want %d", len(s.Endpoints), n)
 				}
 				r.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkEtcdNamingResolverUpdate is the same measurement for what users have today: etcd's
+// own naming/resolver (etcd:///<target>), which carries no weights or record. Run it beside
+// BenchmarkResolverUpdate to compare.
+func BenchmarkEtcdNamingResolverUpdate(b *testing.B) {
+	for _, n := range []int{1_000, 10_000} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			cli := etcdtest.Start(b).Client(b)
+			em, err := endpoints.NewManager(cli, "bench")
+			if err != nil {
+				b.Fatal(err)
+			}
+			addr := func(i int) string { return fmt.Sprintf("10.0.%d.%d:9000", i/250, i%250+1) }
+			var ups []*endpoints.UpdateWithOpts
+			for i := 0; i < n; i++ {
+				ups = append(ups, endpoints.NewAddUpdateOpts(fmt.Sprintf("bench/i-%05d", i), endpoints.Endpoint{Addr: addr(i)}))
+				if len(ups) == 100 || i == n-1 {
+					if err := em.Update(context.Background(), ups); err != nil {
+						b.Fatal(err)
+					}
+					ups = ups[:0]
+				}
+			}
+			bld, err := etcdresolver.NewBuilder(cli)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cc := newStubCC()
+			r, err := bld.Build(resolver.Target{URL: *mustParse(b, "etcd:///bench")}, cc, resolver.BuildOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			if s := nextState(b, cc); len(s.Endpoints) != n {
+				b.Fatalf("first state has %d endpoints, want %d", len(s.Endpoints), n)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				ep := endpoints.Endpoint{Addr: addr(i % n), Metadata: map[string]any{"weight": i + 1}} // always a real change
+				if err := em.AddEndpoint(context.Background(), fmt.Sprintf("bench/i-%05d", i%n), ep); err != nil {
+					b.Fatal(err)
+				}
+				if s := nextState(b, cc); len(s.Endpoints) != n {
+					b.Fatalf("state has %d endpoints, want %d", len(s.Endpoints), n)
+				}
 			}
 		})
 	}
