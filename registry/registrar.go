@@ -11,10 +11,9 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/backoff"
+	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
 // DefaultPrefix is the etcd key prefix everything of switchyard lives under.
@@ -112,8 +111,10 @@ var (
 	// ErrNotReady is wrapped by the *ReadinessError Register returns when a readiness check
 	// did not pass in time.
 	ErrNotReady = errors.New("registry: instance not ready")
-	// ErrEtcdUnavailable is wrapped when etcd could not be reached within RequestTimeout.
-	ErrEtcdUnavailable = errors.New("registry: etcd unavailable")
+	// ErrEtcdUnavailable is wrapped when etcd did not answer within RequestTimeout, the
+	// connection broke, or etcd had no leader. It is the same error value in every
+	// switchyard package.
+	ErrEtcdUnavailable = kvwatch.ErrUnavailable
 )
 
 // ReadinessError names the readiness check that kept an instance from registering.
@@ -494,18 +495,12 @@ func (r *Registrar) trySyncLocked(ctx context.Context) error {
 	}
 }
 
-// etcdErr turns "etcd did not answer" (our request timed out, the connection broke, no
-// leader: gRPC Unavailable) into ErrEtcdUnavailable, keeps the caller's cancellation as
-// ctx.Err(), and passes other errors through.
+// etcdErr turns "etcd did not answer" into ErrEtcdUnavailable, keeps the caller's
+// cancellation as ctx.Err(), and passes other errors through.
 func etcdErr(ctx context.Context, err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		status.Code(err) == codes.Unavailable:
-		return fmt.Errorf("%w; check that etcd is running and reachable at the client's endpoints: %w", ErrEtcdUnavailable, err)
+	err = kvwatch.Err(ctx, err)
+	if errors.Is(err, ErrEtcdUnavailable) {
+		return fmt.Errorf("registry: %w", err)
 	}
 	return err
 }

@@ -1,24 +1,20 @@
 package registry
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
-	"github.com/switchyard-go/switchyard/internal/backoff"
+	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
 // meterName is the instrumentation scope of this package's metrics.
@@ -37,7 +33,7 @@ type WatcherConfig struct {
 	OnUpdate func(Update)
 	// RequestTimeout caps each list request. Default DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
-	// Logger receives skipped records (Warn) and watch restarts (Info/Debug). Default
+	// Logger receives skipped records (Warn) and watch restarts (Info). Default
 	// slog.Default().
 	Logger *slog.Logger
 	// MeterProvider provides the counter switchyard.registry.records.skipped. Default
@@ -64,21 +60,15 @@ type Update struct {
 // cannot decode is skipped, logged and counted, and the last good version of that instance
 // stays in the set.
 //
-// Locking: mu guards last. The watch loop owns everything else.
+// Locking: mu guards last; the rest belongs to the watch goroutine (internal/kvwatch).
 type Watcher struct {
-	cfg     WatcherConfig
-	prefix  string // the app's key prefix, ending in '/'
+	kv      *kvwatch.Watcher[Instance]
+	app     string
 	log     *slog.Logger
+	onUp    func(Update)
 	skipped metric.Int64Counter
 	attrs   metric.AddOption
 	nSkip   atomic.Uint64
-	nudge   chan struct{}
-	cancel  context.CancelFunc
-	done    chan struct{}
-
-	// owned by the watch loop
-	set    []Instance // sorted by ID: the last good version of each instance
-	hasSet bool
 
 	mu   sync.Mutex
 	last Update
@@ -117,27 +107,30 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: create metric: %w", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	w := &Watcher{
-		cfg:     cfg,
-		prefix:  AppPrefix(cfg.Prefix, cfg.App),
+		app:     cfg.App,
 		log:     cfg.Logger.With("app", cfg.App),
+		onUp:    cfg.OnUpdate,
 		skipped: skipped,
 		attrs:   metric.WithAttributeSet(attribute.NewSet(attribute.String("app", cfg.App))),
-		nudge:   make(chan struct{}, 1),
-		cancel:  cancel,
-		done:    make(chan struct{}),
 	}
-	go w.run(ctx)
+	w.kv = kvwatch.New(kvwatch.Config[Instance]{
+		Client:         cfg.Client,
+		Prefix:         AppPrefix(cfg.Prefix, cfg.App),
+		Decode:         w.decode,
+		Equal:          Instance.Equal,
+		OnChange:       func(in []Instance, rev int64) { w.emit(Update{Instances: in, Revision: rev}) },
+		OnListError:    func(err error) { w.emit(Update{Err: fmt.Errorf("registry: %w", err)}) },
+		OnSkip:         w.skip,
+		RequestTimeout: cfg.RequestTimeout,
+		Logger:         w.log,
+	})
 	return w, nil
 }
 
 // Close stops the Watcher and waits for its goroutine. OnUpdate is not called after Close
 // returns. It is safe to call more than once.
-func (w *Watcher) Close() {
-	w.cancel()
-	<-w.done
-}
+func (w *Watcher) Close() { w.kv.Close() }
 
 // Last returns the last Update given to OnUpdate (zero before the first).
 func (w *Watcher) Last() Update {
@@ -151,192 +144,29 @@ func (w *Watcher) Skipped() uint64 { return w.nSkip.Load() }
 
 // Refresh asks a Watcher that is waiting to retry after a failure to retry now. It does
 // nothing to a healthy watch (etcd's watch already tells it everything).
-func (w *Watcher) Refresh() {
-	select {
-	case w.nudge <- struct{}{}:
-	default:
+func (w *Watcher) Refresh() { w.kv.Refresh() }
+
+// decode reads the record stored under the instance key id.
+func (w *Watcher) decode(id string, val []byte) (Instance, error) {
+	if err := ValidateName("id", id); err != nil {
+		return Instance{}, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>")
 	}
+	in, err := Unmarshal(val)
+	if err == nil && (in.App != w.app || in.ID != id) {
+		err = malformed(fmt.Errorf("record says app %q id %q but is stored under app %q id %q", in.App, in.ID, w.app, id))
+	}
+	return in, err
 }
 
-func (w *Watcher) run(ctx context.Context) {
-	defer close(w.done)
-	bo := backoff.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
-	for {
-		rev, err := w.list(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			if !w.hasSet {
-				w.emit(Update{Err: err})
-			}
-			w.log.Warn("registry: listing instances failed; keeping the last good set and retrying", "err", err)
-			if !w.wait(ctx, bo.Next()) {
-				return
-			}
-			continue
-		}
-		started := time.Now()
-		err = w.watch(ctx, rev+1)
-		if ctx.Err() != nil {
-			return
-		}
-		w.log.Info("registry: watch ended; listing again", "err", err, "from_revision", rev+1)
-		if time.Since(started) > 10*time.Second {
-			bo.Reset()
-		}
-		if !w.wait(ctx, bo.Next()) {
-			return
-		}
-	}
-}
-
-// wait sleeps d, or less if nudged; false if ctx ended.
-func (w *Watcher) wait(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-	case <-w.nudge:
-	}
-	return true
-}
-
-// list reads the whole set and replaces the current one, keeping the last good version of
-// instances whose record is now malformed. It returns the revision of the read.
-func (w *Watcher) list(ctx context.Context) (int64, error) {
-	lctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
-	resp, err := w.cfg.Client.Get(lctx, w.prefix, clientv3.WithPrefix())
-	cancel()
-	if err != nil {
-		return 0, etcdErr(ctx, err)
-	}
-	next := make([]Instance, 0, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		id, in, ok := w.decode(kv)
-		switch {
-		case ok:
-			next = append(next, in)
-		case id != "":
-			if i, had := w.find(id); had {
-				next = append(next, w.set[i])
-			}
-		}
-	}
-	// etcd returns keys in byte order, which is ID order here; sorting is a check that
-	// costs one pass.
-	slices.SortFunc(next, func(a, b Instance) int { return cmp.Compare(a.ID, b.ID) })
-	changed := !w.hasSet || !slices.EqualFunc(next, w.set, Instance.Equal)
-	w.set, w.hasSet = next, true
-	if changed {
-		w.publish(resp.Header.Revision)
-	}
-	return resp.Header.Revision, nil
-}
-
-// watch applies watch events from rev on until the watch ends, and says why it ended.
-func (w *Watcher) watch(ctx context.Context, rev int64) error {
-	// Require a leader, so a partitioned member ends the watch instead of going silent.
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for resp := range w.cfg.Client.Watch(wctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev)) {
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		changed := false
-		for _, ev := range resp.Events {
-			switch ev.Type {
-			case mvccpb.PUT:
-				if _, in, ok := w.decode(ev.Kv); ok {
-					changed = w.put(in) || changed
-				}
-			case mvccpb.DELETE:
-				if id, ok := w.idOf(ev.Kv.Key); ok {
-					changed = w.remove(id) || changed
-				}
-			}
-		}
-		if changed {
-			w.publish(resp.Header.Revision)
-		}
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errors.New("registry: watch channel closed")
-}
-
-func (w *Watcher) find(id string) (int, bool) {
-	return slices.BinarySearchFunc(w.set, id, func(in Instance, id string) int { return cmp.Compare(in.ID, id) })
-}
-
-// put adds or replaces in, and reports whether the set changed.
-func (w *Watcher) put(in Instance) bool {
-	i, found := w.find(in.ID)
-	if !found {
-		w.set = slices.Insert(w.set, i, in)
-		return true
-	}
-	if w.set[i].Equal(in) {
-		return false
-	}
-	w.set[i] = in
-	return true
-}
-
-// remove deletes id, and reports whether the set changed.
-func (w *Watcher) remove(id string) bool {
-	i, found := w.find(id)
-	if found {
-		w.set = slices.Delete(w.set, i, i+1)
-	}
-	return found
-}
-
-func (w *Watcher) idOf(key []byte) (string, bool) {
-	id, ok := strings.CutPrefix(string(key), w.prefix)
-	if !ok || ValidateName("id", id) != nil {
-		return "", false
-	}
-	return id, true
-}
-
-// decode returns the instance stored in kv. ok is false for a malformed record, which is
-// counted and logged; id is then still set when the key itself names an instance.
-func (w *Watcher) decode(kv *mvccpb.KeyValue) (id string, in Instance, ok bool) {
-	id, idOK := w.idOf(kv.Key)
-	if !idOK {
-		w.skip(kv.Key, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>"))
-		return "", Instance{}, false
-	}
-	in, err := Unmarshal(kv.Value)
-	if err == nil && (in.App != w.cfg.App || in.ID != id) {
-		err = malformed(fmt.Errorf("record says app %q id %q but is stored under app %q id %q",
-			in.App, in.ID, w.cfg.App, id))
-	}
-	if err != nil {
-		w.skip(kv.Key, err)
-		return id, Instance{}, false
-	}
-	return id, in, true
-}
-
-func (w *Watcher) skip(key []byte, err error) {
+func (w *Watcher) skip(key string, err error) {
 	w.nSkip.Add(1)
 	w.skipped.Add(context.Background(), 1, w.attrs)
-	w.log.Warn("registry: skipping malformed instance record; keeping the last good version", "key", string(key), "err", err)
-}
-
-// publish gives OnUpdate a copy of the current set: the watch loop keeps changing its own.
-func (w *Watcher) publish(rev int64) {
-	w.emit(Update{Instances: slices.Clone(w.set), Revision: rev})
+	w.log.Warn("registry: skipping malformed instance record; keeping the last good version", "key", key, "err", err)
 }
 
 func (w *Watcher) emit(u Update) {
 	w.mu.Lock()
 	w.last = u
 	w.mu.Unlock()
-	w.cfg.OnUpdate(u)
+	w.onUp(u)
 }
