@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/internal/backoff"
+	"github.com/switchyard-go/switchyard/internal/dispatch"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
@@ -64,7 +65,8 @@ type Config struct {
 	// RequestTimeout caps each etcd request. Default DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
 	// OnStateChange, if set, is told of every state change, in order, from one goroutine.
-	// It may block without holding up the Registrar, but should not for long.
+	// It may block without holding up the Registrar, but should not for long; a panic in it
+	// is recovered and logged.
 	OnStateChange func(StateChange)
 	// Logger receives state changes (Info/Warn) and retry details (Debug). Default
 	// slog.Default().
@@ -143,7 +145,7 @@ type Registrar struct {
 	key    string
 	ttlSec int64
 	log    *slog.Logger
-	notify *notifier
+	notify *dispatch.Queue[StateChange] // nil without Config.OnStateChange
 
 	opMu sync.Mutex
 
@@ -210,7 +212,11 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
-	r.notify = newNotifier(cfg.OnStateChange)
+	if cfg.OnStateChange != nil {
+		r.notify = dispatch.Start(cfg.OnStateChange, func(p any) {
+			r.log.Error("registry: OnStateChange panicked", "panic", p)
+		})
+	}
 	return r, nil
 }
 
@@ -419,7 +425,9 @@ func (r *Registrar) Close(ctx context.Context) error {
 		}
 	}
 	r.setState(StateClosed, err)
-	r.notify.close()
+	if r.notify != nil {
+		r.notify.Close()
+	}
 	return err
 }
 
@@ -528,7 +536,9 @@ func (r *Registrar) setState(to State, err error) {
 	default:
 		r.log.Info("registry: state changed", "from", from, "to", to)
 	}
-	r.notify.send(StateChange{From: from, To: to, Err: err})
+	if r.notify != nil {
+		r.notify.Push(StateChange{From: from, To: to, Err: err})
+	}
 }
 
 func (r *Registrar) startKeeper() {
@@ -627,82 +637,5 @@ func (r *Registrar) leaseLost(lease clientv3.LeaseID, err error) {
 	r.mu.Unlock()
 	if want {
 		r.setState(StateLost, err)
-	}
-}
-
-// notifier delivers state changes to a callback in order, from its own goroutine, without
-// ever blocking the sender. mu guards queue and closed.
-type notifier struct {
-	fn     func(StateChange)
-	mu     sync.Mutex
-	queue  []StateChange
-	closed bool
-	wake   chan struct{}
-	done   chan struct{}
-}
-
-func newNotifier(fn func(StateChange)) *notifier {
-	n := &notifier{fn: fn, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	if fn == nil {
-		close(n.done)
-		return n
-	}
-	go n.run()
-	return n
-}
-
-func (n *notifier) send(c StateChange) {
-	if n.fn == nil {
-		return
-	}
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
-		return
-	}
-	n.queue = append(n.queue, c)
-	select { // never blocks; done under mu so that close cannot close wake in between
-	case n.wake <- struct{}{}:
-	default:
-	}
-	n.mu.Unlock()
-}
-
-// close delivers what is queued, then stops the goroutine and waits for it.
-func (n *notifier) close() {
-	if n.fn == nil {
-		return
-	}
-	n.mu.Lock()
-	if !n.closed {
-		n.closed = true
-		close(n.wake)
-	}
-	n.mu.Unlock()
-	<-n.done
-}
-
-func (n *notifier) run() {
-	defer close(n.done)
-	for range n.wake {
-		for {
-			n.mu.Lock()
-			if len(n.queue) == 0 {
-				n.mu.Unlock()
-				break
-			}
-			c := n.queue[0]
-			n.queue = n.queue[1:]
-			n.mu.Unlock()
-			n.fn(c)
-		}
-	}
-	// wake was closed: flush what is left.
-	n.mu.Lock()
-	rest := n.queue
-	n.queue = nil
-	n.mu.Unlock()
-	for _, c := range rest {
-		n.fn(c)
 	}
 }
