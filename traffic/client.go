@@ -1,0 +1,267 @@
+package traffic
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/switchyard-go/switchyard/internal/dispatch"
+	"github.com/switchyard-go/switchyard/internal/kvwatch"
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+const meterName = "github.com/switchyard-go/switchyard/traffic"
+
+// ErrEtcdUnavailable is wrapped when etcd did not answer in time, the connection broke, or
+// it had no leader. It is the same value as registry.ErrEtcdUnavailable.
+var ErrEtcdUnavailable = registry.ErrEtcdUnavailable
+
+// Config configures a rule Client.
+type Config struct {
+	// Client is the etcd client. Required; not closed by the rule Client.
+	Client *clientv3.Client
+	// Prefix is the etcd key prefix. Default registry.DefaultPrefix ("/switchyard").
+	Prefix string
+	// RequestTimeout caps each etcd request. Default registry.DefaultRequestTimeout (5 s).
+	RequestTimeout time.Duration
+	// Logger receives skipped rules (Warn), watch restarts (Info) and handler panics
+	// (Error). Default slog.Default().
+	Logger *slog.Logger
+	// MeterProvider provides the counter switchyard.traffic.rules.skipped. Default
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
+}
+
+func (c *Config) setDefaults() error {
+	if c.Client == nil {
+		return errors.New("traffic: Config.Client is nil; pass a connected *clientv3.Client")
+	}
+	if c.Prefix == "" {
+		c.Prefix = registry.DefaultPrefix
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = registry.DefaultRequestTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
+	}
+	return nil
+}
+
+// Client is the rule client every instance embeds (DESIGN.md "Events"): it loads all rules
+// once, then follows etcd's watch; every read is an in-memory read that takes no lock.
+// Subscribers get each channel's events in order, each from its own goroutine, so a slow
+// subscriber never holds up the watch or the others.
+//
+// Locking: rules are read from an immutable snapshot behind an atomic pointer. mu guards
+// subs and serializes swapping the snapshot with queueing its events, so a new subscriber
+// never misses or doubles an event; queueing never blocks and no user code runs under mu.
+type Client struct {
+	cfg     Config
+	kv      *kvwatch.Watcher[Rule]
+	snap    atomic.Pointer[snapshot]
+	nSkip   atomic.Uint64
+	skipped metric.Int64Counter
+	ready   chan error // the first list's outcome, once
+
+	mu   sync.Mutex
+	subs map[*subscription]struct{}
+}
+
+type snapshot struct {
+	rules map[string]Rule   // by channel
+	open  map[string]string // app → the open channel it is in
+	list  []Rule            // by channel
+	rev   int64
+}
+
+type subscription struct {
+	channel string // "" for all
+	q       *dispatch.Queue[Event]
+}
+
+// NewClient loads every rule and starts following them. It fails, with an error wrapping
+// ErrEtcdUnavailable, if etcd cannot be read within RequestTimeout (or ctx ends first); once
+// started, it rides out etcd outages with the rules it has and converges when etcd is back.
+func NewClient(ctx context.Context, cfg Config) (*Client, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	skipped, err := cfg.MeterProvider.Meter(meterName).Int64Counter("switchyard.traffic.rules.skipped",
+		metric.WithDescription("Rule records in etcd that could not be decoded or validated and were skipped."),
+		metric.WithUnit("{record}"))
+	if err != nil {
+		return nil, fmt.Errorf("traffic: create metric: %w", err)
+	}
+	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), subs: map[*subscription]struct{}{}}
+	c.snap.Store(newSnapshot(nil, 0, cfg.Logger))
+	c.kv = kvwatch.New(kvwatch.Config[Rule]{
+		Client:         cfg.Client,
+		Prefix:         ChannelsPrefix(cfg.Prefix),
+		Decode:         c.decode,
+		Equal:          Rule.Equal,
+		OnChange:       c.apply,
+		OnListError:    func(err error) { c.signal(err) },
+		OnSkip:         c.skip,
+		RequestTimeout: cfg.RequestTimeout,
+		Logger:         cfg.Logger,
+	})
+	select {
+	case err = <-c.ready:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		c.kv.Close()
+		return nil, fmt.Errorf("traffic: load rules: %w", err)
+	}
+	return c, nil
+}
+
+func (c *Client) signal(err error) {
+	select {
+	case c.ready <- err:
+	default:
+	}
+}
+
+// Close stops following etcd, stops every subscription and waits for running handlers.
+func (c *Client) Close() {
+	c.kv.Close()
+	c.mu.Lock()
+	subs := c.subs
+	c.subs = map[*subscription]struct{}{}
+	c.mu.Unlock()
+	for s := range subs {
+		s.q.Stop()
+	}
+	for s := range subs {
+		<-s.q.Done()
+	}
+}
+
+// Rule returns a channel's rule.
+func (c *Client) Rule(channel string) (Rule, bool) {
+	r, ok := c.snap.Load().rules[channel]
+	return r, ok
+}
+
+// ChannelOf returns the rule of the open channel app is in; ok is false when app is in no
+// open channel. It allocates nothing.
+func (c *Client) ChannelOf(app string) (r Rule, ok bool) {
+	s := c.snap.Load()
+	ch, ok := s.open[app]
+	if !ok {
+		return Rule{}, false
+	}
+	return s.rules[ch], true
+}
+
+// Rules returns every rule, by channel name. The slice is shared: do not modify it.
+func (c *Client) Rules() []Rule { return c.snap.Load().list }
+
+// Revision is the etcd revision the rules reflect.
+func (c *Client) Revision() int64 { return c.snap.Load().rev }
+
+// Skipped is how many rule records have been skipped as malformed.
+func (c *Client) Skipped() uint64 { return c.nSkip.Load() }
+
+// Subscribe calls fn with the events of channel ("" for every channel), in order, from a
+// goroutine of its own. It first replays the events that lead from a closed 50 % channel to
+// the current rule (e.g. OnStart, OnFlowChange 50→0, OnEnterAllGreen for a channel whose blue
+// half is drained), so a late subscriber starts from the same view as an early one. A panic
+// in fn is recovered and logged. Call the returned function to unsubscribe; it does not wait
+// for a running fn and may be called from fn.
+func (c *Client) Subscribe(channel string, fn func(Event)) (unsubscribe func()) {
+	s := &subscription{channel: channel}
+	s.q = dispatch.Start(fn, func(p any) {
+		c.cfg.Logger.Error("traffic: event handler panicked; it keeps receiving events", "channel", channel, "panic", p)
+	})
+	c.mu.Lock()
+	for _, r := range c.snap.Load().list {
+		if channel == "" || channel == r.Channel {
+			for _, e := range Diff(r.Channel, Rule{}, false, r, true) {
+				s.q.Push(e)
+			}
+		}
+	}
+	c.subs[s] = struct{}{}
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.subs, s)
+		c.mu.Unlock()
+		s.q.Stop()
+	}
+}
+
+func (c *Client) decode(channel string, val []byte) (Rule, error) {
+	r, err := Unmarshal(val)
+	if err == nil && r.Channel != channel {
+		err = malformed(fmt.Errorf("record says channel %q but is stored under %q", r.Channel, channel))
+	}
+	return r, err
+}
+
+func (c *Client) skip(key string, err error) {
+	c.nSkip.Add(1)
+	c.skipped.Add(context.Background(), 1)
+	c.cfg.Logger.Warn("traffic: skipping malformed rule; keeping the last good version", "key", key, "err", err)
+}
+
+// apply swaps in the new rules and queues the events of the net change of every channel:
+// after a re-list that is the change across the whole gap.
+func (c *Client) apply(rules []Rule, rev int64) {
+	next := newSnapshot(rules, rev, c.cfg.Logger)
+	c.mu.Lock()
+	prev := c.snap.Swap(next)
+	var events []Event
+	for ch, r := range next.rules {
+		old, had := prev.rules[ch]
+		events = append(events, Diff(ch, old, had, r, true)...)
+	}
+	for ch, old := range prev.rules {
+		if _, ok := next.rules[ch]; !ok {
+			events = append(events, Diff(ch, old, true, Rule{}, false)...)
+		}
+	}
+	for s := range c.subs {
+		for _, e := range events {
+			if s.channel == "" || s.channel == e.Channel {
+				s.q.Push(e)
+			}
+		}
+	}
+	c.mu.Unlock()
+	c.signal(nil)
+}
+
+func newSnapshot(rules []Rule, rev int64, log *slog.Logger) *snapshot {
+	s := &snapshot{rules: make(map[string]Rule, len(rules)), open: map[string]string{}, list: rules, rev: rev}
+	for _, r := range rules {
+		s.rules[r.Channel] = r
+		if !r.Releasing {
+			continue
+		}
+		for _, app := range r.Apps {
+			if other, dup := s.open[app]; dup {
+				// The controller refuses this; someone wrote etcd by hand. Keep the first.
+				log.Warn("traffic: app is in two open channels; following the first", "app", app, "channels", []string{other, r.Channel})
+				continue
+			}
+			s.open[app] = r.Channel
+		}
+	}
+	return s
+}

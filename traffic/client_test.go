@@ -1,0 +1,348 @@
+package traffic_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/traffic"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func quiet() *slog.Logger {
+	if os.Getenv("SWITCHYARD_TEST_LOG") == "debug" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func newClient(t testing.TB, cli *clientv3.Client) *traffic.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: quiet(), RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func newController(t testing.TB, cli *clientv3.Client) *traffic.Controller {
+	t.Helper()
+	ctl, err := traffic.NewController(traffic.Config{Client: cli, RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctl
+}
+
+// eventLog records events as "channel Kind[ old→new]" strings.
+type eventLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (l *eventLog) add(e traffic.Event) {
+	l.mu.Lock()
+	l.events = append(l.events, e.String())
+	l.mu.Unlock()
+}
+
+func (l *eventLog) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.events...)
+}
+
+func (l *eventLog) waitFor(t testing.TB, want ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if strings.Join(l.get(), "\n") == strings.Join(want, "\n") {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(l.get(), "\n"), strings.Join(want, "\n"))
+}
+
+func TestAReleaseProducesItsEventsInOrder(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	c := newClient(t, cli)
+	ctl := newController(t, cli)
+	var trade, all eventLog
+	defer c.Subscribe("trade", trade.add)()
+	defer c.Subscribe("", all.add)()
+	ctx := context.Background()
+
+	steps := []func() (traffic.Rule, error){
+		func() (traffic.Rule, error) { return ctl.Open(ctx, "trade", []string{"order", "inventory"}) },
+		func() (traffic.Rule, error) { return ctl.Shift(ctx, "trade", 0) },
+		func() (traffic.Rule, error) { return ctl.Shift(ctx, "trade", 1) },
+		func() (traffic.Rule, error) { return ctl.Shift(ctx, "trade", 50) },
+		func() (traffic.Rule, error) { return ctl.Shift(ctx, "trade", 100) },
+		func() (traffic.Rule, error) { return ctl.Finish(ctx, "trade") },
+		func() (traffic.Rule, error) { return ctl.Open(ctx, "pay", []string{"pay"}) },
+	}
+	for i, step := range steps {
+		if _, err := step(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	want := []string{
+		"trade OnStart",
+		"trade OnFlowChange 50→0", "trade OnEnterAllGreen",
+		"trade OnFlowChange 0→1", "trade OnExitAllGreen",
+		"trade OnFlowChange 1→50",
+		"trade OnFlowChange 50→100", "trade OnEnterAllBlue",
+		"trade OnFlowChange 100→50", "trade OnExitAllBlue", "trade OnFinish",
+	}
+	trade.waitFor(t, want...)
+	all.waitFor(t, append(want, "pay OnStart")...)
+
+	if r, ok := c.Rule("trade"); !ok || r.Releasing || r.BluePercent != 50 {
+		t.Fatalf("Rule(trade) = %+v %v", r, ok)
+	}
+	if _, ok := c.ChannelOf("order"); ok {
+		t.Fatal("order is in no open channel after Finish")
+	}
+	if r, ok := c.ChannelOf("pay"); !ok || r.Channel != "pay" {
+		t.Fatalf("ChannelOf(pay) = %+v %v", r, ok)
+	}
+}
+
+func TestLateSubscriberAndNewClientReplayTheCurrentState(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctl := newController(t, cli)
+	ctx := context.Background()
+	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.Shift(ctx, "trade", 0); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, cli) // starts with blue drained
+	var l eventLog
+	defer c.Subscribe("trade", l.add)()
+	l.waitFor(t, "trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen")
+}
+
+func TestSlowAndPanickingSubscribersDoNotHoldUpOthers(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	c := newClient(t, cli)
+	ctl := newController(t, cli)
+	stuck := make(chan struct{})
+	defer close(stuck)
+	defer c.Subscribe("trade", func(traffic.Event) { <-stuck })()
+	defer c.Subscribe("trade", func(traffic.Event) { panic("handler bug") })()
+	var l eventLog
+	defer c.Subscribe("trade", l.add)()
+	ctx := context.Background()
+	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.Shift(ctx, "trade", 0); err != nil {
+		t.Fatal(err)
+	}
+	l.waitFor(t, "trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen")
+	if r, ok := c.ChannelOf("order"); !ok || r.BluePercent != 0 {
+		t.Fatalf("reads are held up behind a stuck subscriber: %+v", r)
+	}
+}
+
+func TestEventsConvergeAfterAWatchGapWithCompaction(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, direct := e.Client(t), e.DirectClient(t)
+	c := newClient(t, cli)
+	ctl := newController(t, direct)
+	ctx := context.Background()
+	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
+		t.Fatal(err)
+	}
+	var l eventLog
+	defer c.Subscribe("trade", l.add)()
+	l.waitFor(t, "trade OnStart")
+
+	// Cut off, the client misses 0 → 1 → 100 and a compaction; it must report the net change.
+	e.Cut()
+	for _, p := range []float64{0, 1, 100} {
+		if _, err := ctl.Shift(ctx, "trade", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if r, _ := c.Rule("trade"); r.BluePercent != 50 {
+		t.Fatalf("cut-off client changed its rule to %v", r.BluePercent)
+	}
+	e.Heal()
+	l.waitFor(t, "trade OnStart", "trade OnFlowChange 50→100", "trade OnEnterAllBlue")
+}
+
+func TestMalformedRuleIsSkippedAndTheLastGoodKept(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	c := newClient(t, cli)
+	ctl := newController(t, cli)
+	ctx := context.Background()
+	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.Shift(ctx, "trade", 0); err != nil {
+		t.Fatal(err)
+	}
+	var l eventLog
+	defer c.Subscribe("trade", l.add)()
+	l.waitFor(t, "trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen")
+
+	for _, bad := range []string{`{"v":1,"channel":"trade","apps":["order"],"releasing":true,"blue_percent":150}`, `nonsense`} {
+		if _, err := cli.Put(ctx, "/switchyard/channels/trade", bad); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cli.Put(ctx, "/switchyard/channels/other", `{"v":1,"channel":"trade","apps":["x"],"releasing":true,"blue_percent":1}`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for c.Skipped() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Skipped() = %d, want 3", c.Skipped())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r, ok := c.Rule("trade"); !ok || r.BluePercent != 0 || !r.Releasing {
+		t.Fatalf("last good rule not kept: %+v", r)
+	}
+	if _, ok := c.Rule("other"); ok {
+		t.Fatal("a rule stored under the wrong channel was accepted")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := l.get(); len(got) != 3 {
+		t.Fatalf("malformed rules produced events: %v", got)
+	}
+	// The controller refuses to act on what it cannot read, and says where.
+	if _, err := ctl.Shift(ctx, "trade", 10); err == nil || !strings.Contains(err.Error(), "/switchyard/channels/") {
+		t.Fatalf("Shift over a malformed rule = %v, want an error naming the key", err)
+	}
+}
+
+func TestNewClientWithoutEtcdFailsClearly(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	e.Stop()
+	_, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: quiet(), RequestTimeout: 300 * time.Millisecond})
+	if !errors.Is(err, traffic.ErrEtcdUnavailable) || !strings.HasPrefix(err.Error(), "traffic: load rules:") {
+		t.Fatalf("NewClient without etcd = %v, want a traffic error wrapping ErrEtcdUnavailable", err)
+	}
+}
+
+func TestControllerRefusals(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctl := newController(t, cli)
+	ctx := context.Background()
+	if _, err := ctl.Open(ctx, "trade", []string{"order", "inventory"}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"shift unknown", func() error { _, err := ctl.Shift(ctx, "nope", 10); return err }, traffic.ErrUnknownChannel},
+		{"finish unknown", func() error { _, err := ctl.Finish(ctx, "nope"); return err }, traffic.ErrUnknownChannel},
+		{"open twice", func() error { _, err := ctl.Open(ctx, "trade", []string{"order"}); return err }, traffic.ErrAlreadyOpen},
+		{"app in another open channel", func() error { _, err := ctl.Open(ctx, "trade2", []string{"pay", "inventory"}); return err }, traffic.ErrAppInOpenChannel},
+		{"percent out of range", func() error { _, err := ctl.Shift(ctx, "trade", 100.5); return err }, traffic.ErrInvalidRule},
+		{"NaN", func() error { _, err := ctl.Shift(ctx, "trade", nan()); return err }, traffic.ErrInvalidRule},
+		{"bad channel name", func() error { _, err := ctl.Open(ctx, "a b", []string{"x"}); return err }, traffic.ErrInvalidRule},
+		{"no apps", func() error { _, err := ctl.Open(ctx, "empty", nil); return err }, traffic.ErrInvalidRule},
+		{"get unknown", func() error { _, err := ctl.Get(ctx, "nope"); return err }, traffic.ErrUnknownChannel},
+	}
+	for _, c := range cases {
+		if err := c.do(); !errors.Is(err, c.want) || !strings.HasPrefix(err.Error(), "traffic:") {
+			t.Errorf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	if _, err := ctl.Finish(ctx, "trade"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ctl.Shift(ctx, "trade", 10); !errors.Is(err, traffic.ErrNotOpen) {
+		t.Errorf("shift a finished channel: %v, want ErrNotOpen", err)
+	}
+	// After finishing, the apps are free again, and the rule is back at 50 %.
+	if _, err := ctl.Open(ctx, "trade2", []string{"inventory"}); err != nil {
+		t.Fatalf("open with an app of a finished channel: %v", err)
+	}
+	rules, err := ctl.List(ctx)
+	if err != nil || len(rules) != 2 || rules[0].Channel != "trade" || rules[0].BluePercent != 50 || rules[0].Releasing {
+		t.Fatalf("List = %+v %v", rules, err)
+	}
+}
+
+func nan() float64 { var z float64; return z / z }
+
+func TestConcurrentOperatorsConflictInsteadOfOverwriting(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+	// Many operators race to open channels that share an app: exactly one may win.
+	const n = 8
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctl := newController(t, cli)
+			_, err := ctl.Open(ctx, fmt.Sprintf("ch-%d", i), []string{"order"})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	wins := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			wins++
+		case errors.Is(err, traffic.ErrConflict) || errors.Is(err, traffic.ErrAppInOpenChannel):
+		default:
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d operators opened a channel with app order; exactly one may", wins)
+	}
+	rules, err := newController(t, cli).List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := 0
+	for _, r := range rules {
+		if r.Releasing && r.Has("order") {
+			open++
+		}
+	}
+	if open != 1 {
+		t.Fatalf("%d open channels hold app order", open)
+	}
+}

@@ -1,0 +1,218 @@
+package traffic
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+// SchemaVersion is the "v" field of the rule records this package writes and reads.
+const SchemaVersion = 1
+
+// EvenSplit is the blue percent of a channel with no release open: blue and green share
+// traffic by their base weights alone.
+const EvenSplit = 50
+
+// Rule is a release channel's traffic rule (DESIGN.md "Rule record").
+type Rule struct {
+	// Channel names the release channel: letters, digits, '.', '_', '-'; at most 128.
+	Channel string
+	// Apps are the apps released together in this channel, sorted, no duplicates.
+	Apps []string
+	// Releasing is whether a release is open.
+	Releasing bool
+	// BluePercent is blue's share of traffic in [0, 100]; fractions allowed (0.1 is a
+	// 0.1 % canary). 0 drains blue, 100 drains green.
+	BluePercent float64
+	// UpdatedAt is when the rule was last written.
+	UpdatedAt time.Time
+}
+
+// Key is the etcd key of the channel's rule under prefix: <prefix>/channels/<channel>.
+func Key(prefix, channel string) string { return ChannelsPrefix(prefix) + channel }
+
+// ChannelsPrefix is the etcd key prefix of every rule, ending in '/'.
+func ChannelsPrefix(prefix string) string { return prefix + "/channels/" }
+
+// Equal reports whether two rules have the same content.
+func (r Rule) Equal(o Rule) bool {
+	return r.Channel == o.Channel && slices.Equal(r.Apps, o.Apps) && r.Releasing == o.Releasing &&
+		r.BluePercent == o.BluePercent && r.UpdatedAt.Equal(o.UpdatedAt)
+}
+
+// Has reports whether app is in the channel.
+func (r Rule) Has(app string) bool {
+	_, ok := slices.BinarySearch(r.Apps, app)
+	return ok
+}
+
+// ErrInvalidRule is wrapped by every validation error of a rule.
+var ErrInvalidRule = errors.New("traffic: invalid rule")
+
+// RuleError says which field of a rule is wrong and why.
+type RuleError struct {
+	Field string // the JSON name of the field, e.g. "blue_percent"
+	Value string // the offending value, as written
+	Rule  string // what the value must be
+}
+
+func (e *RuleError) Error() string {
+	return fmt.Sprintf("traffic: invalid rule: %s %s: %s", e.Field, e.Value, e.Rule)
+}
+
+// Is makes errors.Is(err, ErrInvalidRule) true.
+func (e *RuleError) Is(target error) bool { return target == ErrInvalidRule }
+
+// ValidatePercent checks a blue percent: finite, in [0, 100].
+func ValidatePercent(p float64) error {
+	if math.IsNaN(p) || math.IsInf(p, 0) || p < 0 || p > 100 {
+		return &RuleError{Field: "blue_percent", Value: strconv.FormatFloat(p, 'g', -1, 64),
+			Rule: "must be a finite number from 0 to 100 (0 drains blue, 100 drains green)"}
+	}
+	return nil
+}
+
+// Validate checks the rule against DESIGN.md and returns the first violation as a
+// *RuleError. Apps must be sorted and unique: NewRule does that for you.
+func (r Rule) Validate() error {
+	if err := registry.ValidateName("channel", r.Channel); err != nil {
+		return &RuleError{Field: "channel", Value: strconv.Quote(r.Channel), Rule: ruleOf(err)}
+	}
+	if len(r.Apps) == 0 {
+		return &RuleError{Field: "apps", Value: "[]", Rule: "must name at least one app"}
+	}
+	for i, app := range r.Apps {
+		if err := registry.ValidateName("app", app); err != nil {
+			return &RuleError{Field: "apps", Value: strconv.Quote(app), Rule: ruleOf(err)}
+		}
+		if i > 0 && r.Apps[i-1] >= app {
+			return &RuleError{Field: "apps", Value: strconv.Quote(app), Rule: "must be sorted and name each app once"}
+		}
+	}
+	return ValidatePercent(r.BluePercent)
+}
+
+// ruleOf returns the rule part of a registry.FieldError.
+func ruleOf(err error) string {
+	var fe *registry.FieldError
+	if errors.As(err, &fe) {
+		return fe.Rule
+	}
+	return err.Error()
+}
+
+// NewRule returns a valid rule with apps sorted and deduplicated, or a *RuleError.
+func NewRule(channel string, apps []string, releasing bool, bluePercent float64) (Rule, error) {
+	sorted := slices.Clone(apps)
+	slices.Sort(sorted)
+	r := Rule{Channel: channel, Apps: slices.Compact(sorted), Releasing: releasing, BluePercent: bluePercent}
+	return r, r.Validate()
+}
+
+// record is the stored JSON form, kept apart from Rule.
+type record struct {
+	V           int       `json:"v"`
+	Channel     string    `json:"channel"`
+	Apps        []string  `json:"apps"`
+	Releasing   *bool     `json:"releasing"`
+	BluePercent *float64  `json:"blue_percent"`
+	UpdatedAt   time.Time `json:"updated_at"`
+}
+
+// Marshal validates r and encodes it as the stored JSON record.
+func Marshal(r Rule) ([]byte, error) {
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	rel, p := r.Releasing, r.BluePercent
+	return json.Marshal(record{V: SchemaVersion, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
+		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC()})
+}
+
+// ErrMalformedRule is wrapped by Unmarshal's errors for a value that is not a valid rule.
+var ErrMalformedRule = errors.New("traffic: malformed rule record")
+
+// Unmarshal decodes and validates a stored rule. Every field is required; apps are accepted
+// in any order and returned sorted, but not with duplicates.
+func Unmarshal(data []byte) (Rule, error) {
+	var rec record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return Rule{}, malformed(err)
+	}
+	switch {
+	case rec.V != SchemaVersion:
+		return Rule{}, malformed(fmt.Errorf("schema version \"v\":%d, this reader knows %d; upgrade switchyard", rec.V, SchemaVersion))
+	case rec.Releasing == nil:
+		return Rule{}, malformed(errors.New(`"releasing" is missing`))
+	case rec.BluePercent == nil:
+		return Rule{}, malformed(errors.New(`"blue_percent" is missing`))
+	}
+	apps := slices.Clone(rec.Apps)
+	slices.Sort(apps)
+	r := Rule{Channel: rec.Channel, Apps: apps, Releasing: *rec.Releasing, BluePercent: *rec.BluePercent, UpdatedAt: rec.UpdatedAt}
+	if err := r.Validate(); err != nil {
+		return Rule{}, malformed(err)
+	}
+	return r, nil
+}
+
+type malformedError struct{ err error }
+
+func malformed(err error) error { return &malformedError{err} }
+
+func (e *malformedError) Error() string {
+	return ErrMalformedRule.Error() + ": " + strings.TrimPrefix(e.err.Error(), "traffic: ")
+}
+
+func (e *malformedError) Unwrap() []error { return []error{ErrMalformedRule, e.err} }
+
+// Weights returns the per-instance color weights (base 100) that give blue a share of
+// bluePercent/100 when one blue and one green instance compete, so that
+// W/(100+W) = percent/100 (DESIGN.md "The weight formula"):
+//
+//	percent 50: 100, 100;  < 50: 100·p/(100−p), 100;  > 50: 100, 100·(100−p)/p
+//	percent 0: 0, 100 (blue drained);  100: 100, 0 (green drained)
+//
+// A percent outside [0, 100] is clamped; NaN counts as 50.
+func Weights(bluePercent float64) (blue, green float64) {
+	p := bluePercent
+	switch {
+	case math.IsNaN(p):
+		p = EvenSplit
+	case p < 0:
+		p = 0
+	case p > 100:
+		p = 100
+	}
+	switch {
+	case p == EvenSplit:
+		return 100, 100
+	case p < EvenSplit:
+		return 100 * p / (100 - p), 100
+	default:
+		return 100, 100 * (100 - p) / p
+	}
+}
+
+// TrafficWeight is the traffic_weight an instance of color c writes for its app's rule: its
+// color's weight while a release is open, DefaultWeight (100) otherwise or when colorless.
+func TrafficWeight(r Rule, c registry.Color) float64 {
+	if !r.Releasing {
+		return registry.DefaultWeight
+	}
+	blue, green := Weights(r.BluePercent)
+	switch c {
+	case registry.ColorBlue:
+		return blue
+	case registry.ColorGreen:
+		return green
+	}
+	return registry.DefaultWeight
+}
