@@ -11,9 +11,12 @@
 //   - registry: instances in etcd (lease, delayed and readiness-gated registration,
 //     deregistration, re-registration after an outage), watch-based discovery, and the gRPC
 //     resolver for switchyard:///<app> targets.
+//   - traffic: release channels and their rules, the weight formula, the rule client with
+//     its events (OnStart, OnFlowChange, OnEnterAllGreen …), the controller that writes
+//     rules, and sticky blue/green decisions carried in OpenTelemetry baggage.
 //
-// Still to come, in this order: traffic (release channels, rules, events, stickiness),
-// balancer (the weighted gRPC policy with warmup, blue/green filter and offline marks),
+// Still to come, in this order: balancer (the weighted gRPC policy with warmup, blue/green
+// filter and offline marks),
 // lifecycle (lossless start and offline), mq and job (drain-aware consumers and sharded
 // jobs), and the operator CLI cmd/switchyard.
 //

@@ -112,6 +112,7 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 		Decode:         c.decode,
 		Equal:          Rule.Equal,
 		OnChange:       c.apply,
+		PerEvent:       true, // every rule change gets its own events
 		OnListError:    func(err error) { c.signal(err) },
 		OnSkip:         c.skip,
 		RequestTimeout: cfg.RequestTimeout,

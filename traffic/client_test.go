@@ -346,3 +346,31 @@ func TestConcurrentOperatorsConflictInsteadOfOverwriting(t *testing.T) {
 		t.Fatalf("%d open channels hold app order", open)
 	}
 }
+
+func TestEveryChangeMissedDuringADisconnectIsReplayed(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli, direct := e.Client(t), e.DirectClient(t)
+	c := newClient(t, cli)
+	ctl := newController(t, direct)
+	ctx := context.Background()
+	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
+		t.Fatal(err)
+	}
+	var l eventLog
+	defer c.Subscribe("trade", l.add)()
+	l.waitFor(t, "trade OnStart")
+	// Without compaction etcd keeps the history, and the resumed watch delivers the missed
+	// revisions, often in one response: each must still produce its own events.
+	e.Cut()
+	for _, p := range []float64{0, 1, 100, 0} {
+		if _, err := ctl.Shift(ctx, "trade", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Heal()
+	l.waitFor(t, "trade OnStart",
+		"trade OnFlowChange 50→0", "trade OnEnterAllGreen",
+		"trade OnFlowChange 0→1", "trade OnExitAllGreen",
+		"trade OnFlowChange 1→100", "trade OnEnterAllBlue",
+		"trade OnFlowChange 100→0", "trade OnExitAllBlue", "trade OnEnterAllGreen")
+}

@@ -43,6 +43,10 @@ type Config[T any] struct {
 	// OnChange receives the whole set after every change, in key order, from the Watcher's
 	// goroutine; the slice is the callee's. Required.
 	OnChange func(items []T, revision int64)
+	// PerEvent calls OnChange after each changed key rather than once per watch response
+	// (which may batch several revisions), so that no intermediate state is skipped while
+	// the watch lasts. After a re-list only the net change can be known.
+	PerEvent bool
 	// OnListError is told of a failed list while the Watcher has never listed. Optional.
 	OnListError func(err error)
 	// OnSkip is told of every skipped value. Optional.
@@ -178,16 +182,21 @@ func (w *Watcher[T]) watch(ctx context.Context, rev int64) error {
 		}
 		changed := false
 		for _, ev := range resp.Events {
+			evChanged := false
 			switch ev.Type {
 			case mvccpb.PUT:
 				if v, ok := w.decode(ev.Kv); ok {
-					changed = w.put(w.name(ev.Kv.Key), v) || changed
+					evChanged = w.put(w.name(ev.Kv.Key), v)
 				}
 			case mvccpb.DELETE:
-				changed = w.remove(w.name(ev.Kv.Key)) || changed
+				evChanged = w.remove(w.name(ev.Kv.Key))
 			}
+			if evChanged && w.cfg.PerEvent {
+				w.publish(ev.Kv.ModRevision)
+			}
+			changed = changed || evChanged
 		}
-		if changed {
+		if changed && !w.cfg.PerEvent {
 			w.publish(resp.Header.Revision)
 		}
 	}

@@ -1,0 +1,56 @@
+// Package traffic holds release channels and their traffic rules: the rule model and its
+// validation, the weight formula, the rule Client every instance embeds (in-memory reads and
+// ordered events), the Controller that operators and release tooling use to write rules, and
+// sticky blue/green decisions carried in OpenTelemetry baggage. It implements DESIGN.md "Rule
+// record", "The weight formula", "Events" and "Stickiness".
+//
+// # Rules and weights
+//
+// A channel's rule lives at <prefix>/channels/<channel> (default prefix "/switchyard"): the
+// apps released together, whether a release is open, and blue's share of traffic in [0, 100]
+// (fractions allowed: 0.1 is a 0.1 % canary). Weights turns the share into per-instance color
+// weights with base 100 so that W/(100+W) = percent/100; TrafficWeight is what an instance of
+// a given color writes into its registry record.
+//
+// # The rule Client and its events
+//
+// NewClient loads every rule once (failing clearly if etcd cannot be read) and then follows
+// etcd's watch; Rule, ChannelOf and Rules are lock-free in-memory reads. Subscribe delivers a
+// channel's events in order — OnStart when a release opens; OnFlowChange(old, new) when the
+// effective blue percent changes, followed by the drain transitions it crosses
+// (OnExitAllBlue, OnExitAllGreen, OnEnterAllBlue, OnEnterAllGreen); OnFinish when it closes —
+// each subscriber from its own goroutine, so a slow or panicking subscriber holds up no one. A
+// new subscriber first gets the events that lead to the current state. While the watch lasts
+// every change gets its events; after etcd was unreachable or history was compacted, the
+// Client re-reads and emits the events of the net change, so every subscriber converges to
+// etcd. A malformed rule is skipped, logged and counted (switchyard.traffic.rules.skipped) and
+// the last good rule of its channel stays in force.
+//
+// The effective percent is BluePercent while a release is open and 50 otherwise, so finishing
+// a release from 100 gives OnFlowChange 100→50, OnExitAllBlue, OnFinish. DESIGN.md says
+// "exactly one of" the drain events accompanies a flow change; a jump straight from 100 to 0
+// (or back) crosses two, and both are delivered, exit first.
+//
+// # The Controller
+//
+// Open, Shift and Finish validate first and then write with a compare-and-swap covering every
+// rule, so a concurrent change by another operator fails with ErrConflict instead of being
+// overwritten, and "an app is in at most one open channel" holds even when two operators open
+// channels at once. Finish sets the split back to 50/50.
+//
+// # Stickiness
+//
+// Once a request enters a channel's release, every hop below it stays on the same color: the
+// client interceptors (UnaryClientInterceptor, StreamClientInterceptor) decide blue with
+// probability percent/100 on the first call into the channel and record the decision in the
+// baggage member x-deploy-channel-type (e.g. "trade=blue&pay=green"); later hops keep it. They
+// write the `baggage` header exactly once, with or without an OpenTelemetry propagator or
+// otelgrpc. The server interceptors put every incoming `baggage` header (merged) into the
+// handler's context, so a handler that calls on with its own context carries the decision.
+// Decision reads it without allocating.
+//
+// Costs, measured with the benchmarks in this package on 2 cores: a call to an app in no open
+// channel without baggage, 24 ns and no allocation; a call carrying a decision, 0.5 µs and 6
+// allocations (writing the outgoing header); a call that decides, 1.5 µs and 17 allocations;
+// the server interceptor, 50 ns and none without baggage, 1.1 µs and 9 with it.
+package traffic
