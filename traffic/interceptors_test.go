@@ -280,3 +280,86 @@ func TestInterceptorPassesThroughWithoutChannelOrBaggage(t *testing.T) {
 		}
 	}
 }
+
+// streamHop answers a server stream with the decision it sees on the stream's context.
+type streamHop struct {
+	greeterpb.UnimplementedGreeterServer
+}
+
+func (streamHop) SayHellos(req *greeterpb.HelloRequest, stream grpc.ServerStreamingServer[greeterpb.HelloReply]) error {
+	color, ok := traffic.Decision(stream.Context(), "trade")
+	if !ok {
+		color = "none"
+	}
+	for i := int32(0); i < req.GetCount(); i++ {
+		if err := stream.Send(&greeterpb.HelloReply{Message: string(color)}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestStreamInterceptorsCarryTheDecision(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	rules, ctl := newClient(t, cli), newController(t, cli)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer(grpc.ChainStreamInterceptor(traffic.StreamServerInterceptor()))
+	greeterpb.RegisterGreeterServer(s, streamHop{})
+	go func() { _ = s.Serve(ln) }()
+	defer s.Stop()
+	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: quiet(),
+		Instance: registry.Instance{App: "order", ID: "order-1", Addr: ln.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close(context.Background())
+	if err := reg.Register(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rb, _ := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet()})
+	cc, err := grpc.NewClient("switchyard:///order", grpc.WithResolvers(rb),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainStreamInterceptor(rules.StreamClientInterceptor()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	client := greeterpb.NewGreeterClient(cc)
+
+	colors := func() []string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := client.SayHellos(ctx, &greeterpb.HelloRequest{Count: 3}, grpc.WaitForReady(true))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				break
+			}
+			out = append(out, r.GetMessage())
+		}
+		return out
+	}
+	if got := fmt.Sprint(colors()); got != "[none none none]" {
+		t.Fatalf("no release open, stream saw %s", got)
+	}
+	if _, err := ctl.Open(context.Background(), "trade", []string{"order"}); err != nil {
+		t.Fatal(err)
+	}
+	c := &chain{rules: rules, ctl: ctl}
+	c.shift(t, 100)
+	if got := fmt.Sprint(colors()); got != "[blue blue blue]" {
+		t.Fatalf("at 100%% the stream saw %s", got)
+	}
+	c.shift(t, 0)
+	if got := fmt.Sprint(colors()); got != "[green green green]" {
+		t.Fatalf("at 0%% the stream saw %s", got)
+	}
+}

@@ -27,6 +27,7 @@ const (
 type HelloRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Count         int32                  `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -66,6 +67,13 @@ func (x *HelloRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *HelloRequest) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
 }
 
 type HelloReply struct {
@@ -125,15 +133,17 @@ var File_greeter_proto protoreflect.FileDescriptor
 
 const file_greeter_proto_rawDesc = "" +
 	"\n" +
-	"\rgreeter.proto\x12\x15switchyard.greeter.v1\"\"\n" +
+	"\rgreeter.proto\x12\x15switchyard.greeter.v1\"8\n" +
 	"\fHelloRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"B\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x05R\x05count\"B\n" +
 	"\n" +
 	"HelloReply\x12\x18\n" +
 	"\amessage\x18\x01 \x01(\tR\amessage\x12\x1a\n" +
-	"\binstance\x18\x02 \x01(\tR\binstance2]\n" +
+	"\binstance\x18\x02 \x01(\tR\binstance2\xb4\x01\n" +
 	"\aGreeter\x12R\n" +
-	"\bSayHello\x12#.switchyard.greeter.v1.HelloRequest\x1a!.switchyard.greeter.v1.HelloReplyB8Z6github.com/switchyard-go/switchyard/internal/greeterpbb\x06proto3"
+	"\bSayHello\x12#.switchyard.greeter.v1.HelloRequest\x1a!.switchyard.greeter.v1.HelloReply\x12U\n" +
+	"\tSayHellos\x12#.switchyard.greeter.v1.HelloRequest\x1a!.switchyard.greeter.v1.HelloReply0\x01B8Z6github.com/switchyard-go/switchyard/internal/greeterpbb\x06proto3"
 
 var (
 	file_greeter_proto_rawDescOnce sync.Once
@@ -154,9 +164,11 @@ var file_greeter_proto_goTypes = []any{
 }
 var file_greeter_proto_depIdxs = []int32{
 	0, // 0: switchyard.greeter.v1.Greeter.SayHello:input_type -> switchyard.greeter.v1.HelloRequest
-	1, // 1: switchyard.greeter.v1.Greeter.SayHello:output_type -> switchyard.greeter.v1.HelloReply
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	0, // 1: switchyard.greeter.v1.Greeter.SayHellos:input_type -> switchyard.greeter.v1.HelloRequest
+	1, // 2: switchyard.greeter.v1.Greeter.SayHello:output_type -> switchyard.greeter.v1.HelloReply
+	1, // 3: switchyard.greeter.v1.Greeter.SayHellos:output_type -> switchyard.greeter.v1.HelloReply
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
