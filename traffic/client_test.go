@@ -166,18 +166,25 @@ func TestSlowAndPanickingSubscribersDoNotHoldUpOthers(t *testing.T) {
 	}
 }
 
-func TestEventsConvergeAfterAWatchGapWithCompaction(t *testing.T) {
+// openedThroughProxy returns a rule client reaching etcd through the cuttable proxy, a
+// controller that bypasses it, channel trade opened, and the client's trade events so far.
+func openedThroughProxy(t *testing.T) (*etcdtest.Server, *traffic.Client, *traffic.Controller, *eventLog) {
+	t.Helper()
 	e := etcdtest.Start(t)
-	cli, direct := e.Client(t), e.DirectClient(t)
-	c := newClient(t, cli)
-	ctl := newController(t, direct)
-	ctx := context.Background()
-	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
+	c := newClient(t, e.Client(t))
+	ctl := newController(t, e.DirectClient(t))
+	if _, err := ctl.Open(context.Background(), "trade", []string{"order"}); err != nil {
 		t.Fatal(err)
 	}
-	var l eventLog
-	defer c.Subscribe("trade", l.add)()
+	l := &eventLog{}
+	t.Cleanup(c.Subscribe("trade", l.add))
 	l.waitFor(t, "trade OnStart")
+	return e, c, ctl, l
+}
+
+func TestEventsConvergeAfterAWatchGapWithCompaction(t *testing.T) {
+	e, c, ctl, l := openedThroughProxy(t)
+	ctx := context.Background()
 
 	// Cut off, the client misses 0 → 1 → 100 and a compaction; it must report the net change.
 	e.Cut()
@@ -348,17 +355,8 @@ func TestConcurrentOperatorsConflictInsteadOfOverwriting(t *testing.T) {
 }
 
 func TestEveryChangeMissedDuringADisconnectIsReplayed(t *testing.T) {
-	e := etcdtest.Start(t)
-	cli, direct := e.Client(t), e.DirectClient(t)
-	c := newClient(t, cli)
-	ctl := newController(t, direct)
+	e, _, ctl, l := openedThroughProxy(t)
 	ctx := context.Background()
-	if _, err := ctl.Open(ctx, "trade", []string{"order"}); err != nil {
-		t.Fatal(err)
-	}
-	var l eventLog
-	defer c.Subscribe("trade", l.add)()
-	l.waitFor(t, "trade OnStart")
 	// Without compaction etcd keeps the history, and the resumed watch delivers the missed
 	// revisions, often in one response: each must still produce its own events.
 	e.Cut()
