@@ -9,38 +9,21 @@ import (
 
 	"go.opentelemetry.io/otel/baggage"
 
+	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
 // BaggageKey is the OpenTelemetry baggage member that carries sticky decisions along a call
 // chain (DESIGN.md "Stickiness"): its value is <channel>=<color> pairs joined by '&', e.g.
 // "trade=blue&pay=green".
-const BaggageKey = "x-deploy-channel-type"
+const BaggageKey = sticky.BaggageKey
 
 // Decision returns the color decided for channel in ctx's baggage. Malformed pairs and
 // colors other than blue and green are ignored; the first valid pair for the channel wins.
 // It allocates nothing, whether or not a decision is present.
 func Decision(ctx context.Context, channel string) (registry.Color, bool) {
-	return lookup(baggage.FromContext(ctx).Member(BaggageKey).Value(), channel)
-}
-
-// lookup finds channel's color in a decision value without allocating.
-func lookup(value, channel string) (registry.Color, bool) {
-	for value != "" {
-		var pair string
-		pair, value, _ = strings.Cut(value, "&")
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok || k != channel {
-			continue
-		}
-		switch registry.Color(v) {
-		case registry.ColorBlue:
-			return registry.ColorBlue, true
-		case registry.ColorGreen:
-			return registry.ColorGreen, true
-		}
-	}
-	return "", false
+	c, ok := sticky.Decision(ctx, channel)
+	return registry.Color(c), ok
 }
 
 // ParseDecisions returns every valid channel → color pair of a decision value, ignoring

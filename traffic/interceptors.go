@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -42,7 +43,7 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 	b := baggage.FromContext(ctx)
 	if app, ok := appOf(target); ok {
 		if r, open := c.ChannelOf(app); open {
-			if _, decided := lookup(b.Member(BaggageKey).Value(), r.Channel); !decided {
+			if _, decided := sticky.Lookup(b.Member(BaggageKey).Value(), r.Channel); !decided {
 				color := registry.ColorGreen
 				if rand.Float64()*100 < r.BluePercent {
 					color = registry.ColorBlue
