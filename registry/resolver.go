@@ -14,14 +14,16 @@ import (
 	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
+
+	swbalancer "github.com/switchyard-go/switchyard/balancer"
 )
 
 // Scheme is the gRPC target scheme of the resolver: switchyard:///<app>.
 const Scheme = "switchyard"
 
 // DefaultServiceConfig is the service config the resolver sends when ResolverConfig has
-// none: it selects gRPC's round_robin policy until switchyard's weighted balancer lands.
-const DefaultServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}`
+// none: it selects switchyard's weighted policy (package balancer, linked in by this package).
+const DefaultServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}]}`
 
 // ResolverConfig configures the resolver builder.
 type ResolverConfig struct {
@@ -29,9 +31,13 @@ type ResolverConfig struct {
 	Client *clientv3.Client
 	// Prefix is the etcd key prefix. Default DefaultPrefix ("/switchyard").
 	Prefix string
-	// ServiceConfig is the JSON service config sent with every update (it selects the load
-	// balancing policy and may carry method configs). Default DefaultServiceConfig.
+	// ServiceConfig is the whole JSON service config sent with every update, replacing the
+	// default. Default DefaultServiceConfig plus MethodConfig.
 	ServiceConfig string
+	// MethodConfig is a JSON array of gRPC method configs, merged into the default service
+	// config, e.g. a retry policy for methods that are safe to retry (see RetryPolicy).
+	// Ignored when ServiceConfig is set. Default none.
+	MethodConfig string
 	// RequestTimeout caps each list request. Default DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
 	// Logger, default slog.Default().
@@ -52,11 +58,21 @@ func NewResolverBuilder(cfg ResolverConfig) (resolver.Builder, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("registry: ResolverConfig.Client is nil; pass a connected *clientv3.Client")
 	}
-	if cfg.ServiceConfig == "" {
+	switch {
+	case cfg.ServiceConfig != "" && cfg.MethodConfig != "":
+		return nil, errors.New("registry: set ResolverConfig.ServiceConfig or MethodConfig, not both; put the method configs into ServiceConfig")
+	case cfg.ServiceConfig != "":
+		if !json.Valid([]byte(cfg.ServiceConfig)) {
+			return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig is not valid JSON: %q", cfg.ServiceConfig)
+		}
+	case cfg.MethodConfig != "":
+		var mc []json.RawMessage
+		if err := json.Unmarshal([]byte(cfg.MethodConfig), &mc); err != nil {
+			return nil, fmt.Errorf("registry: ResolverConfig.MethodConfig must be a JSON array of method configs: %w", err)
+		}
+		cfg.ServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}],"methodConfig":` + cfg.MethodConfig + `}`
+	default:
 		cfg.ServiceConfig = DefaultServiceConfig
-	}
-	if !json.Valid([]byte(cfg.ServiceConfig)) {
-		return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig is not valid JSON: %q", cfg.ServiceConfig)
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
@@ -162,10 +178,32 @@ func (a *instanceAttr) Equal(o any) bool {
 }
 
 func newEndpoint(in Instance) resolver.Endpoint {
-	return resolver.Endpoint{
+	ep := resolver.Endpoint{
 		Addresses:  []resolver.Address{{Addr: in.Addr}},
 		Attributes: attributes.New(instanceKey{}, &instanceAttr{in: in}),
 	}
+	return swbalancer.SetEndpointInfo(ep, swbalancer.EndpointInfo{
+		ID: in.ID, Color: string(in.Color), Channel: in.Channel, Weight: in.Weight,
+		TrafficWeight: in.TrafficWeight, StartTime: in.StartTime, Warmup: in.Warmup,
+	})
+}
+
+// RetryPolicy returns a MethodConfig that retries calls of the given fully-qualified services
+// (e.g. "order.v1.Order") or methods ("order.v1.Order/Get") up to 3 attempts when they fail
+// with UNAVAILABLE, as they do when an instance dies abruptly mid-call. Declare only what is
+// safe to run twice.
+func RetryPolicy(names ...string) string {
+	var sel []string
+	for _, n := range names {
+		service, method, _ := strings.Cut(n, "/")
+		if method == "" {
+			sel = append(sel, fmt.Sprintf(`{"service":%q}`, service))
+		} else {
+			sel = append(sel, fmt.Sprintf(`{"service":%q,"method":%q}`, service, method))
+		}
+	}
+	return `[{"name":[` + strings.Join(sel, ",") + `],"retryPolicy":{"maxAttempts":3,"initialBackoff":"0.01s",` +
+		`"maxBackoff":"0.1s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]`
 }
 
 // InstanceFromEndpoint returns the instance record the resolver attached to ep. ok is false

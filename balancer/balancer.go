@@ -1,0 +1,269 @@
+package balancer
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/balancer/endpointsharding"
+	"google.golang.org/grpc/balancer/pickfirst"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/serviceconfig"
+
+	"github.com/switchyard-go/switchyard/internal/sticky"
+)
+
+// Name is the policy's name in a service config: {"loadBalancingConfig":[{"switchyard_weighted":{}}]}.
+const Name = "switchyard_weighted"
+
+// OfflineHeader is the response metadata key, sent in header and trailer with value "1", by
+// which an instance that is going offline tells its callers to stop picking it (DESIGN.md
+// "Offline notification").
+const OfflineHeader = "x-switchyard-offline"
+
+const meterName = "github.com/switchyard-go/switchyard/balancer"
+
+func init() {
+	balancer.Register(builder{})
+}
+
+type builder struct{}
+
+func (builder) Name() string { return Name }
+
+// ParseConfig accepts only an empty config: the policy has no options.
+func (builder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfig, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(js, &m); err != nil {
+		return nil, fmt.Errorf("switchyard balancer: config %s is not a JSON object: %w", js, err)
+	}
+	if len(m) > 0 {
+		return nil, fmt.Errorf("switchyard balancer: config %s: %s takes no options; use {}", js, Name)
+	}
+	return lbConfig{}, nil
+}
+
+type lbConfig struct {
+	serviceconfig.LoadBalancingConfig
+}
+
+func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
+	log := slog.Default().With("component", "switchyard-balancer", "target", opts.Target.String())
+	fallbacks, err := otel.GetMeterProvider().Meter(meterName).Int64Counter("switchyard.balancer.sticky_fallbacks",
+		metric.WithDescription("Sticky requests sent to the other color because the decided color had no ready endpoint."),
+		metric.WithUnit("{request}"))
+	if err != nil {
+		log.Warn("switchyard balancer: cannot create metric; sticky fallbacks are only logged", "err", err)
+		fallbacks = noop.Int64Counter{}
+	}
+	b := &wBalancer{
+		ClientConn: cc,
+		log:        log,
+		fallbacks:  fallbacks,
+		fbAttrs:    metric.WithAttributeSet(attribute.NewSet(attribute.String("target", opts.Target.String()))),
+		offline:    map[string]EndpointInfo{},
+		now:        time.Now,
+		next:       new(atomic.Uint64),
+	}
+	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
+	return b
+}
+
+// wBalancer is a parent of endpointsharding with one pick_first child per endpoint, as
+// grpc-go's round_robin is; it replaces the children's round-robin picker with a weighted one.
+//
+// gRPC calls the balancer.Balancer methods one at a time. UpdateState (from the children),
+// the warmup timer and Done callbacks (offline marks) can come from other goroutines: mu
+// guards everything below it, and is held while a picker is built and sent, so pickers go out
+// in the order their inputs changed. No user code runs under mu.
+type wBalancer struct {
+	balancer.ClientConn // embedded: gRPC requires it, and UpdateState is intercepted
+	child               balancer.Balancer
+	log                 *slog.Logger
+	fallbacks           metric.Int64Counter
+	fbAttrs             metric.AddOption
+	now                 func() time.Time
+	next                *atomic.Uint64
+
+	mu       sync.Mutex
+	last     balancer.State                // the children's last aggregated state
+	children []endpointsharding.ChildState // from last
+	offline  map[string]EndpointInfo       // id → the record it was marked offline under
+	timer    *time.Timer                   // warmup refresh, while any ready endpoint warms
+	closed   bool
+}
+
+func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
+	// Offline marks end when the instance leaves or a different record for it arrives.
+	present := make(map[string]EndpointInfo, len(s.ResolverState.Endpoints))
+	for _, ep := range s.ResolverState.Endpoints {
+		if info, ok := EndpointInfoFrom(ep); ok {
+			present[info.ID] = info
+		}
+	}
+	b.mu.Lock()
+	for id, marked := range b.offline {
+		if cur, ok := present[id]; !ok || !cur.Equal(marked) {
+			delete(b.offline, id)
+		}
+	}
+	b.mu.Unlock()
+	return b.child.UpdateClientConnState(balancer.ClientConnState{
+		ResolverState: pickfirst.EnableHealthListener(s.ResolverState),
+	})
+}
+
+func (b *wBalancer) ResolverError(err error) { b.child.ResolverError(err) }
+
+func (b *wBalancer) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {} // deprecated
+
+func (b *wBalancer) ExitIdle() { b.child.ExitIdle() }
+
+func (b *wBalancer) Close() {
+	b.mu.Lock()
+	b.closed = true
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	b.mu.Unlock()
+	b.child.Close()
+}
+
+// UpdateState receives endpointsharding's aggregated state and sends the weighted picker.
+func (b *wBalancer) UpdateState(s balancer.State) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.last = s
+	b.children = endpointsharding.ChildStatesFromPicker(s.Picker)
+	b.sendLocked()
+}
+
+// markOffline takes an endpoint out of the picker at once; called from Done callbacks.
+func (b *wBalancer) markOffline(info EndpointInfo) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if cur, ok := b.offline[info.ID]; ok && cur.Equal(info) {
+		return
+	}
+	b.offline[info.ID] = info
+	b.log.Info("switchyard balancer: instance says it is going offline; no longer picking it", "instance", info.ID)
+	b.sendLocked()
+}
+
+func (b *wBalancer) refresh() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sendLocked()
+}
+
+// sendLocked builds a picker from the ready children and sends it, and keeps the warmup
+// timer running while any of them warms. With no ready child it passes the children's own
+// state and picker through (connecting, failing). Needs mu.
+func (b *wBalancer) sendLocked() {
+	if b.closed {
+		return
+	}
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timer = nil
+	}
+	now := b.now()
+	blue, green := false, false
+	for _, c := range b.children {
+		info, _ := EndpointInfoFrom(c.Endpoint)
+		blue = blue || info.Color == sticky.Blue
+		green = green || info.Color == sticky.Green
+	}
+	ready := b.readyLocked(true)
+	if len(ready) == 0 {
+		ready = b.readyLocked(false) // every ready endpoint is going offline: they still serve
+	}
+	if len(ready) == 0 || b.last.ConnectivityState != connectivity.Ready {
+		b.ClientConn.UpdateState(b.last)
+		return
+	}
+	p := &picker{next: b.next, fallbacks: b.fallbacks, fbAttrs: b.fbAttrs, log: b.log}
+	channels := map[string]int{}
+	warmup := time.Duration(0)
+	for _, c := range ready {
+		info, _ := EndpointInfoFrom(c.Endpoint)
+		done := b.doneFor(info)
+		p.all.add(c.State.Picker, done, info.EffectiveWeight(blue && green, now))
+		if info.Color == sticky.Blue || info.Color == sticky.Green {
+			p.byColor[colorIndex(info.Color)].add(c.State.Picker, done, info.Weight*info.WarmupFactor(now))
+		}
+		if info.Channel != "" {
+			channels[info.Channel]++
+		}
+		if info.warming(now) && (warmup == 0 || info.Warmup < warmup) {
+			warmup = info.Warmup
+		}
+	}
+	p.channel = mostCommon(channels)
+	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
+	if warmup > 0 {
+		// At least 20 steps over the shortest ramp, between 10 ms and 1 s apart.
+		b.timer = time.AfterFunc(min(max(warmup/20, 10*time.Millisecond), time.Second), b.refresh)
+	}
+}
+
+// readyLocked returns the ready children, without those marked offline if skipOffline.
+func (b *wBalancer) readyLocked(skipOffline bool) []endpointsharding.ChildState {
+	var out []endpointsharding.ChildState
+	for _, c := range b.children {
+		if c.State.ConnectivityState != connectivity.Ready {
+			continue
+		}
+		if info, ok := EndpointInfoFrom(c.Endpoint); ok && skipOffline {
+			if _, off := b.offline[info.ID]; off {
+				continue
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// doneFor returns the pick's Done callback for an endpoint: it watches the trailer for the
+// offline flag. Built once per endpoint per picker, so Pick allocates nothing.
+func (b *wBalancer) doneFor(info EndpointInfo) func(balancer.DoneInfo) {
+	if info.ID == "" {
+		return func(balancer.DoneInfo) {}
+	}
+	return func(di balancer.DoneInfo) {
+		if isOffline(di.Trailer) {
+			b.markOffline(info)
+		}
+	}
+}
+
+func isOffline(md metadata.MD) bool {
+	for _, v := range md[OfflineHeader] {
+		if v == "1" {
+			return true
+		}
+	}
+	return false
+}
+
+// mostCommon returns the channel most endpoints name (the smallest name on a tie), "" if none.
+func mostCommon(counts map[string]int) string {
+	best, n := "", 0
+	for _, ch := range slices.Sorted(maps.Keys(counts)) {
+		if counts[ch] > n {
+			best, n = ch, counts[ch]
+		}
+	}
+	return best
+}

@@ -1,0 +1,106 @@
+package balancer
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/balancer"
+
+	"github.com/switchyard-go/switchyard/internal/sticky"
+)
+
+// weightedSet picks among endpoints in proportion to their weights. It is immutable.
+type weightedSet struct {
+	pickers []balancer.Picker         // the endpoints' pick_first pickers
+	dones   []func(balancer.DoneInfo) // per endpoint, built once: no closure per pick
+	cum     []float64                 // cum[i] = weights[0] + … + weights[i]
+	total   float64                   // 0: every weight is 0, pick evenly
+}
+
+func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), w float64) {
+	s.total += w
+	s.pickers = append(s.pickers, p)
+	s.dones = append(s.dones, done)
+	s.cum = append(s.cum, s.total)
+}
+
+func (s *weightedSet) len() int { return len(s.pickers) }
+
+// index maps the k-th pick to an endpoint. k runs through a Weyl sequence (k × 2^64/φ): a
+// deterministic, evenly spread stream of points in [0, 1), so every endpoint gets its share
+// within a few picks, and it takes no lock and no random state.
+func (s *weightedSet) index(k uint64) int {
+	if s.total <= 0 {
+		return int(k % uint64(len(s.pickers))) // round robin
+	}
+	k *= 0x9E3779B97F4A7C15
+	x := float64(k>>11) / (1 << 53) * s.total
+	lo, hi := 0, len(s.cum)-1
+	for lo < hi { // first i with cum[i] > x
+		mid := int(uint(lo+hi) >> 1)
+		if s.cum[mid] > x {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo
+}
+
+// picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
+// Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup, a
+// binary search.
+type picker struct {
+	all     weightedSet    // by effective weight
+	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
+	channel string         // the endpoints' release channel; "" means no sticky filtering
+	next    *atomic.Uint64 // shared across pickers of one balancer
+
+	fallbacks metric.Int64Counter
+	fbAttrs   metric.AddOption
+	log       *slog.Logger
+}
+
+func colorIndex(c string) int {
+	if c == sticky.Green {
+		return 1
+	}
+	return 0
+}
+
+func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
+	set := &p.all
+	if p.channel != "" {
+		if color, ok := sticky.Lookup(baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value(), p.channel); ok {
+			if cs := &p.byColor[colorIndex(color)]; cs.len() > 0 {
+				set = cs
+			} else {
+				p.fallback(info.Ctx, color)
+			}
+		}
+	}
+	i := set.index(p.next.Add(1))
+	res, err := set.pickers[i].Pick(info)
+	if err != nil {
+		return res, err
+	}
+	if res.Done == nil {
+		res.Done = set.dones[i]
+	} else { // a child with its own callback: call both (allocates; pick_first has none)
+		child, ours := res.Done, set.dones[i]
+		res.Done = func(di balancer.DoneInfo) { child(di); ours(di) }
+	}
+	return res, nil
+}
+
+// fallback counts a sticky request whose color has no ready endpoint: it goes to the other
+// color rather than fail.
+func (p *picker) fallback(ctx context.Context, color string) {
+	p.fallbacks.Add(ctx, 1, p.fbAttrs)
+	if p.log.Enabled(ctx, slog.LevelDebug) {
+		p.log.DebugContext(ctx, "switchyard balancer: no ready endpoint of the decided color; using the other", "channel", p.channel, "color", color)
+	}
+}
