@@ -25,7 +25,7 @@ func TestSplitFollowsTheBluePercentAndReusesConnections(t *testing.T) {
 	c := newCluster(t)
 	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
 	green := c.start(colored("green-1", registry.ColorGreen, 50))
-	client := c.dial("")
+	client := c.dial()
 	for _, p := range []float64{1, 10, 50, 99} {
 		for _, in := range []*instance{blue, green} {
 			color := registry.ColorBlue
@@ -60,7 +60,7 @@ func TestOneColorIgnoresColorWeights(t *testing.T) {
 	c := newCluster(t)
 	c.start(colored("blue-1", registry.ColorBlue, 0)) // traffic weight 0, but no green exists
 	c.start(colored("blue-2", registry.ColorBlue, 1))
-	seen := calls(t, c.dial(""), context.Background(), 2000, 4)
+	seen := calls(t, c.dial(), context.Background(), 2000, 4)
 	if seen["blue-1"] < 900 || seen["blue-2"] < 900 {
 		t.Fatalf("with one color present the split must be even, got %v", seen)
 	}
@@ -70,7 +70,7 @@ func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 	c := newCluster(t)
 	c.start(registry.Instance{ID: "big", Weight: 300})
 	c.start(registry.Instance{ID: "small", Weight: 100})
-	seen := calls(t, c.dial(""), context.Background(), 4000, 4)
+	seen := calls(t, c.dial(), context.Background(), 4000, 4)
 	if seen["big"] < 2900 || seen["big"] > 3100 {
 		t.Fatalf("weights 300:100 gave %v", seen)
 	}
@@ -79,7 +79,7 @@ func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 	z := newCluster(t)
 	z.start(colored("blue-1", registry.ColorBlue, 0))
 	z.start(registry.Instance{ID: "green-1", Color: registry.ColorGreen, Channel: "trade", TrafficWeight: 0})
-	seen = calls(t, z.dial(""), context.Background(), 2000, 4)
+	seen = calls(t, z.dial(), context.Background(), 2000, 4)
 	if seen["blue-1"] < 900 || seen["green-1"] < 900 {
 		t.Fatalf("all weights 0 must split evenly, got %v", seen)
 	}
@@ -88,7 +88,7 @@ func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 func TestWarmupRampsLinearly(t *testing.T) {
 	c := newCluster(t)
 	c.start(registry.Instance{ID: "old"})
-	client := c.dial("")
+	client := c.dial()
 	calls(t, client, context.Background(), 10, 1) // connected
 	const warmup = 3 * time.Second
 	start := time.Now()
@@ -115,7 +115,7 @@ func TestStickyRequestsNeverCrossColors(t *testing.T) {
 	c.start(colored("blue-2", registry.ColorBlue, 0))
 	c.start(colored("green-1", registry.ColorGreen, 0))
 	c.start(colored("green-2", registry.ColorGreen, 0))
-	client := c.dial("")
+	client := c.dial()
 	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
 		ctx, err := traffic.WithDecision(context.Background(), "trade", color)
 		if err != nil {
@@ -145,7 +145,7 @@ func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
 	c := newCluster(t)
 	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
 	c.start(colored("green-1", registry.ColorGreen, 50))
-	client := c.dial("")
+	client := c.dial()
 	ctx, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
 	if seen := calls(t, client, ctx, 100, 2); seen["blue-1"] != 100 {
 		t.Fatalf("decided blue went to %v", seen)
@@ -180,7 +180,7 @@ func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 	c := newCluster(t)
 	c.start(registry.Instance{ID: "a"})
 	b := c.start(registry.Instance{ID: "b"})
-	client := c.dial("")
+	client := c.dial()
 	calls(t, client, context.Background(), 100, 1)
 
 	b.offline.Store(true) // b starts answering with x-switchyard-offline: 1 (still serving)

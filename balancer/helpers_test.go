@@ -33,6 +33,7 @@ type instance struct {
 	srv      *grpc.Server
 	accepted atomic.Int32 // TCP connections accepted
 	offline  atomic.Bool  // answer with the offline flag
+	delay    atomic.Int64 // handler delay in ns
 }
 
 type countingListener struct {
@@ -72,6 +73,9 @@ func (c *cluster) start(in registry.Instance) *instance {
 		if inst.offline.Load() {
 			_ = grpc.SetTrailer(ctx, metadata.Pairs(balancer.OfflineHeader, "1"))
 		}
+		if d := inst.delay.Load(); d > 0 {
+			time.Sleep(time.Duration(d))
+		}
 		return h(ctx, req)
 	}))
 	greeterpb.RegisterGreeterServer(inst.srv, &greeterpb.Server{Instance: in.ID})
@@ -92,16 +96,19 @@ func (c *cluster) start(in registry.Instance) *instance {
 	return inst
 }
 
-// dial returns a client of switchyard:///greeter; serviceConfig "" is the default (ours).
-func (c *cluster) dial(serviceConfig string, opts ...grpc.DialOption) greeterpb.GreeterClient {
+// dial returns a client of switchyard:///greeter through the resolver, configured by mod.
+func (c *cluster) dial(mod ...func(*registry.ResolverConfig)) greeterpb.GreeterClient {
 	t := c.t
 	t.Helper()
-	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: c.cli, Logger: silent, ServiceConfig: serviceConfig})
+	cfg := registry.ResolverConfig{Client: c.cli, Logger: silent}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	rb, err := registry.NewResolverBuilder(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts = append(opts, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	cc, err := grpc.NewClient("switchyard:///greeter", opts...)
+	cc, err := grpc.NewClient("switchyard:///greeter", grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
