@@ -14,9 +14,10 @@
 //   - traffic: release channels and their rules, the weight formula, the rule client with
 //     its events (OnStart, OnFlowChange, OnEnterAllGreen …), the controller that writes
 //     rules, and sticky blue/green decisions carried in OpenTelemetry baggage.
+//   - balancer: the gRPC policy switchyard_weighted (selected by the resolver by default):
+//     weights, warmup ramp, blue/green filter for sticky requests, offline marks.
 //
-// Still to come, in this order: balancer (the weighted gRPC policy with warmup, blue/green
-// filter and offline marks),
+// Still to come, in this order:
 // lifecycle (lossless start and offline), mq and job (drain-aware consumers and sharded
 // jobs), and the operator CLI cmd/switchyard.
 //

@@ -34,7 +34,9 @@
 // unchanged record keeps an equal Endpoint, so a weight change reuses the connection. While it
 // has never reached etcd it reports the error to gRPC, so RPCs fail fast with
 // "registry: no instances known yet: ..." rather than hang, and it recovers by itself. Its
-// default service config selects round_robin (DefaultServiceConfig).
+// default service config selects switchyard's weighted policy, package balancer, which this
+// package links in (DefaultServiceConfig); ResolverConfig.MethodConfig adds method configs
+// such as RetryPolicy.
 //
 // # etcd client settings
 //

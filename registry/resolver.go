@@ -155,7 +155,7 @@ func (r *etcdResolver) update(u Update) {
 		maps.DeleteFunc(r.eps, func(_ string, c cachedEndpoint) bool { return c.gen != r.gen })
 	}
 	if err := r.cc.UpdateState(resolver.State{Endpoints: eps, ServiceConfig: r.sc}); err != nil {
-		// The balancer refused the state (e.g. round_robin with no endpoints). gRPC will ask
+		// The balancer refused the state (e.g. no endpoints at all). gRPC will ask
 		// for a re-resolution; the watch delivers the next change anyway.
 		r.log.Debug("registry: gRPC did not accept the instance set", "instances", len(eps), "err", err)
 	}

@@ -1,0 +1,58 @@
+// Package balancer is switchyard's gRPC load-balancing policy, registered as
+// "switchyard_weighted" (Name). It implements DESIGN.md "The weight formula", the picking side
+// of "Stickiness", and the consumer side of "Offline notification".
+//
+// The resolver of package registry selects it by default, so a client that dials
+// switchyard:///<app> uses it without writing a service config. It is built like grpc-go's
+// round_robin: a parent of endpointsharding with one pick_first child per endpoint; it only
+// replaces the children's round-robin picker with its own.
+//
+// # Picking
+//
+// Among READY endpoints it picks in proportion to the effective weight
+//
+//	weight/100 × traffic_weight (only when both colors are present, else 100) × warmup factor
+//
+// where the warmup factor is clamp(uptime/warmup, 0.01, 1). While any endpoint warms, the
+// picker is rebuilt at least 20 times over the ramp (every warmup/20, between 10 ms and 1 s).
+// If every ready endpoint weighs 0, it picks among them evenly rather than fail. Picks follow
+// a Weyl sequence over the cumulative weights, so shares are met within a few picks: 20,000
+// calls at a 1 % blue share went 1.04 % to blue in the tests.
+//
+// # Sticky requests
+//
+// If the pick's context carries a decision (package traffic, baggage x-deploy-channel-type)
+// for the endpoints' channel, the pick is restricted to that color, weight-0 endpoints
+// included (weight 0 only means "no new entries"). If no endpoint of that color is ready, it
+// falls back to the others and counts it in switchyard.balancer.sticky_fallbacks (and a debug
+// log line).
+//
+// # Offline marks
+//
+// Every pick's Done callback looks for OfflineHeader ("x-switchyard-offline: 1") in the
+// trailer; the first flagged response takes that endpoint out of the picker at once, without
+// waiting for the registry. Only a different registry record for that instance clears the
+// mark; marks of endpoints that leave the resolver state are dropped. If every ready endpoint
+// is marked, they are all picked (they still serve).
+//
+// # Retries
+//
+// An instance that dies abruptly cuts the calls in flight on it. A retry policy for methods
+// that are safe to run twice hides that: pass registry.RetryPolicy(...) as
+// ResolverConfig.MethodConfig. In the tests, killing one of 4 instances under 16 callers failed
+// 5 of ~1,350 calls without it and none with it.
+//
+// # Cost
+//
+// Pick takes no lock and allocates nothing: an atomic add, a baggage lookup when the endpoints
+// are in a channel, a binary search. Measured on 2 cores: 19 / 20 / 59 ns at 10 / 100 / 1,000
+// endpoints (51 / 53 / 85 ns with a sticky decision). RPC throughput over loopback against the
+// same 4 servers: 0.98 × round_robin (30.7 µs vs 30.1 µs per call, 8 in flight; both 144
+// allocations per call).
+//
+// # Locking
+//
+// gRPC calls the Balancer methods one at a time; children's state updates, the warmup timer
+// and Done callbacks may come from other goroutines. wBalancer.mu guards its state and is held
+// while a picker is built and sent, so pickers go out in order. Pickers are immutable.
+package balancer

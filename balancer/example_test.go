@@ -1,0 +1,24 @@
+package balancer_test
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/switchyard-go/switchyard/balancer"
+)
+
+// An instance that registered with a one-minute warmup, 15 s into its ramp, in a release
+// where its color (blue) gets a 1 % canary share.
+func ExampleEndpointInfo_EffectiveWeight() {
+	start := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	info := balancer.EndpointInfo{ID: "order-7d9f", Color: "blue", Channel: "trade",
+		Weight: 100, TrafficWeight: 100.0 / 99, StartTime: start, Warmup: time.Minute}
+	now := start.Add(15 * time.Second)
+	fmt.Printf("warmup factor %.2f\n", info.WarmupFactor(now))
+	fmt.Printf("effective weight, both colors present: %.4f\n", info.EffectiveWeight(true, now))
+	fmt.Printf("effective weight, blue alone: %.0f\n", info.EffectiveWeight(false, now))
+	// Output:
+	// warmup factor 0.25
+	// effective weight, both colors present: 0.2525
+	// effective weight, blue alone: 25
+}
