@@ -209,3 +209,33 @@ func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 		t.Fatalf("b's new record did not clear the mark: %v", seen)
 	}
 }
+
+func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
+	c := newCluster(t)
+	c.start(registry.Instance{ID: "a"})
+	b := c.start(registry.Instance{ID: "b"})
+	client := c.dial()
+	b.offline.Store(true)
+	calls(t, client, context.Background(), 50, 1) // b answers flagged at least once
+	b.offline.Store(false)
+	if seen := calls(t, client, context.Background(), 100, 1); seen["b"] != 0 {
+		t.Fatalf("b still picked after its flag: %v", seen)
+	}
+	// b leaves and comes back with the very same record (Register keeps start_time): had
+	// the mark outlived b's departure, the identical record would not clear it.
+	before := b.reg.Instance()
+	if err := b.reg.Deregister(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.waitRecord("b gone", func(in []registry.Instance) bool { return len(in) == 1 })
+	if err := b.reg.Register(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !b.reg.Instance().Equal(before) {
+		t.Fatal("re-registration changed b's record; the test needs it identical")
+	}
+	c.waitRecord("b back", func(in []registry.Instance) bool { return len(in) == 2 })
+	if seen := calls(t, client, context.Background(), 400, 2); seen["b"] < 150 {
+		t.Fatalf("b is back but not picked: %v", seen)
+	}
+}
