@@ -211,6 +211,18 @@ func (b *wBalancer) sendLocked() {
 		}
 	}
 	p.channel = mostCommon(channels)
+	for _, c := range b.children {
+		st := c.State.ConnectivityState
+		if st != connectivity.Connecting && st != connectivity.Idle {
+			continue
+		}
+		if info, ok := EndpointInfoFrom(c.Endpoint); ok && (info.Color == sticky.Blue || info.Color == sticky.Green) {
+			if _, off := b.offline[info.ID]; !off {
+				ci := colorIndex(info.Color)
+				p.pending[ci] = p.byColor[ci].len() == 0
+			}
+		}
+	}
 	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
 	if warmup > 0 {
 		// At least 20 steps over the shortest ramp, between 10 ms and 1 s apart.

@@ -4,12 +4,17 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-go/switchyard/internal/greeterpb"
 
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -237,5 +242,83 @@ func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 	c.waitRecord("b back", func(in []registry.Instance) bool { return len(in) == 2 })
 	if seen := calls(t, client, context.Background(), 400, 2); seen["b"] < 150 {
 		t.Fatalf("b is back but not picked: %v", seen)
+	}
+}
+
+// silentListener accepts TCP connections and never answers, so gRPC stays CONNECTING.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+func TestStickyWaitsForItsColorToConnectAndFallsBackWhenItFails(t *testing.T) {
+	c := newCluster(t)
+	c.start(colored("green-1", registry.ColorGreen, 50))
+	client := c.dial()
+	calls(t, client, context.Background(), 10, 1) // green is ready
+
+	// blue-1 is registered but still connecting: a request decided blue waits for it.
+	reg := func(id, addr string) {
+		in := colored(id, registry.ColorBlue, 50)
+		in.App, in.Addr = "greeter", addr
+		r, err := registry.NewRegistrar(registry.Config{Client: c.cli, Instance: in, Logger: silent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.Close(context.Background()) })
+		if err := r.Register(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg("blue-1", silentListener(t))
+	c.waitRecord("blue-1", func(in []registry.Instance) bool { return len(in) == 2 })
+	decided, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	ctx, cancel := context.WithTimeout(decided, 300*time.Millisecond)
+	defer cancel()
+	resp, err := client.SayHello(ctx, &greeterpb.HelloRequest{})
+	if err == nil {
+		t.Fatalf("a request decided blue was answered by %s while blue was still connecting", resp.GetInstance())
+	}
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("decided blue while blue connects: %v, want it to wait (DeadlineExceeded)", err)
+	}
+
+	// Now blue's only instance refuses connections: crossing beats failing.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln.Addr().String()
+	_ = ln.Close()
+	c2 := newCluster(t)
+	c2.start(colored("green-1", registry.ColorGreen, 50))
+	c = c2
+	client = c.dial()
+	calls(t, client, context.Background(), 10, 1)
+	reg("blue-2", refused)
+	c.waitRecord("blue-2", func(in []registry.Instance) bool { return len(in) == 2 })
+	time.Sleep(300 * time.Millisecond) // the dial fails at once: blue-2 in TRANSIENT_FAILURE
+	if seen := calls(t, client, decided, 20, 1); seen["green-1"] != 20 {
+		t.Fatalf("with blue failing, decided-blue requests went to %v; want green", seen)
 	}
 }

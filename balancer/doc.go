@@ -23,9 +23,10 @@
 //
 // If the pick's context carries a decision (package traffic, baggage x-deploy-channel-type)
 // for the endpoints' channel, the pick is restricted to that color, weight-0 endpoints
-// included (weight 0 only means "no new entries"). If no endpoint of that color is ready, it
-// falls back to the others and counts it in switchyard.balancer.sticky_fallbacks (and a debug
-// log line).
+// included (weight 0 only means "no new entries"). While that color's endpoints are still
+// connecting the pick waits for them; if the color has no endpoint, or only failing ones, it
+// falls back to the other color and counts it in switchyard.balancer.sticky_fallbacks (and a
+// debug log line).
 //
 // # Offline marks
 //

@@ -56,6 +56,9 @@ func (s *weightedSet) index(k uint64) int {
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
+	// pending[c]: color c has no ready endpoint yet but one is connecting, so a request
+	// decided for c waits for the next picker instead of crossing to the other color.
+	pending [2]bool
 	channel string         // the endpoints' release channel; "" means no sticky filtering
 	next    *atomic.Uint64 // shared across pickers of one balancer
 
@@ -75,9 +78,13 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	set := &p.all
 	if p.channel != "" {
 		if color, ok := sticky.Lookup(baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value(), p.channel); ok {
-			if cs := &p.byColor[colorIndex(color)]; cs.len() > 0 {
+			ci := colorIndex(color)
+			switch cs := &p.byColor[ci]; {
+			case cs.len() > 0:
 				set = cs
-			} else {
+			case p.pending[ci]:
+				return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
+			default: // none of that color, or all failing: cross rather than fail
 				p.fallback(info.Ctx, color)
 			}
 		}
@@ -96,8 +103,8 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	return res, nil
 }
 
-// fallback counts a sticky request whose color has no ready endpoint: it goes to the other
-// color rather than fail.
+// fallback counts a sticky request whose color has no endpoint, or only failing ones: it
+// goes to the other color rather than fail.
 func (p *picker) fallback(ctx context.Context, color string) {
 	p.fallbacks.Add(ctx, 1, p.fbAttrs)
 	if p.log.Enabled(ctx, slog.LevelDebug) {
