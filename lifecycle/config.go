@@ -1,0 +1,175 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+// Defaults of Config.
+const (
+	DefaultListenAddr    = ":9000"
+	DefaultAdminAddr     = ":8081"
+	DefaultWarmup        = 30 * time.Second
+	DefaultQuietPeriod   = time.Second
+	DefaultMaxDrain      = 20 * time.Second
+	DefaultStopTimeout   = 10 * time.Second
+	DefaultStartTimeout  = 2 * time.Minute
+	ColorEnv             = "SWITCHYARD_COLOR"
+	AdvertiseHostEnv     = "POD_IP"
+	defaultAdvertiseNote = "set Config.AdvertiseAddr, or the POD_IP environment variable (Kubernetes: fieldRef status.podIP)"
+)
+
+// Component is a part of the instance that consumes work other than RPCs (an MQ consumer, a
+// job executor): started in order once the instance is registered, stopped in reverse while
+// it drains, after its in-flight work. If it also implements EventHandler it receives the
+// rule events of the app's channel (drains).
+type Component interface {
+	Start(ctx context.Context) error
+	Stop(ctx context.Context) error
+}
+
+// Config configures an Instance. Only Client and App are required.
+type Config struct {
+	// Client is the etcd client. Required; not closed by the Instance.
+	Client *clientv3.Client
+	// Prefix is the etcd key prefix. Default "/switchyard".
+	Prefix string
+
+	// App is the app this instance provides. Required.
+	App string
+	// ID identifies the instance. Default the host name (the pod name in Kubernetes).
+	ID string
+	// Color is blue, green or none. Default the SWITCHYARD_COLOR environment variable.
+	Color registry.Color
+	// Version labels the build, e.g. "v2". Default "".
+	Version string
+	// Weight is the base weight (capacity). Default 100.
+	Weight float64
+	// Warmup is how long consumers ramp the new instance's share up. Default 30 s; set a
+	// negative value for none.
+	Warmup time.Duration
+	// Metadata is free-form, e.g. {"zone": "a"}. Default none.
+	Metadata map[string]string
+
+	// ListenAddr is where gRPC listens. Default ":9000".
+	ListenAddr string
+	// AdvertiseAddr is the host:port consumers dial. Default ListenAddr's host if it is a
+	// specific address, else $POD_IP, with the listener's port.
+	AdvertiseAddr string
+	// ServerOptions are passed to grpc.NewServer after the Instance's own interceptors.
+	// Default none.
+	ServerOptions []grpc.ServerOption
+
+	// AdminAddr is where the admin HTTP server listens (probes, /offline, /online,
+	// /status). Default ":8081".
+	AdminAddr string
+	// AdminToken, if set, is required as "Authorization: Bearer <token>" by POST /offline
+	// and /online, which then accept any caller; if empty they accept only loopback callers.
+	AdminToken string
+
+	// Checks are readiness checks run before registering. Default none.
+	Checks []registry.Check
+	// RegisterDelay is waited after the checks pass. Default 0.
+	RegisterDelay time.Duration
+	// StartTimeout caps Start (readiness checks included). Default 2 min.
+	StartTimeout time.Duration
+	// TTL is the registration lease TTL. Default 10 s.
+	TTL time.Duration
+
+	// QuietPeriod: the drain waits until no request has arrived for this long and none is
+	// in flight. Default 1 s.
+	QuietPeriod time.Duration
+	// MaxDrain caps that wait. Default 20 s.
+	MaxDrain time.Duration
+	// StopTimeout caps gRPC's GracefulStop, after which Stop cuts what is left. Default 10 s.
+	StopTimeout time.Duration
+
+	// Components are started in order after registration and stopped in reverse when
+	// draining. Default none.
+	Components []Component
+
+	// Logger, default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.Client == nil {
+		return errors.New("lifecycle: Config.Client is nil; pass a connected *clientv3.Client")
+	}
+	if err := registry.ValidateName("app", c.App); err != nil {
+		return fmt.Errorf("lifecycle: Config.App: %w", err)
+	}
+	if c.ID == "" {
+		h, err := os.Hostname()
+		if err != nil || registry.ValidateName("id", h) != nil {
+			return fmt.Errorf("lifecycle: Config.ID is empty and the host name %q cannot serve as one; set Config.ID", h)
+		}
+		c.ID = h
+	}
+	if c.Color == "" {
+		c.Color = registry.Color(os.Getenv(ColorEnv))
+	}
+	if !c.Color.Valid() {
+		return fmt.Errorf("lifecycle: color %q (from Config.Color or $%s) must be blue, green or empty", c.Color, ColorEnv)
+	}
+	switch {
+	case c.Warmup == 0:
+		c.Warmup = DefaultWarmup
+	case c.Warmup < 0:
+		c.Warmup = 0
+	}
+	if c.ListenAddr == "" {
+		c.ListenAddr = DefaultListenAddr
+	}
+	if c.AdminAddr == "" {
+		c.AdminAddr = DefaultAdminAddr
+	}
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = DefaultStartTimeout
+	}
+	if c.QuietPeriod <= 0 {
+		c.QuietPeriod = DefaultQuietPeriod
+	}
+	if c.MaxDrain <= 0 {
+		c.MaxDrain = DefaultMaxDrain
+	}
+	if c.StopTimeout <= 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// advertise returns the address to register for a listener bound at bound.
+func (c *Config) advertise(bound net.Addr) (string, error) {
+	_, port, err := net.SplitHostPort(bound.String())
+	if err != nil {
+		return "", err
+	}
+	if c.AdvertiseAddr != "" {
+		return c.AdvertiseAddr, nil
+	}
+	host, _, err := net.SplitHostPort(c.ListenAddr)
+	if err != nil {
+		return "", fmt.Errorf("lifecycle: Config.ListenAddr %q: %w", c.ListenAddr, err)
+	}
+	if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+		return net.JoinHostPort(host, port), nil
+	}
+	if h := os.Getenv(AdvertiseHostEnv); h != "" {
+		return net.JoinHostPort(h, port), nil
+	}
+	return "", fmt.Errorf("lifecycle: gRPC listens on %s, which consumers cannot dial; %s", c.ListenAddr, defaultAdvertiseNote)
+}

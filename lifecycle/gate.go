@@ -1,0 +1,77 @@
+package lifecycle
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/traffic"
+)
+
+// EventHandler is implemented by components that want the rule events of the app's channel
+// (e.g. an MQ consumer leaving a drained color). Events arrive in order, from one goroutine.
+type EventHandler interface {
+	HandleEvent(traffic.Event)
+}
+
+// gate counts requests and flags responses while the instance is offline. Everything is
+// atomic: the interceptors take no lock, and allocate nothing while the instance is online.
+type gate struct {
+	offline     atomic.Bool
+	inflight    atomic.Int64
+	lastArrival atomic.Int64 // unix ns
+}
+
+func offlineMD() metadata.MD { return metadata.Pairs(balancer.OfflineHeader, "1") }
+
+func (g *gate) arrive() {
+	g.lastArrival.Store(time.Now().UnixNano())
+	g.inflight.Add(1)
+}
+
+// unary serves every request normally; while offline, the response carries the flag in
+// header and trailer. Headers of a unary call go out when the chain returns, so setting them
+// after the handler also covers an offline that began during the call.
+func (g *gate) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	g.arrive()
+	defer g.inflight.Add(-1)
+	resp, err := handler(ctx, req)
+	if g.offline.Load() {
+		_ = grpc.SetHeader(ctx, offlineMD())
+		_ = grpc.SetTrailer(ctx, offlineMD())
+	}
+	return resp, err
+}
+
+// stream flags the header if the instance is offline when the stream starts (headers go out
+// with the first message), and the trailer if it is offline when the stream ends.
+func (g *gate) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	g.arrive()
+	defer g.inflight.Add(-1)
+	if g.offline.Load() {
+		_ = ss.SetHeader(offlineMD())
+	}
+	err := handler(srv, ss)
+	if g.offline.Load() {
+		ss.SetTrailer(offlineMD())
+	}
+	return err
+}
+
+// serverOptions are the interceptors every instance's server needs, outermost first:
+// in-flight accounting and the offline flag, then baggage extraction for stickiness.
+func (g *gate) serverOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(g.unary, traffic.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(g.stream, traffic.StreamServerInterceptor()),
+	}
+}
+
+// quiet reports whether no request is in flight and none arrived for d.
+func (g *gate) quiet(now time.Time, d time.Duration) bool {
+	return g.inflight.Load() == 0 && now.Sub(time.Unix(0, g.lastArrival.Load())) >= d
+}

@@ -1,0 +1,426 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/traffic"
+)
+
+// State is where an Instance stands.
+type State string
+
+// The states, in order. Draining and Drained can go back to Serving through Online.
+const (
+	StateNew      State = "new"
+	StateStarting State = "starting"
+	StateServing  State = "serving"
+	StateDraining State = "draining"
+	StateDrained  State = "drained"
+	StateStopped  State = "stopped"
+)
+
+// ErrNotDrained is returned by Online when the instance is not drained.
+var ErrNotDrained = errors.New("lifecycle: instance is not drained; only a drained (manually offline) instance can go online")
+
+// Instance is one running instance of an app: it owns its gRPC server, admin HTTP server,
+// registrar and rule client, and runs DESIGN.md "Lifecycle of an instance".
+//
+// Locking: opMu serializes the transitions (Start, Drain, Online, Offline), which may block on
+// etcd and on the drain wait; a concurrent caller waits for the running transition and then
+// finds the state it left. mu guards state and the fields after it, briefly. Interceptors
+// read only atomics.
+type Instance struct {
+	cfg    Config
+	srv    *grpc.Server
+	health *health.Server
+	gate   gate
+	log    *slog.Logger
+	ready  atomic.Bool
+
+	opMu sync.Mutex
+
+	mu        sync.Mutex
+	state     State
+	addr      string // advertised gRPC address
+	adminAddr string
+	lis       net.Listener
+	admin     *http.Server
+	rules     *traffic.Client
+	reg       *registry.Registrar
+	unsub     func()
+	started   int           // components started
+	goingOff  chan struct{} // closed when a drain begins; renewed by Online
+	served    chan error    // gRPC Serve's result
+	stopErr   error
+}
+
+// New checks cfg and builds the instance and its gRPC server. Register services on Server()
+// before Start.
+func New(cfg Config) (*Instance, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	i := &Instance{cfg: cfg, health: health.NewServer(), state: StateNew, goingOff: make(chan struct{}),
+		log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID)}
+	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
+	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthgrpc.RegisterHealthServer(i.srv, i.health)
+	return i, nil
+}
+
+// Server is the instance's gRPC server, with the interceptors for the offline flag,
+// in-flight accounting and sticky baggage already installed, and gRPC health registered.
+func (i *Instance) Server() *grpc.Server { return i.srv }
+
+// Addr is the address registered for consumers (after Start).
+func (i *Instance) Addr() string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.addr
+}
+
+// AdminAddr is the admin HTTP server's address (after Start).
+func (i *Instance) AdminAddr() string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.adminAddr
+}
+
+// State returns the current state.
+func (i *Instance) State() State {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.state
+}
+
+// GoingOffline is closed when the instance starts to drain. A long-lived stream handler
+// selects on it and ends its stream cleanly, so the client resumes on another instance.
+func (i *Instance) GoingOffline() <-chan struct{} {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.goingOff
+}
+
+func (i *Instance) setState(s State) {
+	i.mu.Lock()
+	i.state = s
+	i.mu.Unlock()
+	i.log.Info("lifecycle: " + string(s))
+}
+
+// Start runs the lossless start: listen and serve → admin HTTP (probes answer "not ready")
+// → load the rules → readiness checks → RegisterDelay → register with start_time, warmup and
+// the traffic weight of the app's channel → start components → gRPC health SERVING and the
+// readiness probe 200. A failure at any step stops what started, in reverse, and returns the
+// errors joined.
+func (i *Instance) Start(ctx context.Context) (err error) {
+	i.opMu.Lock()
+	defer i.opMu.Unlock()
+	if s := i.State(); s != StateNew {
+		return fmt.Errorf("lifecycle: Start on an instance that is %s; an Instance starts once", s)
+	}
+	i.setState(StateStarting)
+	ctx, cancel := context.WithTimeout(ctx, i.cfg.StartTimeout)
+	defer cancel()
+	var undo []func(context.Context) error
+	defer func() {
+		if err == nil {
+			return
+		}
+		errs := []error{err}
+		for k := len(undo) - 1; k >= 0; k-- {
+			errs = append(errs, undo[k](context.Background()))
+		}
+		err = errors.Join(errs...)
+		i.setState(StateStopped)
+	}()
+
+	lis, err := net.Listen("tcp", i.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("lifecycle: listen for gRPC on %s: %w", i.cfg.ListenAddr, err)
+	}
+	addr, err := i.cfg.advertise(lis.Addr())
+	if err != nil {
+		_ = lis.Close()
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- i.srv.Serve(lis) }()
+	i.mu.Lock()
+	i.lis, i.addr, i.served = lis, addr, served
+	i.mu.Unlock()
+	undo = append(undo, func(context.Context) error { i.srv.Stop(); return nil })
+
+	adminLis, err := net.Listen("tcp", i.cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("lifecycle: listen for admin HTTP on %s: %w", i.cfg.AdminAddr, err)
+	}
+	admin := &http.Server{Handler: i.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = admin.Serve(adminLis) }()
+	i.mu.Lock()
+	i.admin, i.adminAddr = admin, adminLis.Addr().String()
+	i.mu.Unlock()
+	undo = append(undo, admin.Shutdown)
+
+	rules, err := traffic.NewClient(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix, Logger: i.cfg.Logger})
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func(context.Context) error { rules.Close(); return nil })
+	channel, tw := i.trafficOf(rules)
+	reg, err := registry.NewRegistrar(registry.Config{
+		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
+		Instance: registry.Instance{
+			ID: i.cfg.ID, App: i.cfg.App, Addr: addr, Color: i.cfg.Color, Version: i.cfg.Version,
+			Channel: channel, Weight: i.cfg.Weight, TrafficWeight: tw, Warmup: i.cfg.Warmup, Metadata: i.cfg.Metadata,
+		},
+		Checks: i.cfg.Checks, RegisterDelay: i.cfg.RegisterDelay, CheckTimeout: i.cfg.StartTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	undo = append(undo, reg.Close)
+	i.mu.Lock()
+	i.rules, i.reg = rules, reg
+	i.mu.Unlock()
+	unsub := rules.Subscribe("", i.onEvent)
+	undo = append(undo, func(context.Context) error { unsub(); return nil })
+	i.mu.Lock()
+	i.unsub = unsub
+	i.mu.Unlock()
+
+	if err := reg.Register(ctx); err != nil {
+		return err
+	}
+	undo = append(undo, reg.Deregister)
+	if err := i.startComponents(ctx); err != nil {
+		return err
+	}
+	undo = append(undo, i.stopComponents)
+	i.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	i.ready.Store(true)
+	i.setState(StateServing)
+	return nil
+}
+
+// trafficOf is the channel and traffic weight the instance's record should carry now.
+func (i *Instance) trafficOf(rules *traffic.Client) (string, float64) {
+	r, ok := rules.ChannelOf(i.cfg.App)
+	if !ok {
+		return "", registry.DefaultWeight
+	}
+	return r.Channel, traffic.TrafficWeight(r, i.cfg.Color)
+}
+
+// onEvent follows the app's channel: it re-puts channel and traffic_weight when they change,
+// and passes the channel's events to components. It runs on the rule client's subscriber
+// goroutine, in order.
+func (i *Instance) onEvent(e traffic.Event) {
+	i.mu.Lock()
+	reg, rules, started := i.reg, i.rules, i.started
+	i.mu.Unlock()
+	cur := reg.Instance()
+	if e.Channel != cur.Channel && !e.Rule.Has(i.cfg.App) {
+		return
+	}
+	channel, tw := i.trafficOf(rules)
+	if channel != cur.Channel || tw != cur.TrafficWeight {
+		ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
+		err := reg.Update(ctx, func(in *registry.Instance) { in.Channel, in.TrafficWeight = channel, tw })
+		cancel()
+		if err != nil {
+			i.log.Warn("lifecycle: could not re-put traffic weight; retried in the background", "err", err)
+		} else {
+			i.log.Info("lifecycle: traffic weight follows the rule", "channel", channel, "traffic_weight", tw)
+		}
+	}
+	for _, c := range i.cfg.Components[:started] {
+		if h, ok := c.(EventHandler); ok {
+			h.HandleEvent(e)
+		}
+	}
+}
+
+func (i *Instance) startComponents(ctx context.Context) error {
+	for k, c := range i.cfg.Components {
+		if err := c.Start(ctx); err != nil {
+			return fmt.Errorf("lifecycle: start component %d (%T): %w", k, c, err)
+		}
+		i.mu.Lock()
+		i.started = k + 1
+		i.mu.Unlock()
+	}
+	return nil
+}
+
+// stopComponents stops the started components in reverse, all of them, joining errors.
+func (i *Instance) stopComponents(ctx context.Context) error {
+	i.mu.Lock()
+	n := i.started
+	i.started = 0
+	i.mu.Unlock()
+	var errs []error
+	for k := n - 1; k >= 0; k-- {
+		if err := i.cfg.Components[k].Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("lifecycle: stop component %d (%T): %w", k, i.cfg.Components[k], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Drain takes the instance out of service without stopping it — what POST /offline and a
+// Kubernetes preStop hook do: flag every response offline → deregister → gRPC health
+// NOT_SERVING and readiness 503 → close GoingOffline → stop components after their in-flight
+// work → wait until no request is in flight and none has arrived for QuietPeriod, at most
+// MaxDrain. Requests that still arrive are served. Idempotent; concurrent calls wait for the
+// first. Online undoes it.
+func (i *Instance) Drain(ctx context.Context) error {
+	i.opMu.Lock()
+	defer i.opMu.Unlock()
+	return i.drainLocked(ctx)
+}
+
+func (i *Instance) drainLocked(ctx context.Context) error {
+	switch s := i.State(); s {
+	case StateDraining, StateDrained, StateStopped, StateNew:
+		return nil
+	case StateStarting:
+		return errors.New("lifecycle: Drain while starting")
+	}
+	i.setState(StateDraining)
+	begin := time.Now()
+	var errs []error
+	// The flag goes on first: every response from now on tells its caller to stop picking
+	// this instance, including those served while the deregistration travels through etcd.
+	i.gate.offline.Store(true)
+	if err := i.reg.Deregister(ctx); err != nil {
+		errs = append(errs, err) // retried in the background; the offline flag still tells callers
+	}
+	i.ready.Store(false)
+	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	i.mu.Lock()
+	close(i.goingOff)
+	i.mu.Unlock()
+	errs = append(errs, i.stopComponents(ctx))
+	i.waitQuiet(ctx, begin)
+	i.setState(StateDrained)
+	i.log.Info("lifecycle: drained", "took", time.Since(begin).Round(time.Millisecond), "in_flight", i.gate.inflight.Load())
+	return errors.Join(errs...)
+}
+
+func (i *Instance) waitQuiet(ctx context.Context, begin time.Time) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	deadline := begin.Add(i.cfg.MaxDrain)
+	for now := time.Now(); now.Before(deadline) && !i.gate.quiet(now, i.cfg.QuietPeriod); now = time.Now() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Online undoes a Drain: registers again, clears the offline flag, restarts components,
+// health SERVING and readiness 200. It returns ErrNotDrained unless the instance is drained.
+func (i *Instance) Online(ctx context.Context) error {
+	i.opMu.Lock()
+	defer i.opMu.Unlock()
+	if s := i.State(); s != StateDrained {
+		return fmt.Errorf("%w (it is %s)", ErrNotDrained, s)
+	}
+	if err := i.reg.Register(ctx); err != nil {
+		return err
+	}
+	i.mu.Lock()
+	i.goingOff = make(chan struct{})
+	i.mu.Unlock()
+	i.gate.offline.Store(false)
+	if err := i.startComponents(ctx); err != nil {
+		return errors.Join(err, i.drainLocked(ctx))
+	}
+	i.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	i.ready.Store(true)
+	i.setState(StateServing)
+	return nil
+}
+
+// Offline is the whole lossless offline, what SIGTERM triggers: Drain (if not drained yet),
+// then gRPC GracefulStop, capped by StopTimeout, then Stop → stop the admin server → revoke
+// the lease. Idempotent; concurrent calls wait for the first and return its result.
+func (i *Instance) Offline(ctx context.Context) error {
+	i.opMu.Lock()
+	defer i.opMu.Unlock()
+	switch i.State() {
+	case StateStopped:
+		return i.stopErr
+	case StateNew:
+		i.setState(StateStopped)
+		return nil
+	}
+	errs := []error{i.drainLocked(ctx)}
+
+	stopped := make(chan struct{})
+	go func() { i.srv.GracefulStop(); close(stopped) }()
+	t := time.NewTimer(i.cfg.StopTimeout)
+	select {
+	case <-stopped:
+		t.Stop()
+	case <-t.C:
+		i.log.Warn("lifecycle: GracefulStop did not finish in time; cutting what is left", "stop_timeout", i.cfg.StopTimeout)
+		i.srv.Stop()
+		<-stopped
+	}
+	i.mu.Lock()
+	admin, unsub, rules, reg := i.admin, i.unsub, i.rules, i.reg
+	i.mu.Unlock()
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	errs = append(errs, admin.Shutdown(sctx))
+	cancel()
+	unsub()
+	rules.Close()
+	errs = append(errs, reg.Close(ctx))
+	i.stopErr = errors.Join(errs...)
+	i.setState(StateStopped)
+	return i.stopErr
+}
+
+// Run starts the instance, serves until SIGTERM or SIGINT arrives, ctx ends, or the gRPC
+// server fails, and then goes offline losslessly. It is the one call a main needs.
+func (i *Instance) Run(ctx context.Context) error {
+	// Signals are caught from before Start: one that arrives while starting aborts the start.
+	sig, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := i.Start(sig); err != nil {
+		return err
+	}
+	i.mu.Lock()
+	served := i.served
+	i.mu.Unlock()
+	var serveErr error
+	select {
+	case <-sig.Done():
+		i.log.Info("lifecycle: shutting down", "cause", context.Cause(sig))
+	case serveErr = <-served:
+		i.log.Error("lifecycle: gRPC server stopped unexpectedly", "err", serveErr)
+	}
+	octx, cancel := context.WithTimeout(context.Background(), i.cfg.MaxDrain+i.cfg.StopTimeout+10*time.Second)
+	defer cancel()
+	return errors.Join(serveErr, i.Offline(octx))
+}
