@@ -16,10 +16,11 @@
 //     rules, and sticky blue/green decisions carried in OpenTelemetry baggage.
 //   - balancer: the gRPC policy switchyard_weighted (selected by the resolver by default):
 //     weights, warmup ramp, blue/green filter for sticky requests, offline marks.
+//   - lifecycle: an instance's lossless start, drain and offline, its admin HTTP server
+//     (probes, the preStop /offline), and the wiring of all of the above for a service's main.
 //
-// Still to come, in this order:
-// lifecycle (lossless start and offline), mq and job (drain-aware consumers and sharded
-// jobs), and the operator CLI cmd/switchyard.
+// Still to come: mq and job (drain-aware consumers and sharded jobs), and the operator CLI
+// cmd/switchyard.
 //
 // This package itself holds no code.
 package switchyard
