@@ -209,10 +209,10 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 		return err
 	}
 	undo = append(undo, reg.Deregister)
+	undo = append(undo, i.stopComponents) // stops only those that started
 	if err := i.startComponents(ctx); err != nil {
 		return err
 	}
-	undo = append(undo, i.stopComponents)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	i.ready.Store(true)
 	i.setState(StateServing)
@@ -353,7 +353,12 @@ func (i *Instance) Online(ctx context.Context) error {
 	i.mu.Unlock()
 	i.gate.offline.Store(false)
 	if err := i.startComponents(ctx); err != nil {
-		return errors.Join(err, i.drainLocked(ctx))
+		// Back to drained: flag on, components that started stopped, deregistered.
+		i.gate.offline.Store(true)
+		i.mu.Lock()
+		close(i.goingOff)
+		i.mu.Unlock()
+		return errors.Join(err, i.stopComponents(ctx), i.reg.Deregister(ctx))
 	}
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	i.ready.Store(true)
