@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -16,6 +17,13 @@ import (
 // (e.g. an MQ consumer leaving a drained color). Events arrive in order, from one goroutine.
 type EventHandler interface {
 	HandleEvent(traffic.Event)
+}
+
+// RulesUser is implemented by components that follow the app's rule themselves (an
+// mq.Consumer reads which color is drained): lifecycle hands them the rule client, the app
+// and the instance's color before starting them.
+type RulesUser interface {
+	UseRules(rules *traffic.Client, app string, color registry.Color)
 }
 
 // gate counts requests and flags responses while the instance is offline. Everything is

@@ -258,7 +258,13 @@ func (i *Instance) onEvent(e traffic.Event) {
 }
 
 func (i *Instance) startComponents(ctx context.Context) error {
+	i.mu.Lock()
+	rules := i.rules
+	i.mu.Unlock()
 	for k, c := range i.cfg.Components {
+		if u, ok := c.(RulesUser); ok {
+			u.UseRules(rules, i.cfg.App, i.cfg.Color)
+		}
 		if err := c.Start(ctx); err != nil {
 			return fmt.Errorf("lifecycle: start component %d (%T): %w", k, c, err)
 		}
