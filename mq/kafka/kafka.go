@@ -1,8 +1,3 @@
-// Package kafka is the Kafka adapter of package mq, on github.com/twmb/franz-go: a consumer
-// group is a Kafka consumer group, and each of G, G-blue and G-green reads the whole topic.
-// Offsets are committed only after the handler returned nil, so a stopping member hands over
-// exactly where it stopped. Tested against franz-go's in-process Kafka-protocol cluster
-// (kfake), and against a real cluster when SWITCHYARD_KAFKA_BROKERS is set.
 package kafka
 
 import (

@@ -1,6 +1,3 @@
-// Package natsjs is the NATS JetStream adapter of package mq: a topic is a stream with one
-// subject, a consumer group is a durable pull consumer that its members share, and every
-// group receives every message of the stream. Tested against a real nats-server run in process.
 package natsjs
 
 import (

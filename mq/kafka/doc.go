@@ -1,0 +1,10 @@
+// Package kafka is the Kafka adapter of package mq, on github.com/twmb/franz-go: a consumer
+// group is a Kafka consumer group, and each of G, G-blue and G-green reads the whole topic.
+// Offsets are committed only after the handler returned nil, so a stopping member hands over
+// exactly where it stopped. Tested against franz-go's in-process Kafka-protocol cluster
+// (kfake), and against a real cluster when SWITCHYARD_KAFKA_BROKERS is set.
+//
+//	broker, _ := kafka.New([]string{"kafka-0:9092"})
+//	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",
+//		Group: "billing", Handler: handle})
+package kafka

@@ -1,0 +1,13 @@
+// Package natsjs is the NATS JetStream adapter of package mq (github.com/nats-io/nats.go,
+// jetstream API): a topic is a stream with one subject, a consumer group is a durable pull
+// consumer shared by its members, and every group receives every message of the stream.
+// Acknowledgements wait for the server (DoubleAck), so a member that stops hands over exactly
+// what it has not finished. Tested against a real nats-server run in process
+// (internal/natstest), including a server restart.
+//
+//	nc, _ := nats.Connect(url, nats.MaxReconnects(-1))
+//	broker, _ := natsjs.New(nc, natsjs.Options{})
+//	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",
+//		Group: "billing", Handler: handle})
+//	// lifecycle.Config{Components: []lifecycle.Component{consumer}, ...}
+package natsjs
