@@ -19,7 +19,10 @@
 //   - lifecycle: an instance's lossless start, drain and offline, its admin HTTP server
 //     (probes, the preStop /offline), and the wiring of all of the above for a service's main.
 //
-// Still to come: mq and job (drain-aware consumers and sharded jobs), and the operator CLI
+//   - mq: color-tagging producers and consumer groups that leave a drained color, with
+//     adapters for NATS JetStream (mq/natsjs) and Kafka (mq/kafka).
+//
+// Still to come: job (sharded jobs that avoid drained executors) and the operator CLI
 // cmd/switchyard.
 //
 // This package itself holds no code.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/lifecycle"
+	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -159,3 +160,10 @@ func TestOnlineFailureStaysDrained(t *testing.T) {
 		t.Fatalf("after Online: %+v", st)
 	}
 }
+
+// An mq.Consumer is a lifecycle component that follows the rule and takes events.
+var (
+	_ lifecycle.Component    = (*mq.Consumer)(nil)
+	_ lifecycle.RulesUser    = (*mq.Consumer)(nil)
+	_ lifecycle.EventHandler = (*mq.Consumer)(nil)
+)
