@@ -11,11 +11,14 @@
 //   - registry: instances in etcd (lease, delayed and readiness-gated registration,
 //     deregistration, re-registration after an outage), watch-based discovery, and the gRPC
 //     resolver for switchyard:///<app> targets.
+//
 //   - traffic: release channels and their rules, the weight formula, the rule client with
 //     its events (OnStart, OnFlowChange, OnEnterAllGreen …), the controller that writes
 //     rules, and sticky blue/green decisions carried in OpenTelemetry baggage.
+//
 //   - balancer: the gRPC policy switchyard_weighted (selected by the resolver by default):
 //     weights, warmup ramp, blue/green filter for sticky requests, offline marks.
+//
 //   - lifecycle: an instance's lossless start, drain and offline, its admin HTTP server
 //     (probes, the preStop /offline), and the wiring of all of the above for a service's main.
 //
