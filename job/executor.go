@@ -1,0 +1,331 @@
+package job
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/switchyard-go/switchyard/internal/kvwatch"
+	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/traffic"
+)
+
+// claimTTL is how long run claims live: long enough that a new owner checking a missed
+// trigger still sees that the old owner ran it.
+const claimTTL = 120
+
+// Executor runs the items of one job that the leader assigns to it (DESIGN.md "Job
+// isolation"). Every executor registers under its session lease and campaigns to lead; the
+// leader assigns items 0..N-1 evenly to the executors whose color is not drained and writes a
+// versioned assignment, guarded by its election key. At each trigger an executor claims
+// (item, trigger) in etcd with a transaction that also checks the assignment it acts on is
+// still current, so it never starts an item it no longer owns and no item runs twice for one
+// trigger. It is a lifecycle component: Stop waits for runs in progress (at most StopTimeout)
+// and deregisters, so the leader reassigns its items at once.
+//
+// Locking: mu guards the fields below it; it is never held while a handler runs or across an
+// etcd request.
+type Executor struct {
+	cfg   Config
+	sched cron.Schedule
+	keys  struct{ exec, election, assignment, runs, executors string }
+	log   *slog.Logger
+	runs  sync.WaitGroup
+	nRun  atomic.Int64
+	kick  chan struct{} // wakes the leader: a drain changed who may run
+
+	mu       sync.Mutex
+	started  bool
+	cancel   context.CancelFunc
+	loops    sync.WaitGroup
+	assign   assignment
+	assignRv int64 // revision the assignment is known at
+	last     time.Time
+	execs    []executorRecord
+	sess     *concurrency.Session
+	claims   *concurrency.Session
+}
+
+// NewExecutor checks cfg.
+func NewExecutor(cfg Config) (*Executor, error) {
+	sched, err := cfg.setDefaults()
+	if err != nil {
+		return nil, err
+	}
+	e := &Executor{cfg: cfg, sched: sched, log: cfg.Logger.With("job", cfg.Job.Name, "executor", cfg.ID), kick: make(chan struct{}, 1)}
+	p := jobPrefix(cfg.Prefix, cfg.Job.Name)
+	e.keys.executors = p + "executors/"
+	e.keys.exec = e.keys.executors + cfg.ID
+	e.keys.election = p + "leader"
+	e.keys.assignment = p + "assignment"
+	e.keys.runs = p + "runs/"
+	return e, nil
+}
+
+// UseRules tells the executor its app, color and where to read drains (lifecycle calls it).
+func (e *Executor) UseRules(rules *traffic.Client, app string, color registry.Color) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cfg.Rules, e.cfg.App, e.cfg.Color = rules, app, color
+}
+
+// HandleEvent makes a drain take effect at once: the leader reassigns, and no executor of
+// the drained color starts an item from now on (lifecycle.EventHandler).
+func (e *Executor) HandleEvent(traffic.Event) {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Runs counts the runs this executor started.
+func (e *Executor) Runs() int64 { return e.nRun.Load() }
+
+// drained reports whether color c is drained now.
+func (e *Executor) drained(c string) bool {
+	e.mu.Lock()
+	rules, app := e.cfg.Rules, e.cfg.App
+	e.mu.Unlock()
+	if rules == nil || c == "" {
+		return false
+	}
+	r, ok := rules.ChannelOf(app)
+	if !ok {
+		return false
+	}
+	p := traffic.EffectivePercent(r)
+	return (c == string(registry.ColorBlue) && p == 0) || (c == string(registry.ColorGreen) && p == 100)
+}
+
+// Start registers the executor and starts following the assignment and the schedule.
+func (e *Executor) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return nil
+	}
+	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("job: session: %w", err)
+	}
+	claims, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(claimTTL))
+	if err != nil {
+		_ = sess.Close()
+		return fmt.Errorf("job: claims session: %w", err)
+	}
+	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.cfg.Color)})
+	if _, err := e.cfg.Client.Put(ctx, e.keys.exec, string(val), clientv3.WithLease(sess.Lease())); err != nil {
+		_ = sess.Close()
+		claims.Orphan()
+		return fmt.Errorf("job: register executor: %w", err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	e.sess, e.claims, e.cancel, e.started = sess, claims, cancel, true
+	assignW := kvwatch.New(kvwatch.Config[assignment]{
+		Client: e.cfg.Client, Prefix: e.keys.assignment, Decode: decodeAssignment,
+		Equal: func(a, b assignment) bool { return reflect.DeepEqual(a, b) }, PerEvent: true,
+		OnChange: e.onAssignment, RequestTimeout: 5 * time.Second, Logger: e.log,
+	})
+	execW := kvwatch.New(kvwatch.Config[executorRecord]{
+		Client: e.cfg.Client, Prefix: e.keys.executors, Decode: decodeExecutor,
+		Equal: func(a, b executorRecord) bool { return a == b },
+		OnChange: func(ex []executorRecord, _ int64) {
+			e.mu.Lock()
+			e.execs = ex
+			e.mu.Unlock()
+			e.HandleEvent(traffic.Event{})
+		},
+		RequestTimeout: 5 * time.Second, Logger: e.log,
+	})
+	e.loops.Add(3)
+	go func() { defer e.loops.Done(); <-lctx.Done(); assignW.Close(); execW.Close() }()
+	go func() { defer e.loops.Done(); e.campaign(lctx, sess) }()
+	go func() { defer e.loops.Done(); e.schedule(lctx) }()
+	return nil
+}
+
+// Stop stops scheduling, waits for runs in progress (at most StopTimeout), then leaves: its
+// registration and leadership go at once, so the leader reassigns its items now.
+func (e *Executor) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	if !e.started {
+		e.mu.Unlock()
+		return nil
+	}
+	e.started = false
+	cancel, sess, claims := e.cancel, e.sess, e.claims
+	e.mu.Unlock()
+	cancel()
+	e.loops.Wait()
+	done := make(chan struct{})
+	go func() { e.runs.Wait(); close(done) }()
+	var errs []error
+	select {
+	case <-done:
+	case <-time.After(e.cfg.StopTimeout):
+		errs = append(errs, fmt.Errorf("job: runs still in progress after %v", e.cfg.StopTimeout))
+	case <-ctx.Done():
+		errs = append(errs, ctx.Err())
+	}
+	errs = append(errs, sess.Close()) // revokes: registration and leadership go now
+	claims.Orphan()                   // claims outlive us, for the next owner's misfire check
+	return errors.Join(errs...)
+}
+
+func (e *Executor) onAssignment(as []assignment, rev int64) {
+	var a assignment
+	if len(as) > 0 {
+		a = as[0]
+	}
+	e.mu.Lock()
+	e.assign, e.assignRv = a, rev
+	last, started := e.last, e.started
+	items := slices.Clone(a.Items[e.cfg.ID])
+	e.mu.Unlock()
+	// RunOnce: the last trigger may have passed while these items had no owner, or while this
+	// executor's view was stale and its claims were refused. Claims make this safe: whatever
+	// already ran for that trigger is not run again.
+	if started && e.cfg.Job.Misfire == RunOnce && !last.IsZero() && time.Since(last) < claimTTL*time.Second/2 {
+		for _, it := range items {
+			e.tryRun(it, last)
+		}
+	}
+}
+
+// schedule fires at every trigger of the schedule.
+func (e *Executor) schedule(ctx context.Context) {
+	for {
+		next := e.sched.Next(time.Now())
+		t := time.NewTimer(time.Until(next))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		e.mu.Lock()
+		e.last = next
+		items := slices.Clone(e.assign.Items[e.cfg.ID])
+		e.mu.Unlock()
+		for _, it := range items {
+			e.tryRun(it, next)
+		}
+	}
+}
+
+// tryRun claims (item, trigger) and runs it if the claim succeeds: the claim is refused if
+// someone claimed it already or the assignment changed since this executor last saw it.
+func (e *Executor) tryRun(item int, trigger time.Time) {
+	if e.drained(string(e.cfg.Color)) {
+		return
+	}
+	e.mu.Lock()
+	rev, claims, started := e.assignRv, e.claims, e.started
+	e.mu.Unlock()
+	if !started || rev == 0 {
+		return
+	}
+	key := e.keys.runs + strconv.Itoa(item) + "/" + strconv.FormatInt(trigger.UnixMilli(), 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	resp, err := e.cfg.Client.Txn(ctx).If(
+		clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(e.keys.assignment), "<", rev+1),
+	).Then(clientv3.OpPut(key, e.cfg.ID, clientv3.WithLease(claims.Lease()))).Commit()
+	cancel()
+	if err != nil {
+		e.log.Warn("job: could not claim a run; skipping it", "item", item, "trigger", trigger, "err", err)
+		return
+	}
+	if !resp.Succeeded {
+		return
+	}
+	e.nRun.Add(1)
+	e.runs.Add(1)
+	go func() {
+		defer e.runs.Done()
+		rctx, cancel := context.Background(), context.CancelFunc(func() {})
+		if e.cfg.Job.Timeout > 0 {
+			rctx, cancel = context.WithTimeout(rctx, e.cfg.Job.Timeout)
+		}
+		defer cancel()
+		if err := e.cfg.Job.Handler(rctx, item); err != nil {
+			e.log.Warn("job: run failed", "item", item, "trigger", trigger, "err", err)
+		}
+	}()
+}
+
+// campaign runs for leadership for as long as the executor runs; as leader, it keeps the
+// assignment right.
+func (e *Executor) campaign(ctx context.Context, sess *concurrency.Session) {
+	el := concurrency.NewElection(sess, e.keys.election)
+	if err := el.Campaign(ctx, e.cfg.ID); err != nil {
+		return // ctx ended or the session is gone
+	}
+	e.log.Info("job: leading")
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	e.mu.Lock()
+	written := e.assign // what is in etcd as far as we know; then what we wrote
+	e.mu.Unlock()
+	for {
+		e.reassign(ctx, el, &written)
+		select {
+		case <-ctx.Done():
+			return
+		case <-sess.Done():
+			e.log.Warn("job: session lost; no longer leading")
+			return
+		case <-e.kick:
+		case <-t.C:
+		}
+	}
+}
+
+// reassign writes the assignment the current executors and drains call for, if it differs
+// from the one last written (cur).
+func (e *Executor) reassign(ctx context.Context, el *concurrency.Election, cur *assignment) {
+	e.mu.Lock()
+	execs := slices.Clone(e.execs)
+	if e.assign.Version > cur.Version { // another leader wrote since
+		*cur = e.assign
+	}
+	e.mu.Unlock()
+	var eligible []string
+	for _, x := range execs {
+		if !e.drained(x.Color) {
+			eligible = append(eligible, x.ID)
+		}
+	}
+	slices.Sort(eligible)
+	next := assignment{V: 1, Version: cur.Version + 1, Items: map[string][]int{}}
+	for it := 0; it < e.cfg.Job.Items && len(eligible) > 0; it++ {
+		id := eligible[it%len(eligible)]
+		next.Items[id] = append(next.Items[id], it)
+	}
+	if reflect.DeepEqual(next.Items, cur.Items) || (len(next.Items) == 0 && len(cur.Items) == 0) {
+		return
+	}
+	val, _ := json.Marshal(next)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := e.cfg.Client.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())).
+		Then(clientv3.OpPut(e.keys.assignment, string(val))).Commit()
+	if err != nil || !resp.Succeeded {
+		e.log.Warn("job: assignment not written (leadership lost or etcd unreachable)", "err", err)
+		return
+	}
+	*cur = next
+	e.log.Info("job: assigned", "version", next.Version, "executors", eligible)
+}

@@ -1,0 +1,157 @@
+package job
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/traffic"
+)
+
+// MisfirePolicy says what an executor does with a trigger that passed while an item it has
+// just been given had no owner (during a reassignment).
+type MisfirePolicy int
+
+const (
+	// RunOnce runs the item once for the last trigger that passed, unless someone did.
+	RunOnce MisfirePolicy = iota
+	// Skip waits for the next trigger.
+	Skip
+)
+
+// Job is one sharded scheduled job.
+type Job struct {
+	// Name identifies the job in etcd: letters, digits, '.', '_', '-'. Required.
+	Name string
+	// Schedule is a cron expression with seconds ("*/5 * * * * *": every 5 s) or a
+	// descriptor ("@hourly"), parsed by github.com/robfig/cron/v3 (which rounds "@every" to
+	// whole seconds). Set Schedule or Every.
+	Schedule string
+	// Every is a fixed interval: triggers at every multiple of it on the wall clock, so all
+	// executors agree on them. Sub-second intervals are fine. Set Schedule or Every.
+	Every time.Duration
+	// Items is the number of shard items, 0..Items-1. Required, > 0.
+	Items int
+	// Handler runs one item for one trigger. Its ctx ends at Timeout or when the executor
+	// stops beyond StopTimeout. Required.
+	Handler func(ctx context.Context, item int) error
+	// Timeout caps one run. Default: none.
+	Timeout time.Duration
+	// Misfire is what happens to a trigger missed during a reassignment. Default RunOnce.
+	Misfire MisfirePolicy
+}
+
+// Config configures an Executor.
+type Config struct {
+	// Client is the etcd client. Required.
+	Client *clientv3.Client
+	// Prefix is the etcd key prefix. Default "/switchyard".
+	Prefix string
+	// Job is the job this executor runs items of. Required.
+	Job Job
+	// ID identifies the executor (the instance id). Required.
+	ID string
+	// Color is the instance's color; set by lifecycle (UseRules).
+	Color registry.Color
+	// Rules and App tell which color is drained; set by lifecycle (UseRules).
+	Rules *traffic.Client
+	App   string
+	// TTL is the executor's session TTL: a dead executor's items move after at most this.
+	// Default 10 s.
+	TTL time.Duration
+	// StopTimeout caps how long Stop waits for runs in progress. Default 10 s.
+	StopTimeout time.Duration
+	// Logger, default slog.Default().
+	Logger *slog.Logger
+}
+
+var parser = cron.NewParser(cron.Second | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+func (c *Config) setDefaults() (cron.Schedule, error) {
+	switch {
+	case c.Client == nil:
+		return nil, errors.New("job: Config.Client is nil; pass a connected *clientv3.Client")
+	case c.Job.Handler == nil:
+		return nil, errors.New("job: Job.Handler is nil")
+	case c.Job.Items <= 0:
+		return nil, fmt.Errorf("job: Job.Items is %d; a job needs at least one shard item", c.Job.Items)
+	}
+	if err := registry.ValidateName("job", c.Job.Name); err != nil {
+		return nil, fmt.Errorf("job: Job.Name: %w", err)
+	}
+	if err := registry.ValidateName("id", c.ID); err != nil {
+		return nil, fmt.Errorf("job: Config.ID: %w", err)
+	}
+	var sched cron.Schedule
+	switch {
+	case (c.Job.Schedule == "") == (c.Job.Every <= 0):
+		return nil, errors.New("job: set exactly one of Job.Schedule (cron with seconds) and Job.Every (a positive interval)")
+	case c.Job.Every > 0:
+		sched = every(c.Job.Every)
+	default:
+		var err error
+		if sched, err = parser.Parse(c.Job.Schedule); err != nil {
+			return nil, fmt.Errorf("job: schedule %q: %w; use a cron expression with seconds (\"*/5 * * * * *\") or Job.Every", c.Job.Schedule, err)
+		}
+	}
+	if c.Prefix == "" {
+		c.Prefix = registry.DefaultPrefix
+	}
+	if c.TTL <= 0 {
+		c.TTL = 10 * time.Second
+	}
+	if c.StopTimeout <= 0 {
+		c.StopTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return sched, nil
+}
+
+// every is a fixed-interval schedule aligned to the wall clock.
+type every time.Duration
+
+func (d every) Next(t time.Time) time.Time { return t.Truncate(time.Duration(d)).Add(time.Duration(d)) }
+
+// The etcd keys of a job, under <prefix>/jobs/<job>/.
+func jobPrefix(prefix, job string) string { return prefix + "/jobs/" + job + "/" }
+
+// executorRecord is stored at executors/<id>, attached to the executor's session lease.
+type executorRecord struct {
+	ID    string `json:"id"`
+	Color string `json:"color"`
+}
+
+// assignment is stored at assignment, written only by the leader.
+type assignment struct {
+	V       int              `json:"v"`
+	Version int64            `json:"version"`
+	Items   map[string][]int `json:"items"` // executor id → its items
+}
+
+func decodeAssignment(_ string, val []byte) (assignment, error) {
+	var a assignment
+	if err := json.Unmarshal(val, &a); err != nil {
+		return assignment{}, fmt.Errorf("job: malformed assignment: %w", err)
+	}
+	if a.V != 1 {
+		return assignment{}, fmt.Errorf("job: assignment schema %d, this reader knows 1", a.V)
+	}
+	return a, nil
+}
+
+func decodeExecutor(id string, val []byte) (executorRecord, error) {
+	var r executorRecord
+	if err := json.Unmarshal(val, &r); err != nil || r.ID != id {
+		return executorRecord{}, fmt.Errorf("job: malformed executor record at %s", id)
+	}
+	return r, nil
+}
