@@ -204,10 +204,27 @@ func (e *Executor) onAssignment(as []assignment, rev int64) {
 	}
 }
 
-// schedule fires at every trigger of the schedule.
+// schedule fires at every trigger of the schedule. It steps from trigger to trigger, so a
+// wake-up that comes late (a busy machine) still fires the trigger it was for; after a long
+// stall (more than maxCatchUp triggers behind) it jumps to the next one to come.
 func (e *Executor) schedule(ctx context.Context) {
+	const maxCatchUp = 5
+	var prev time.Time
 	for {
-		next := e.sched.Next(time.Now())
+		now := time.Now()
+		next := e.sched.Next(now)
+		if !prev.IsZero() {
+			if n := e.sched.Next(prev); n.Before(next) {
+				behind, k := n, 0
+				for ; behind.Before(now) && k < maxCatchUp; k++ {
+					behind = e.sched.Next(behind)
+				}
+				if k < maxCatchUp {
+					next = n
+				}
+			}
+		}
+		prev = next
 		t := time.NewTimer(time.Until(next))
 		select {
 		case <-ctx.Done():
