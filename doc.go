@@ -25,7 +25,9 @@
 //   - mq: color-tagging producers and consumer groups that leave a drained color, with
 //     adapters for NATS JetStream (mq/natsjs) and Kafka (mq/kafka).
 //
-// Still to come: job (sharded jobs that avoid drained executors) and the operator CLI
+//   - job: sharded scheduled jobs coordinated on etcd that never run on a drained executor.
+//
+// Still to come: the blue/green release demo (examples/bluegreen) and the operator CLI
 // cmd/switchyard.
 //
 // This package itself holds no code.

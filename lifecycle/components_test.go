@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/job"
 	"github.com/switchyard-go/switchyard/lifecycle"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -161,9 +162,12 @@ func TestOnlineFailureStaysDrained(t *testing.T) {
 	}
 }
 
-// An mq.Consumer is a lifecycle component that follows the rule and takes events.
+// mq.Consumer and job.Executor are lifecycle components that follow the rule and take events.
 var (
 	_ lifecycle.Component    = (*mq.Consumer)(nil)
 	_ lifecycle.RulesUser    = (*mq.Consumer)(nil)
 	_ lifecycle.EventHandler = (*mq.Consumer)(nil)
+	_ lifecycle.Component    = (*job.Executor)(nil)
+	_ lifecycle.RulesUser    = (*job.Executor)(nil)
+	_ lifecycle.EventHandler = (*job.Executor)(nil)
 )

@@ -1,0 +1,59 @@
+package job_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/job"
+)
+
+// One executor of a job with 4 shard items runs every item at every trigger.
+func Example() {
+	etcd, err := etcdtest.New() // an embedded etcd; use your cluster's endpoints instead
+	if err != nil {
+		panic(err)
+	}
+	defer etcd.Close()
+	cli, err := etcd.NewClient(etcd.Endpoints())
+	if err != nil {
+		panic(err)
+	}
+	defer cli.Close()
+
+	var mu sync.Mutex
+	ran := map[int]int{}
+	ex, err := job.NewExecutor(job.Config{
+		Client: cli, ID: "reports-1", Logger: silent,
+		Job: job.Job{Name: "daily-settlement", Every: 100 * time.Millisecond, Items: 4,
+			Handler: func(_ context.Context, item int) error {
+				mu.Lock()
+				ran[item]++
+				mu.Unlock()
+				return nil
+			}},
+	})
+	if err != nil {
+		panic(err)
+	}
+	if err := ex.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	time.Sleep(time.Second)
+	_ = ex.Stop(context.Background())
+
+	mu.Lock()
+	defer mu.Unlock()
+	var items []int
+	for it, n := range ran {
+		if n > 0 {
+			items = append(items, it)
+		}
+	}
+	slices.Sort(items)
+	fmt.Println("items run:", items)
+	// Output: items run: [0 1 2 3]
+}
