@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/switchyard-go/switchyard/internal/backoff"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -151,8 +152,65 @@ func (e *Executor) Start(ctx context.Context) error {
 	})
 	e.loops.Add(3)
 	go func() { defer e.loops.Done(); <-lctx.Done(); assignW.Close(); execW.Close() }()
-	go func() { defer e.loops.Done(); e.campaign(lctx, sess) }()
+	go func() { defer e.loops.Done(); e.keep(lctx) }()
 	go func() { defer e.loops.Done(); e.schedule(lctx) }()
+	return nil
+}
+
+// keep campaigns with the current session and, when etcd was unreachable for longer than
+// the TTL and the session ended, makes a new one (with backoff) and registers again.
+func (e *Executor) keep(ctx context.Context) {
+	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	for {
+		e.mu.Lock()
+		sess := e.sess
+		e.mu.Unlock()
+		e.campaign(ctx, sess)
+		if ctx.Err() != nil {
+			return
+		}
+		for ctx.Err() == nil {
+			if err := e.renew(ctx); err == nil {
+				e.log.Info("job: session renewed; registered again")
+				bo.Reset()
+				break
+			} else {
+				e.log.Warn("job: cannot renew the session yet", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(bo.Next()):
+			}
+		}
+	}
+}
+
+// renew replaces a lost session (and a lost claims session) and re-registers.
+func (e *Executor) renew(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))), concurrency.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.cfg.Color)})
+	if _, err := e.cfg.Client.Put(rctx, e.keys.exec, string(val), clientv3.WithLease(sess.Lease())); err != nil {
+		sess.Orphan()
+		return err
+	}
+	e.mu.Lock()
+	claims := e.claims
+	e.mu.Unlock()
+	select {
+	case <-claims.Done():
+		if c, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(claimTTL)); err == nil {
+			claims = c
+		}
+	default:
+	}
+	e.mu.Lock()
+	e.sess, e.claims = sess, claims
+	e.mu.Unlock()
 	return nil
 }
 
@@ -286,6 +344,15 @@ func (e *Executor) tryRun(item int, trigger time.Time) {
 // campaign runs for leadership for as long as the executor runs; as leader, it keeps the
 // assignment right.
 func (e *Executor) campaign(ctx context.Context, sess *concurrency.Session) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // a lost session ends the campaign too
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	el := concurrency.NewElection(sess, e.keys.election)
 	if err := el.Campaign(ctx, e.cfg.ID); err != nil {
 		return // ctx ended or the session is gone

@@ -252,13 +252,13 @@ func TestScheduleResumesAfterEtcdRestart(t *testing.T) {
 	v.start("green-2", registry.ColorGreen)
 	time.Sleep(1500 * time.Millisecond)
 	v.e.Stop()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(2500 * time.Millisecond) // > TTL (1 s): the sessions end and must be renewed
 	if err := v.e.Start(); err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
-	time.Sleep(3 * time.Second)
-	trig, miss := v.missed(back.Add(1500*time.Millisecond), time.Now().Add(-100*time.Millisecond))
+	time.Sleep(5 * time.Second)
+	trig, miss := v.missed(back.Add(3*time.Second), time.Now().Add(-100*time.Millisecond))
 	t.Logf("after etcd came back: %d triggers, %d item runs missed", trig, miss)
 	if miss != 0 {
 		t.Fatalf("the schedule did not resume: %d item runs missed", miss)
@@ -268,4 +268,39 @@ func TestScheduleResumesAfterEtcdRestart(t *testing.T) {
 		t.Fatalf("%d item runs doubled", d)
 	}
 	t.Logf("across the restart: %d item runs claimed as etcd stopped whose reply was lost, so not run", -d)
+}
+
+func TestExecutorsRegisterAgainAfterTheirLeasesExpired(t *testing.T) {
+	v := newEnv(t)
+	v.start("green-1", registry.ColorGreen)
+	v.start("green-2", registry.ColorGreen)
+	time.Sleep(1500 * time.Millisecond)
+	// A partition: etcd keeps running and expires the executors' leases (TTL 1 s).
+	v.e.Cut()
+	time.Sleep(2500 * time.Millisecond)
+	direct := v.e.DirectClient(t)
+	if resp, _ := direct.Get(context.Background(), "/switchyard/jobs/settle/executors/", clientv3.WithPrefix()); len(resp.Kvs) != 0 {
+		t.Fatalf("%d executor registrations survived their lease", len(resp.Kvs))
+	}
+	v.e.Heal()
+	healed := time.Now()
+	deadline := healed.Add(10 * time.Second)
+	for {
+		resp, _ := direct.Get(context.Background(), "/switchyard/jobs/settle/executors/", clientv3.WithPrefix())
+		if len(resp.Kvs) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("executors not registered again 10 s after the partition healed (%d of 2)", len(resp.Kvs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("both executors registered again %v after the partition healed", time.Since(healed).Round(time.Millisecond))
+	settled := time.Now().Add(time.Second)
+	time.Sleep(2500 * time.Millisecond)
+	trig, miss := v.missed(settled, time.Now().Add(-100*time.Millisecond))
+	t.Logf("afterwards: %d triggers, %d item runs missed", trig, miss)
+	if miss != 0 {
+		t.Fatalf("%d item runs missed after the executors registered again", miss)
+	}
 }
