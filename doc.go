@@ -27,8 +27,8 @@
 //
 //   - job: sharded scheduled jobs coordinated on etcd that never run on a drained executor.
 //
-// Still to come: the blue/green release demo (examples/bluegreen) and the operator CLI
-// cmd/switchyard.
+// examples/bluegreen runs a whole release under load and shows it lossless. Still to come:
+// the operator CLI cmd/switchyard.
 //
 // This package itself holds no code.
 package switchyard
