@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// sy runs the command with the etcd endpoints of e, returning exit code, stdout and stderr.
+func sy(t *testing.T, e *etcdtest.Server, args ...string) (int, string, string) {
+	t.Helper()
+	return syCtx(t, context.Background(), e, args...)
+}
+
+func syCtx(t *testing.T, ctx context.Context, e *etcdtest.Server, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut strings.Builder
+	env := func(k string) string {
+		if k == "SWITCHYARD_ETCD_ENDPOINTS" {
+			return strings.Join(e.Endpoints(), ",")
+		}
+		return ""
+	}
+	code := run(ctx, append(args, "--timeout", "1s"), &out, &errOut, env)
+	return code, out.String(), errOut.String()
+}
+
+func TestAReleaseFromTheCommandLine(t *testing.T) {
+	e := etcdtest.Start(t)
+	if code, out, errs := sy(t, e, "channel", "open", "trade", "--apps", "order,inventory"); code != 0 || !strings.Contains(out, "releasing") {
+		t.Fatalf("open: %d %q %q", code, out, errs)
+	}
+	if code, out, _ := sy(t, e, "channel", "shift", "trade", "--blue", "1"); code != 0 || !strings.Contains(out, "blue   1.0%") {
+		t.Fatalf("shift: %d %q", code, out)
+	}
+	code, out, _ := sy(t, e, "channel", "status", "trade", "-o", "json")
+	var rules []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &rules) != nil || len(rules) != 1 || rules[0]["blue_percent"] != 1.0 {
+		t.Fatalf("status -o json: %d %q", code, out)
+	}
+	if code, out, _ := sy(t, e, "channel", "list"); code != 0 || !strings.Contains(out, "trade") || !strings.Contains(out, "apps=inventory,order") {
+		t.Fatalf("list: %d %q", code, out)
+	}
+	if code, out, _ := sy(t, e, "channel", "finish", "trade"); code != 0 || !strings.Contains(out, "closed") || !strings.Contains(out, "blue  50.0%") {
+		t.Fatalf("finish: %d %q", code, out)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	e := etcdtest.Start(t)
+	if code, _, _ := sy(t, e, "channel", "open", "trade", "--apps", "order"); code != 0 {
+		t.Fatal("open failed")
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		say  string
+	}{
+		{[]string{"channel", "shift", "nope", "--blue", "1"}, 1, "unknown channel"},
+		{[]string{"channel", "shift", "trade", "--blue", "150"}, 1, "from 0 to 100"},
+		{[]string{"channel", "open", "other", "--apps", "order"}, 1, "already in another open channel"},
+		{[]string{"channel", "shift", "trade"}, 2, "--blue"},
+		{[]string{"channel", "open", "x"}, 2, "--apps"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{}, 2, "usage"},
+		{[]string{"channel", "list", "-o", "yaml"}, 2, "json"},
+	} {
+		code, _, errs := sy(t, e, c.args...)
+		if code != c.code || !strings.Contains(errs, c.say) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d mentioning %q", c.args, code, errs, c.code, c.say)
+		}
+	}
+	e.Stop()
+	if code, _, errs := sy(t, e, "channel", "list"); code != 3 || !strings.Contains(errs, "etcd unreachable") {
+		t.Fatalf("etcd down: exit %d %q, want 3", code, errs)
+	}
+}
+
+func TestInstancesAndWatch(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Instance: registry.Instance{
+		App: "order", ID: "order-1", Addr: "10.0.0.1:9000", Color: registry.ColorBlue, Version: "v2", Warmup: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close(context.Background())
+	if err := reg.Register(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := sy(t, e, "instances", "order")
+	if code != 0 || !strings.Contains(out, "order-1") || !strings.Contains(out, "10.0.0.1:9000") || !strings.Contains(out, "blue") {
+		t.Fatalf("instances: %d %q", code, out)
+	}
+	code, out, _ = sy(t, e, "instances", "order", "-o", "json")
+	var list []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0]["warmup_left_ms"].(float64) <= 0 {
+		t.Fatalf("instances -o json: %d %q", code, out)
+	}
+
+	// watch prints events as they happen, until interrupted.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	done := make(chan string, 1)
+	go func() { _, out, _ := syCtx(t, ctx, e, "watch", "trade"); done <- out }()
+	time.Sleep(500 * time.Millisecond)
+	sy(t, e, "channel", "open", "trade", "--apps", "order")
+	sy(t, e, "channel", "shift", "trade", "--blue", "0")
+	out = <-done
+	for _, want := range []string{"trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("watch output lacks %q:\n%s", want, out)
+		}
+	}
+}
