@@ -27,8 +27,8 @@
 //
 //   - job: sharded scheduled jobs coordinated on etcd that never run on a drained executor.
 //
-// examples/bluegreen runs a whole release under load and shows it lossless. Still to come:
-// the operator CLI cmd/switchyard.
+// examples/bluegreen runs a whole release under load and shows it lossless; cmd/switchyard
+// is the operator CLI (channels, instances, watch).
 //
 // This package itself holds no code.
 package switchyard
