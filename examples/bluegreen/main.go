@@ -7,13 +7,13 @@
 // v2 order calls a method that only v2 inventory has (SayHellos); a v2 order meeting a v1
 // inventory would fail with Unimplemented, which the demo counts as a sticky violation.
 //
-//	go run ./examples/bluegreen            # ~25 s
+//	go run ./examples/bluegreen            # ~30 s
 //	go run ./examples/bluegreen -phase 500ms
+//	go run ./examples/bluegreen -naive     # first the same release done naively, for comparison
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -41,7 +41,16 @@ import (
 func main() {
 	phase := flag.Duration("phase", 3*time.Second, "how long each phase of the release runs under load")
 	workers := flag.Int("workers", 8, "concurrent callers of the gateway (closed loop)")
+	naive := flag.Bool("naive", false, "first do the same release as a plain rolling restart (round_robin, no switchyard lifecycle), for comparison")
 	flag.Parse()
+	if *naive {
+		failed, total, err := runNaive(os.Stdout, *phase, *workers)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bluegreen -naive:", err)
+			os.Exit(2)
+		}
+		fmt.Printf("naive rolling restart: %d of %d requests failed\n\nnow the same release with switchyard:\n\n", failed, total)
+	}
 	ok, err := run(os.Stdout, *phase, *workers)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bluegreen:", err)
@@ -265,30 +274,8 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		return false, err
 	}
 
-	// The load: closed-loop callers of the gateway, counting into the current phase.
-	var cur atomic.Pointer[stats]
-	cur.Store(&stats{byColor: map[string]int{}})
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				begin := time.Now()
-				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				resp, err := gateway.SayHello(cctx, &greeterpb.HelloRequest{})
-				cancel()
-				cur.Load().add(resp.GetMessage(), err, time.Since(begin))
-			}
-		}()
-	}
-	defer func() { close(stop); wg.Wait() }()
+	l := startLoad(ctx, gateway, workers)
+	defer l.close()
 
 	restart := func(color string) error {
 		for _, app := range []string{"order", "inventory"} { // callers first, then callees
@@ -304,10 +291,7 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 	shift := func(p float64) func() error {
 		return func() error { _, err := ctl.Shift(ctx, "trade", p); return err }
 	}
-	phases := []struct {
-		name string
-		do   func() error
-	}{
+	phases := []step{
 		{"all v1, no release", func() error { return nil }},
 		{"open trade (order, inventory)", func() error { _, err := ctl.Open(ctx, "trade", []string{"order", "inventory"}); return err }},
 		{"drain blue (0 %)", shift(0)},
@@ -319,24 +303,9 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		{"restart green as v2", func() error { return restart("green") }},
 		{"finish (all v2, 50/50)", func() error { _, err := ctl.Finish(ctx, "trade"); return err }},
 	}
-	fmt.Fprintf(out, "%-34s %8s %7s %8s %8s %10s %9s %9s\n", "phase", "requests", "failed", "blue", "green", "violations", "p50", "p99")
 	var total stats
-	total.byColor = map[string]int{}
-	for _, ph := range phases {
-		st := &stats{byColor: map[string]int{}}
-		cur.Store(st)
-		if err := ph.do(); err != nil {
-			return false, fmt.Errorf("%s: %w", ph.name, err)
-		}
-		time.Sleep(phase)
-		cur.Store(&stats{byColor: map[string]int{}}) // calls from now on count nowhere
-		fmt.Fprintln(out, st.row(ph.name))
-		if st.firstErr != nil {
-			fmt.Fprintln(out, "   first failure:", st.firstErr)
-		}
-		total.n += st.n
-		total.failed += st.failed
-		total.violations += st.violations
+	if err := l.run(out, phase, phases, &total); err != nil {
+		return false, err
 	}
 	ok := total.failed == 0 && total.violations == 0
 	verdict := "LOSSLESS"
@@ -344,5 +313,67 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		verdict = "NOT LOSSLESS"
 	}
 	fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations\n", verdict, total.n, total.failed, total.violations)
-	return ok, errors.Join()
+	return ok, nil
 }
+
+type step struct {
+	name string
+	do   func() error
+}
+
+// load is the closed-loop callers of the gateway, counting into the current phase's stats.
+type load struct {
+	cur  atomic.Pointer[stats]
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startLoad(ctx context.Context, gateway greeterpb.GreeterClient, workers int) *load {
+	l := &load{stop: make(chan struct{})}
+	l.cur.Store(newStats())
+	for w := 0; w < workers; w++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				begin := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				resp, err := gateway.SayHello(cctx, &greeterpb.HelloRequest{})
+				cancel()
+				l.cur.Load().add(resp.GetMessage(), err, time.Since(begin))
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) close() { close(l.stop); l.wg.Wait() }
+
+// run performs the steps, each followed by one phase of load, printing a row per step.
+func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stats) error {
+	fmt.Fprintf(out, "%-34s %8s %7s %8s %8s %10s %9s %9s\n", "phase", "requests", "failed", "blue", "green", "violations", "p50", "p99")
+	for _, st := range steps {
+		s := newStats()
+		l.cur.Store(s)
+		if err := st.do(); err != nil {
+			return fmt.Errorf("%s: %w", st.name, err)
+		}
+		time.Sleep(phase)
+		l.cur.Store(newStats()) // calls from now on count nowhere
+		fmt.Fprintln(out, s.row(st.name))
+		if s.firstErr != nil {
+			fmt.Fprintln(out, "   first failure:", s.firstErr)
+		}
+		total.n += s.n
+		total.failed += s.failed
+		total.violations += s.violations
+	}
+	return nil
+}
+
+func newStats() *stats { return &stats{byColor: map[string]int{}} }

@@ -26,3 +26,18 @@ func TestReleaseIsLossless(t *testing.T) {
 		t.Fatal("the report is missing phases")
 	}
 }
+
+// TestNaiveReleaseLosesRequests: the same release without switchyard fails requests (the
+// comparison -naive prints would otherwise show nothing).
+func TestNaiveReleaseLosesRequests(t *testing.T) {
+	var out strings.Builder
+	failed, total, err := runNaive(&out, 400*time.Millisecond, 4)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("naive: %d of %d requests failed", failed, total)
+	if failed == 0 {
+		t.Fatal("the naive rolling restart lost no request; the demo's comparison would be empty")
+	}
+}
