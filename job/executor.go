@@ -117,7 +117,8 @@ func (e *Executor) Start(ctx context.Context) error {
 	if e.started {
 		return nil
 	}
-	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))), concurrency.WithContext(ctx))
+	// The sessions live until Stop, not until ctx (lifecycle cancels Start's ctx on return).
+	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))))
 	if err != nil {
 		return fmt.Errorf("job: session: %w", err)
 	}
@@ -189,7 +190,7 @@ func (e *Executor) keep(ctx context.Context) {
 func (e *Executor) renew(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))), concurrency.WithContext(ctx))
+	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))))
 	if err != nil {
 		return err
 	}

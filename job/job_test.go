@@ -304,3 +304,28 @@ func TestExecutorsRegisterAgainAfterTheirLeasesExpired(t *testing.T) {
 		t.Fatalf("%d item runs missed after the executors registered again", miss)
 	}
 }
+
+// lifecycle cancels the ctx it passes to Start once Start returns; the executor must keep
+// running and stop cleanly.
+func TestStartContextEndingDoesNotStopTheExecutor(t *testing.T) {
+	v := newEnv(t)
+	ex, err := job.NewExecutor(job.Config{Client: v.cli, ID: "green-1", TTL: time.Second, Logger: silent,
+		Job: job.Job{Name: "settle", Every: 100 * time.Millisecond, Items: 2, Handler: func(context.Context, int) error { return nil }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := ex.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	time.Sleep(2500 * time.Millisecond) // > TTL: a session tied to ctx would be gone
+	before := ex.Runs()
+	time.Sleep(500 * time.Millisecond)
+	if ex.Runs() == before {
+		t.Fatal("the executor stopped running when Start's ctx ended")
+	}
+	if err := ex.Stop(context.Background()); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+}

@@ -20,11 +20,13 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,7 +35,11 @@ import (
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/natstest"
+	"github.com/switchyard-go/switchyard/job"
 	"github.com/switchyard-go/switchyard/lifecycle"
+	"github.com/switchyard-go/switchyard/mq"
+	"github.com/switchyard-go/switchyard/mq/natsjs"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -64,11 +70,14 @@ func main() {
 // demo is the running system: etcd, the rule client the instances' clients use, and the
 // instances by app and color.
 type demo struct {
-	cli   *clientv3.Client
-	rules *traffic.Client
-	log   *slog.Logger
-	mu    sync.Mutex
-	insts map[string]*lifecycle.Instance // "order/blue" → instance
+	cli     *clientv3.Client
+	rules   *traffic.Client
+	log     *slog.Logger
+	nats    *natstest.Server
+	work    *workLog
+	mu      sync.Mutex
+	insts   map[string]*lifecycle.Instance // "order/blue" → instance
+	closers map[string]func()              // what closes its components' connections
 }
 
 // server is one instance of gateway, order or inventory.
@@ -125,10 +134,16 @@ func (d *demo) dial(app string) (*grpc.ClientConn, error) {
 
 // start runs one instance of app, of color and version, through lifecycle.
 func (d *demo) start(ctx context.Context, app, color, version string, next *grpc.ClientConn) error {
+	id := app + "-" + color + "-" + version
+	comps, closeComps, err := d.components(app, id, color)
+	if err != nil {
+		return err
+	}
 	inst, err := lifecycle.New(lifecycle.Config{
-		Client: d.cli, App: app, ID: app + "-" + color + "-" + version, Color: registry.Color(color), Version: version,
+		Client: d.cli, App: app, ID: id, Color: registry.Color(color), Version: version,
 		Warmup: 500 * time.Millisecond, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		QuietPeriod: 300 * time.Millisecond, MaxDrain: 5 * time.Second, StopTimeout: 5 * time.Second, Logger: d.log,
+		Components: comps,
 	})
 	if err != nil {
 		return err
@@ -143,17 +158,89 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 	}
 	d.mu.Lock()
 	d.insts[app+"/"+color] = inst
+	d.closers[app+"/"+color] = closeComps
 	d.mu.Unlock()
 	return nil
+}
+
+// components are what an instance runs besides RPCs: order instances consume "orders.events"
+// in group "audit"; inventory instances run the sharded job "reconcile" (4 items, every 100 ms).
+func (d *demo) components(app, id, color string) ([]lifecycle.Component, func(), error) {
+	switch app {
+	case "order":
+		nc, err := nats.Connect(d.nats.URL(), nats.MaxReconnects(-1))
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := natsjs.New(nc, natsjs.Options{})
+		if err != nil {
+			nc.Close()
+			return nil, nil, err
+		}
+		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: b, Topic: "orders.events", Group: "audit", Logger: d.log,
+			Handler: func(context.Context, mq.Message) error { d.work.add("mq", color); return nil }})
+		if err != nil {
+			nc.Close()
+			return nil, nil, err
+		}
+		return []lifecycle.Component{c}, nc.Close, nil
+	case "inventory":
+		ex, err := job.NewExecutor(job.Config{Client: d.cli, ID: id, TTL: 2 * time.Second, Logger: d.log,
+			Job: job.Job{Name: "reconcile", Every: 100 * time.Millisecond, Items: 4,
+				Handler: func(context.Context, int) error { d.work.add("job", color); return nil }}})
+		if err != nil {
+			return nil, nil, err
+		}
+		return []lifecycle.Component{ex}, func() {}, nil
+	}
+	return nil, func() {}, nil
+}
+
+// workLog counts MQ messages handled and job runs, by color, since the phase began.
+type workLog struct {
+	mu     sync.Mutex
+	counts map[string]int // "mq/blue" → n
+	// drained is the color drained in the current phase (work by it counts as a violation
+	// after grace); "" for none.
+	drained    string
+	grace      time.Time
+	violations int
+}
+
+func (w *workLog) add(kind, color string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.counts[kind+"/"+color]++
+	if color != "" && color == w.drained && time.Now().After(w.grace) {
+		w.violations++
+	}
+}
+
+// phase starts counting a new phase in which drained (or nobody) is drained.
+func (w *workLog) phase(drained string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.counts, w.drained, w.grace = map[string]int{}, drained, time.Now().Add(300*time.Millisecond)
+}
+
+func (w *workLog) summary() (string, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return fmt.Sprintf("%5d/%-5d %5d/%-5d", w.counts["mq/blue"], w.counts["mq/green"], w.counts["job/blue"], w.counts["job/green"]), w.violations
 }
 
 // stop takes the instance of app and color offline, losslessly.
 func (d *demo) stop(ctx context.Context, app, color string) error {
 	d.mu.Lock()
-	inst := d.insts[app+"/"+color]
+	inst, closeComps := d.insts[app+"/"+color], d.closers[app+"/"+color]
 	delete(d.insts, app+"/"+color)
+	delete(d.closers, app+"/"+color)
 	d.mu.Unlock()
-	return inst.Offline(ctx)
+	err := inst.Offline(ctx)
+	if closeComps != nil {
+		closeComps()
+	}
+	return err
 }
 
 // stats counts one phase's calls.
@@ -235,7 +322,14 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	d := &demo{cli: cli, rules: rules, log: log, insts: map[string]*lifecycle.Instance{}}
+	ns, err := natstest.New() // in production: your NATS cluster
+	if err != nil {
+		return false, err
+	}
+	defer ns.Close()
+	work := &workLog{counts: map[string]int{}}
+	d := &demo{cli: cli, rules: rules, log: log, nats: ns, work: work,
+		insts: map[string]*lifecycle.Instance{}, closers: map[string]func(){}}
 	defer func() {
 		for key := range d.insts {
 			app, color, _ := strings.Cut(key, "/")
@@ -276,6 +370,12 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 
 	l := startLoad(ctx, gateway, workers)
 	defer l.close()
+	l.work = work
+	stopProducer, err := produce(ns.URL())
+	if err != nil {
+		return false, err
+	}
+	defer stopProducer()
 
 	restart := func(color string) error {
 		for _, app := range []string{"order", "inventory"} { // callers first, then callees
@@ -292,33 +392,36 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		return func() error { _, err := ctl.Shift(ctx, "trade", p); return err }
 	}
 	phases := []step{
-		{"all v1, no release", func() error { return nil }},
-		{"open trade (order, inventory)", func() error { _, err := ctl.Open(ctx, "trade", []string{"order", "inventory"}); return err }},
-		{"drain blue (0 %)", shift(0)},
-		{"restart blue as v2", func() error { return restart("blue") }},
-		{"canary 1 % on blue v2", shift(1)},
-		{"10 %", shift(10)},
-		{"50 %", shift(50)},
-		{"100 % (green drained)", shift(100)},
-		{"restart green as v2", func() error { return restart("green") }},
-		{"finish (all v2, 50/50)", func() error { _, err := ctl.Finish(ctx, "trade"); return err }},
+		{"all v1, no release", func() error { return nil }, ""},
+		{"open trade (order, inventory)", func() error { _, err := ctl.Open(ctx, "trade", []string{"order", "inventory"}); return err }, ""},
+		{"drain blue (0 %)", shift(0), "blue"},
+		{"restart blue as v2", func() error { return restart("blue") }, "blue"},
+		{"canary 1 % on blue v2", shift(1), ""},
+		{"10 %", shift(10), ""},
+		{"50 %", shift(50), ""},
+		{"100 % (green drained)", shift(100), "green"},
+		{"restart green as v2", func() error { return restart("green") }, "green"},
+		{"finish (all v2, 50/50)", func() error { _, err := ctl.Finish(ctx, "trade"); return err }, ""},
 	}
 	var total stats
 	if err := l.run(out, phase, phases, &total); err != nil {
 		return false, err
 	}
-	ok := total.failed == 0 && total.violations == 0
+	_, drainedWork := work.summary()
+	ok := total.failed == 0 && total.violations == 0 && drainedWork == 0
 	verdict := "LOSSLESS"
 	if !ok {
 		verdict = "NOT LOSSLESS"
 	}
-	fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations\n", verdict, total.n, total.failed, total.violations)
+	fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations; %d messages or job runs on a drained color\n",
+		verdict, total.n, total.failed, total.violations, drainedWork)
 	return ok, nil
 }
 
 type step struct {
-	name string
-	do   func() error
+	name    string
+	do      func() error
+	drained string // the color drained during this phase, if any
 }
 
 // load is the closed-loop callers of the gateway, counting into the current phase's stats.
@@ -326,6 +429,7 @@ type load struct {
 	cur  atomic.Pointer[stats]
 	stop chan struct{}
 	wg   sync.WaitGroup
+	work *workLog // nil in the naive mode
 }
 
 func startLoad(ctx context.Context, gateway greeterpb.GreeterClient, workers int) *load {
@@ -356,16 +460,28 @@ func (l *load) close() { close(l.stop); l.wg.Wait() }
 
 // run performs the steps, each followed by one phase of load, printing a row per step.
 func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stats) error {
-	fmt.Fprintf(out, "%-34s %8s %7s %8s %8s %10s %9s %9s\n", "phase", "requests", "failed", "blue", "green", "violations", "p50", "p99")
+	head := fmt.Sprintf("%-34s %8s %7s %8s %8s %10s %9s %9s", "phase", "requests", "failed", "blue", "green", "violations", "p50", "p99")
+	if l.work != nil {
+		head += "  mq blue/green job blue/green"
+	}
+	fmt.Fprintln(out, head)
 	for _, st := range steps {
 		s := newStats()
 		l.cur.Store(s)
+		if l.work != nil {
+			l.work.phase(st.drained)
+		}
 		if err := st.do(); err != nil {
 			return fmt.Errorf("%s: %w", st.name, err)
 		}
 		time.Sleep(phase)
 		l.cur.Store(newStats()) // calls from now on count nowhere
-		fmt.Fprintln(out, s.row(st.name))
+		row := s.row(st.name)
+		if l.work != nil {
+			w, _ := l.work.summary()
+			row += "  " + w
+		}
+		fmt.Fprintln(out, row)
 		if s.firstErr != nil {
 			fmt.Fprintln(out, "   first failure:", s.firstErr)
 		}
@@ -377,3 +493,37 @@ func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stat
 }
 
 func newStats() *stats { return &stats{byColor: map[string]int{}} }
+
+// produce publishes to orders.events, 200 messages/s, cycling blue, green and untagged, as
+// producers of each color would.
+func produce(url string) (stop func(), err error) {
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, err
+	}
+	b, err := natsjs.New(nc, natsjs.Options{})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	ps := []*mq.Producer{mq.NewProducer(b, registry.ColorBlue), mq.NewProducer(b, registry.ColorGreen), mq.NewProducer(b, registry.ColorNone)}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for k := 0; ; k++ {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_ = ps[k%3].Publish(ctx, "orders.events", mq.Message{Value: []byte(strconv.Itoa(k))})
+			cancel()
+		}
+	}()
+	return func() { close(done); wg.Wait(); nc.Close() }, nil
+}

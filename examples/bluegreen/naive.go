@@ -141,12 +141,12 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 		}
 	}
 	steps := []step{
-		{"all v1", func() error { return nil }},
-		{"roll order blue to v2", roll("order", "blue")},
-		{"roll order green to v2", roll("order", "green")},
-		{"roll inventory blue to v2", roll("inventory", "blue")},
-		{"roll inventory green to v2", roll("inventory", "green")},
-		{"all v2", func() error { return nil }},
+		{"all v1", func() error { return nil }, ""},
+		{"roll order blue to v2", roll("order", "blue"), ""},
+		{"roll order green to v2", roll("order", "green"), ""},
+		{"roll inventory blue to v2", roll("inventory", "blue"), ""},
+		{"roll inventory green to v2", roll("inventory", "green"), ""},
+		{"all v2", func() error { return nil }, ""},
 	}
 	fmt.Fprintln(out, "naive rolling restart (round_robin, no switchyard lifecycle):")
 	var st stats
