@@ -258,7 +258,7 @@ func (e *Executor) onAssignment(as []assignment, rev int64) {
 	// already ran for that trigger is not run again.
 	if started && e.cfg.Job.Misfire == RunOnce && !last.IsZero() && time.Since(last) < claimTTL*time.Second/2 {
 		for _, it := range items {
-			e.tryRun(it, last)
+			e.tryRun(it, last, rev)
 		}
 	}
 }
@@ -291,24 +291,28 @@ func (e *Executor) schedule(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		// Items, the assignment's revision and the trigger are read together: a claim is only
+		// ever made for the items of the assignment whose revision it checks, and onAssignment
+		// sees either this trigger or the assignment these items came from, never neither.
 		e.mu.Lock()
 		e.last = next
-		items := slices.Clone(e.assign.Items[e.cfg.ID])
+		items, rev := slices.Clone(e.assign.Items[e.cfg.ID]), e.assignRv
 		e.mu.Unlock()
 		for _, it := range items {
-			e.tryRun(it, next)
+			e.tryRun(it, next, rev)
 		}
 	}
 }
 
 // tryRun claims (item, trigger) and runs it if the claim succeeds: the claim is refused if
-// someone claimed it already or the assignment changed since this executor last saw it.
-func (e *Executor) tryRun(item int, trigger time.Time) {
+// someone claimed it already or the assignment changed since revision rev, the one item was
+// read from.
+func (e *Executor) tryRun(item int, trigger time.Time, rev int64) {
 	if e.drained(string(e.cfg.Color)) {
 		return
 	}
 	e.mu.Lock()
-	rev, claims, started := e.assignRv, e.claims, e.started
+	claims, started := e.claims, e.started
 	e.mu.Unlock()
 	if !started || rev == 0 {
 		return
