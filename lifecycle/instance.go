@@ -15,7 +15,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
-	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/switchyard-go/switchyard/registry"
@@ -80,7 +79,7 @@ func New(cfg Config) (*Instance, error) {
 		log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID)}
 	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
-	healthgrpc.RegisterHealthServer(i.srv, i.health)
+	healthpb.RegisterHealthServer(i.srv, i.health)
 	return i, nil
 }
 

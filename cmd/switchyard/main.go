@@ -148,7 +148,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	defer cli.Close()
 	cfg := traffic.Config{Client: cli, Prefix: o.prefix, RequestTimeout: o.timeout, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	err = dispatch(ctx, o, pos, cli, cfg, stdout)
+	err = dispatch(ctx, o, pos, cli, cfg, stdout, stderr)
 	var ue usageError
 	switch {
 	case err == nil:
@@ -166,7 +166,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 }
 
-func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, cfg traffic.Config, out io.Writer) error {
+func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, cfg traffic.Config, out, errOut io.Writer) error {
 	arg := func(i int, what string) (string, error) {
 		if len(pos) <= i {
 			return "", usageError{"missing " + what}
@@ -229,7 +229,7 @@ func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, c
 		if err != nil {
 			return err
 		}
-		return instances(ctx, o, cli, app, out)
+		return instances(ctx, o, cli, app, out, errOut)
 	case "watch":
 		ch, err := arg(1, "channel name")
 		if err != nil {
@@ -301,7 +301,7 @@ type instanceJSON struct {
 	AgeMS         int64   `json:"age_ms"`
 }
 
-func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, out io.Writer) error {
+func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, out, errOut io.Writer) error {
 	if err := registry.ValidateName("app", app); err != nil {
 		return usageError{err.Error()}
 	}
@@ -316,7 +316,7 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 	for _, kv := range resp.Kvs {
 		in, err := registry.Unmarshal(kv.Value)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "switchyard: skipping %s: %v\n", kv.Key, err)
+			fmt.Fprintf(errOut, "switchyard: skipping malformed record %s (fix or delete it): %v\n", kv.Key, err)
 			continue
 		}
 		left := max(0, in.StartTime.Add(in.Warmup).Sub(now))

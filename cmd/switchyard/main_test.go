@@ -101,6 +101,13 @@ func TestInstancesAndWatch(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "order-1") || !strings.Contains(out, "10.0.0.1:9000") || !strings.Contains(out, "blue") {
 		t.Fatalf("instances: %d %q", code, out)
 	}
+	if _, err := cli.Put(context.Background(), "/switchyard/services/order/broken", "{"); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := sy(t, e, "instances", "order")
+	if code != 0 || !strings.Contains(out, "order-1") || !strings.Contains(errs, "skipping malformed record /switchyard/services/order/broken") {
+		t.Fatalf("instances with a malformed record: %d %q %q", code, out, errs)
+	}
 	code, out, _ = sy(t, e, "instances", "order", "-o", "json")
 	var list []map[string]any
 	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0]["warmup_left_ms"].(float64) <= 0 {
