@@ -13,16 +13,8 @@ import (
 
 // One executor of a job with 4 shard items runs every item at every trigger.
 func Example() {
-	etcd, err := etcdtest.New() // an embedded etcd; use your cluster's endpoints instead
-	if err != nil {
-		panic(err)
-	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		panic(err)
-	}
-	defer cli.Close()
+	cli, stop := etcdtest.ForExample() // an embedded etcd; use your cluster's client instead
+	defer stop()
 
 	var mu sync.Mutex
 	ran := map[int]int{}

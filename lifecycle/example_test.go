@@ -12,16 +12,8 @@ import (
 // An instance starts, serves, and goes offline. In a real main, inst.Run(ctx) does the same
 // and waits for SIGTERM in between.
 func Example() {
-	etcd, err := etcdtest.New() // an embedded etcd; use your cluster's endpoints instead
-	if err != nil {
-		panic(err)
-	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		panic(err)
-	}
-	defer cli.Close()
+	cli, stop := etcdtest.ForExample() // an embedded etcd; use your cluster's client instead
+	defer stop()
 
 	inst, err := lifecycle.New(lifecycle.Config{
 		Client: cli, App: "greeter", ID: "greeter-1", Color: "blue",

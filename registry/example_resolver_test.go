@@ -17,16 +17,8 @@ import (
 
 // A consumer dials an app by name; the resolver finds its instances in etcd.
 func ExampleNewResolverBuilder() {
-	etcd, err := etcdtest.New() // an embedded etcd; use your cluster's endpoints instead
-	if err != nil {
-		panic(err)
-	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		panic(err)
-	}
-	defer cli.Close()
+	cli, stop := etcdtest.ForExample() // an embedded etcd; use your cluster's client instead
+	defer stop()
 	silent := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	// A provider: serve, then register.

@@ -12,16 +12,8 @@ import (
 
 // A provider registers itself; a consumer's Watcher sees it come and go.
 func Example() {
-	etcd, err := etcdtest.New() // an embedded etcd; use your cluster's endpoints instead
-	if err != nil {
-		panic(err)
-	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		panic(err)
-	}
-	defer cli.Close()
+	cli, stop := etcdtest.ForExample() // an embedded etcd; use your cluster's client instead
+	defer stop()
 	silent := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	updates := make(chan registry.Update, 8)

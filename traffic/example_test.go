@@ -13,16 +13,8 @@ import (
 // An operator drives a whole blue/green release of channel "trade"; a subscriber (say, a
 // message consumer that must leave a drained color) prints the events it receives.
 func Example() {
-	etcd, err := etcdtest.New() // an embedded etcd; use your cluster's endpoints instead
-	if err != nil {
-		panic(err)
-	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		panic(err)
-	}
-	defer cli.Close()
+	cli, stop := etcdtest.ForExample() // an embedded etcd; use your cluster's client instead
+	defer stop()
 	ctx := context.Background()
 	cfg := traffic.Config{Client: cli, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 

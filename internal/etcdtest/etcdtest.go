@@ -214,3 +214,18 @@ func (s *Server) Compact(ctx context.Context) (int64, error) {
 	}
 	return rev, nil
 }
+
+// ForExample starts a server and a client of it for a runnable Example, panicking on error
+// (an Example has no *testing.T). stop closes both.
+func ForExample() (cli *clientv3.Client, stop func()) {
+	s, err := New()
+	if err != nil {
+		panic(err)
+	}
+	cli, err = s.NewClient(s.Endpoints())
+	if err != nil {
+		s.Close()
+		panic(err)
+	}
+	return cli, func() { _ = cli.Close(); s.Close() }
+}
