@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,6 +75,10 @@ type Client struct {
 	nSkip   atomic.Uint64
 	skipped metric.Int64Counter
 	ready   chan error // the first list's outcome, once
+	// random draws the stickiness decisions: uniform in [0, 1), safe for concurrent use.
+	// math/rand/v2's Float64; tests replace it (export_test.go) to check the decision rate
+	// deterministically.
+	random func() float64
 
 	mu   sync.Mutex
 	subs map[*subscription]struct{}
@@ -104,7 +109,7 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("traffic: create metric: %w", err)
 	}
-	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), subs: map[*subscription]struct{}{}}
+	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), random: rand.Float64, subs: map[*subscription]struct{}{}}
 	c.snap.Store(newSnapshot(nil, 0, cfg.Logger))
 	c.kv = kvwatch.New(kvwatch.Config[Rule]{
 		Client:         cfg.Client,

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,23 +14,23 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func quiet() *slog.Logger {
-	if os.Getenv("SWITCHYARD_TEST_LOG") == "debug" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
 func newClient(t testing.TB, cli *clientv3.Client) *traffic.Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	return newClientLogging(t, cli, testutil.Logger(t))
+}
+
+// newClientLogging is newClient with the rule client's own logger.
+func newClientLogging(t testing.TB, cli *clientv3.Client, log *slog.Logger) *traffic.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
-	c, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: quiet(), RequestTimeout: time.Second})
+	c, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: log, RequestTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,16 +65,13 @@ func (l *eventLog) get() []string {
 	return append([]string(nil), l.events...)
 }
 
+// waitFor waits until the log is exactly want.
 func (l *eventLog) waitFor(t testing.TB, want ...string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if strings.Join(l.get(), "\n") == strings.Join(want, "\n") {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+	w := strings.Join(want, "\n")
+	if err := testutil.Poll(context.Background(), testutil.Deadline, func() bool { return strings.Join(l.get(), "\n") == w }); err != nil {
+		t.Fatalf("%v; events:\n%s\nwant:\n%s", err, strings.Join(l.get(), "\n"), w)
 	}
-	t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(l.get(), "\n"), strings.Join(want, "\n"))
 }
 
 func TestAReleaseProducesItsEventsInOrder(t *testing.T) {
@@ -167,11 +162,13 @@ func TestSlowAndPanickingSubscribersDoNotHoldUpOthers(t *testing.T) {
 }
 
 // openedThroughProxy returns a rule client reaching etcd through the cuttable proxy, a
-// controller that bypasses it, channel trade opened, and the client's trade events so far.
-func openedThroughProxy(t *testing.T) (*etcdtest.Server, *traffic.Client, *traffic.Controller, *eventLog) {
+// controller that bypasses it, channel trade opened, the client's trade events so far, and
+// what the client logged.
+func openedThroughProxy(t *testing.T) (*etcdtest.Server, *traffic.Client, *traffic.Controller, *eventLog, *logRecorder) {
 	t.Helper()
 	e := etcdtest.Start(t)
-	c := newClient(t, e.Client(t))
+	logs := newLogRecorder()
+	c := newClientLogging(t, e.Client(t), slog.New(logs))
 	ctl := newController(t, e.DirectClient(t))
 	if _, err := ctl.Open(context.Background(), "trade", []string{"order"}); err != nil {
 		t.Fatal(err)
@@ -179,11 +176,11 @@ func openedThroughProxy(t *testing.T) (*etcdtest.Server, *traffic.Client, *traff
 	l := &eventLog{}
 	t.Cleanup(c.Subscribe("trade", l.add))
 	l.waitFor(t, "trade OnStart")
-	return e, c, ctl, l
+	return e, c, ctl, l, logs
 }
 
 func TestEventsConvergeAfterAWatchGapWithCompaction(t *testing.T) {
-	e, c, ctl, l := openedThroughProxy(t)
+	e, c, ctl, l, logs := openedThroughProxy(t)
 	ctx := context.Background()
 
 	// Cut off, the client misses 0 → 1 → 100 and a compaction; it must report the net change.
@@ -196,12 +193,16 @@ func TestEventsConvergeAfterAWatchGapWithCompaction(t *testing.T) {
 	if _, err := e.Compact(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
 	if r, _ := c.Rule("trade"); r.BluePercent != 50 {
 		t.Fatalf("cut-off client changed its rule to %v", r.BluePercent)
 	}
 	e.Heal()
+	// Exactly the net change: had the client seen any of the steps, its events would say so.
 	l.waitFor(t, "trade OnStart", "trade OnFlowChange 50→100", "trade OnEnterAllBlue")
+	// And it got there by listing again because its watch's revision was compacted.
+	if !logs.has("watch ended; listing again", "compacted") {
+		t.Fatalf("the client did not report a compacted watch; it logged:\n%s", logs)
+	}
 }
 
 func TestMalformedRuleIsSkippedAndTheLastGoodKept(t *testing.T) {
@@ -228,34 +229,32 @@ func TestMalformedRuleIsSkippedAndTheLastGoodKept(t *testing.T) {
 	if _, err := cli.Put(ctx, "/switchyard/channels/other", `{"v":1,"channel":"trade","apps":["x"],"releasing":true,"blue_percent":1}`); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Skipped() < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("Skipped() = %d, want 3", c.Skipped())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "three malformed records skipped", func() bool { return c.Skipped() >= 3 })
 	if r, ok := c.Rule("trade"); !ok || r.BluePercent != 0 || !r.Releasing {
 		t.Fatalf("last good rule not kept: %+v", r)
 	}
 	if _, ok := c.Rule("other"); ok {
 		t.Fatal("a rule stored under the wrong channel was accepted")
 	}
-	time.Sleep(100 * time.Millisecond)
-	if got := l.get(); len(got) != 3 {
-		t.Fatalf("malformed rules produced events: %v", got)
-	}
 	// The controller refuses to act on what it cannot read, and says where.
 	if _, err := ctl.Shift(ctx, "trade", 10); err == nil || !strings.Contains(err.Error(), "/switchyard/channels/") {
 		t.Fatalf("Shift over a malformed rule = %v, want an error naming the key", err)
 	}
+	// A good rule written after the malformed ones is the barrier: the subscriber gets events
+	// in etcd's order, so once the good rule's events are in, any event of a malformed one
+	// would be in the log before them.
+	if _, err := cli.Put(ctx, "/switchyard/channels/trade", `{"v":1,"channel":"trade","apps":["order"],"releasing":true,"blue_percent":5}`); err != nil {
+		t.Fatal(err)
+	}
+	l.waitFor(t, "trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen",
+		"trade OnFlowChange 0→5", "trade OnExitAllGreen")
 }
 
 func TestNewClientWithoutEtcdFailsClearly(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()
-	_, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: quiet(), RequestTimeout: 300 * time.Millisecond})
+	_, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t), RequestTimeout: 300 * time.Millisecond})
 	if !errors.Is(err, traffic.ErrEtcdUnavailable) || !strings.HasPrefix(err.Error(), "traffic: load rules:") {
 		t.Fatalf("NewClient without etcd = %v, want a traffic error wrapping ErrEtcdUnavailable", err)
 	}
@@ -355,7 +354,7 @@ func TestConcurrentOperatorsConflictInsteadOfOverwriting(t *testing.T) {
 }
 
 func TestEveryChangeMissedDuringADisconnectIsReplayed(t *testing.T) {
-	e, _, ctl, l := openedThroughProxy(t)
+	e, _, ctl, l, _ := openedThroughProxy(t)
 	ctx := context.Background()
 	// Without compaction etcd keeps the history, and the resumed watch delivers the missed
 	// revisions, often in one response: each must still produce its own events.

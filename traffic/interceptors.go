@@ -2,7 +2,6 @@ package traffic
 
 import (
 	"context"
-	"math/rand/v2"
 	"strings"
 
 	"go.opentelemetry.io/otel/baggage"
@@ -45,7 +44,7 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 		if r, open := c.ChannelOf(app); open {
 			if _, decided := sticky.Lookup(b.Member(BaggageKey).Value(), r.Channel); !decided {
 				color := registry.ColorGreen
-				if rand.Float64()*100 < r.BluePercent {
+				if c.random()*100 < r.BluePercent {
 					color = registry.ColorBlue
 				}
 				if dctx, err := WithDecision(ctx, r.Channel, color); err == nil {

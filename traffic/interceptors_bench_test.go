@@ -5,10 +5,10 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -23,20 +23,8 @@ func BenchmarkClientInterceptor(b *testing.B) {
 	if _, err := newController(b, cli).Open(context.Background(), "trade", []string{"order"}); err != nil {
 		b.Fatal(err)
 	}
-	for { // wait for the rule client
-		if _, ok := rules.ChannelOf("order"); ok {
-			break
-		}
-	}
-	rb, _ := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet()})
-	conn := func(app string) *grpc.ClientConn {
-		cc, err := grpc.NewClient("switchyard:///"+app, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = cc.Close() })
-		return cc
-	}
+	testutil.Eventually(b, "the rule client seeing channel trade", func() bool { _, ok := rules.ChannelOf("order"); return ok })
+	conn := func(app string) *grpc.ClientConn { return testutil.Dial(b, "switchyard:///"+app, resolver(b, cli)) }
 	order, other := conn("order"), conn("other")
 	icpt := rules.UnaryClientInterceptor()
 	noop := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
@@ -80,4 +68,29 @@ func BenchmarkServerInterceptor(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkCanaryOfOnePercent is TestCanaryOfOnePercent with the real random source: calls at
+// a 1 % canary, 8 at a time, straight to inventory, each deciding afresh; it reports the share
+// the server saw as blue (blue-%). Run it long enough for the share to mean something, e.g.
+// 50,000 calls (sd 0.045 pp):
+//
+//	go test -run '^$' -bench CanaryOfOnePercent -benchtime 50000x ./traffic/
+func BenchmarkCanaryOfOnePercent(b *testing.B) {
+	c := newChain(b, false)
+	if _, err := c.ctl.Open(context.Background(), "trade", []string{"order", "inventory"}); err != nil {
+		b.Fatal(err)
+	}
+	c.shift(b, 1)
+	inventory := dial(b, c.cli, c.rules, "inventory", false)
+	if _, _, other := canaryCalls(b, inventory, 1, 1); other != 0 { // connect
+		b.Fatal("the first call failed")
+	}
+	b.ResetTimer()
+	blue, green, other := canaryCalls(b, inventory, int64(b.N), 8)
+	b.StopTimer()
+	if other != 0 {
+		b.Fatalf("%d of %d calls failed or were not sticky", other, b.N)
+	}
+	b.ReportMetric(100*float64(blue)/float64(blue+green), "blue-%")
 }

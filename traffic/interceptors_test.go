@@ -3,21 +3,20 @@ package traffic_test
 import (
 	"context"
 	"fmt"
-	"net"
+	"math"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -62,7 +61,7 @@ type chain struct {
 // newChain starts gateway → order → inventory, each registered in etcd and dialed through
 // switchyard:///<app> with the traffic interceptors; withOtel adds otelgrpc handlers with a
 // baggage propagator on every client and server.
-func newChain(t *testing.T, withOtel bool) *chain {
+func newChain(t testing.TB, withOtel bool) *chain {
 	t.Helper()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
@@ -80,12 +79,9 @@ func newChain(t *testing.T, withOtel bool) *chain {
 
 var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
-func serve(t *testing.T, cli *clientv3.Client, app string, h *hop, withOtel bool) {
+func serve(t testing.TB, cli *clientv3.Client, app string, h *hop, withOtel bool) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testutil.Listen(t)
 	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(traffic.UnaryServerInterceptor())}
 	if withOtel {
 		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithPropagators(propagator))))
@@ -94,8 +90,14 @@ func serve(t *testing.T, cli *clientv3.Client, app string, h *hop, withOtel bool
 	greeterpb.RegisterGreeterServer(s, h)
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(s.Stop)
-	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: quiet(),
-		Instance: registry.Instance{App: app, ID: app + "-1", Addr: ln.Addr().String()}})
+	register(t, cli, app, ln.Addr().String())
+}
+
+// register registers app's instance app-1 at addr until cleanup.
+func register(t testing.TB, cli *clientv3.Client, app, addr string) {
+	t.Helper()
+	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Logger(t),
+		Instance: registry.Instance{App: app, ID: app + "-1", Addr: addr}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,28 +107,30 @@ func serve(t *testing.T, cli *clientv3.Client, app string, h *hop, withOtel bool
 	}
 }
 
-func dial(t testing.TB, cli *clientv3.Client, rules *traffic.Client, app string, withOtel bool) greeterpb.GreeterClient {
+// resolver is a switchyard resolver builder over cli.
+func resolver(t testing.TB, cli *clientv3.Client) grpc.DialOption {
 	t.Helper()
-	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet()})
+	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := []grpc.DialOption{grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(rules.UnaryClientInterceptor())}
+	return grpc.WithResolvers(rb)
+}
+
+// dial dials switchyard:///app through the resolver with the rule client's unary
+// interceptor (and otelgrpc's client handler if withOtel).
+func dial(t testing.TB, cli *clientv3.Client, rules *traffic.Client, app string, withOtel bool) greeterpb.GreeterClient {
+	t.Helper()
+	opts := []grpc.DialOption{resolver(t, cli), grpc.WithChainUnaryInterceptor(rules.UnaryClientInterceptor())}
 	if withOtel {
 		opts = append(opts, grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelgrpc.WithPropagators(propagator))))
 	}
-	cc, err := grpc.NewClient("switchyard:///"+app, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return greeterpb.NewGreeterClient(cc)
+	return testutil.Greeter(t, "switchyard:///"+app, opts...)
 }
 
 func (c *chain) call(t testing.TB, ctx context.Context) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, testutil.Deadline)
 	defer cancel()
 	resp, err := c.entry.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true))
 	if err != nil {
@@ -141,13 +145,10 @@ func (c *chain) shift(t testing.TB, percent float64) {
 	if _, err := c.ctl.Shift(context.Background(), "trade", percent); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for r, _ := c.rules.Rule("trade"); r.BluePercent != percent; r, _ = c.rules.Rule("trade") {
-		if time.Now().After(deadline) {
-			t.Fatalf("rule client did not see %v%%", percent)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, fmt.Sprintf("the rule client seeing trade at %v%%", percent), func() bool {
+		r, _ := c.rules.Rule("trade")
+		return r.BluePercent == percent
+	})
 }
 
 func TestDecisionMadeAtTheEdgeIsSeenAtEveryHop(t *testing.T) {
@@ -214,61 +215,113 @@ func TestServerInterceptorMergesSeveralBaggageHeaders(t *testing.T) {
 // dialPlain dials app through the resolver without any interceptor or stats handler.
 func dialPlain(t *testing.T, cli *clientv3.Client, app string) greeterpb.GreeterClient {
 	t.Helper()
-	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cc, err := grpc.NewClient("switchyard:///"+app, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return greeterpb.NewGreeterClient(cc)
+	return testutil.Greeter(t, "switchyard:///"+app, resolver(t, cli))
 }
 
+// grid is a stand-in for a uniform random source in [0, 1): its draws are the midpoints of n
+// equal cells, each once per n draws (from any number of goroutines), so "u·100 < p" holds
+// for exactly p·n/100 of every n draws when that is a whole number.
+type grid struct {
+	n    uint64
+	next atomic.Uint64
+}
+
+func (g *grid) draw() float64 { return (float64((g.next.Add(1)-1)%g.n) + 0.5) / float64(g.n) }
+
+// The decision itself: over a uniform source, a call decides blue with probability exactly
+// percent/100, for canaries as small as 0.1 %, and carries the decision in its context and
+// outgoing baggage header. (The interceptor runs alone here, with an invoker that records.)
+func TestDecisionRateIsThePercent(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	c := &chain{cli: cli, rules: newClient(t, cli), ctl: newController(t, cli)}
+	if _, err := c.ctl.Open(context.Background(), "trade", []string{"order", "inventory"}); err != nil {
+		t.Fatal(err)
+	}
+	src := &grid{n: 1000}
+	traffic.SetRandom(c.rules, src.draw)
+	cc := testutil.Dial(t, "switchyard:///inventory", resolver(t, cli)) // never connects: the invoker is a stub
+	icpt := c.rules.UnaryClientInterceptor()
+	decide := func() registry.Color {
+		var color registry.Color
+		invoker := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+			var ok bool
+			if color, ok = traffic.Decision(ctx, "trade"); !ok {
+				t.Fatal("the interceptor made no decision for an app in an open channel")
+			}
+			md, _ := metadata.FromOutgoingContext(ctx)
+			if h := md.Get("baggage"); len(h) != 1 || h[0] != traffic.BaggageKey+"=trade="+string(color) {
+				t.Fatalf("outgoing baggage header %q for decision %s", h, color)
+			}
+			return nil
+		}
+		if err := icpt(context.Background(), "/m", nil, nil, cc, invoker); err != nil {
+			t.Fatal(err)
+		}
+		return color
+	}
+	for _, p := range []float64{0, 0.1, 1, 10, 50, 99, 99.9, 100} {
+		c.shift(t, p)
+		src.next.Store(0)
+		blue := 0
+		for range src.n {
+			if decide() == registry.ColorBlue {
+				blue++
+			}
+		}
+		if want := int(math.Round(p / 100 * float64(src.n))); blue != want {
+			t.Errorf("at %v%%: %d of %d calls decided blue, want %d", p, blue, src.n, want)
+		}
+	}
+}
+
+// A 1 % canary end to end: calls from a client with the interceptor straight to inventory
+// (one hop: the decision is made on the first call of a chain), 8 at a time, each deciding
+// afresh. With the grid source exactly 1 in 100 is blue, and every call reaches the server
+// with the color it was decided. (BenchmarkCanaryOfOnePercent runs this with the real random
+// source and reports the blue share.)
 func TestCanaryOfOnePercent(t *testing.T) {
 	c := newChain(t, false)
 	if _, err := c.ctl.Open(context.Background(), "trade", []string{"order", "inventory"}); err != nil {
 		t.Fatal(err)
 	}
 	c.shift(t, 1)
-	// 50,000 calls, 8 at a time, from a client with the interceptor straight to inventory
-	// (one hop: the decision is made on the first call of a chain); every one decides afresh.
+	traffic.SetRandom(c.rules, (&grid{n: 100}).draw)
 	inventory := dial(t, c.cli, c.rules, "inventory", false)
-	const calls, workers = 50_000, 8
-	var blue, green, other atomic.Int64
+	blue, green, other := canaryCalls(t, inventory, 400, 8)
+	if other != 0 || blue != 4 || green != 396 {
+		t.Fatalf("1%% canary over 400 calls: %d blue, %d green, %d failed or not sticky; want 4, 396, 0", blue, green, other)
+	}
+}
+
+// canaryCalls makes calls to inventory, workers at a time, and counts the colors the server
+// saw; other counts failed calls and unexpected answers.
+func canaryCalls(t testing.TB, inventory greeterpb.GreeterClient, calls, workers int64) (blue, green, other int64) {
+	var nb, ng, no atomic.Int64
 	var wg sync.WaitGroup
 	var next atomic.Int64
-	for w := 0; w < workers; w++ {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= calls {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 				resp, err := inventory.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true))
 				cancel()
 				switch {
 				case err != nil:
-					other.Add(1)
+					no.Add(1)
 				case resp.GetMessage() == "inventory:blue":
-					blue.Add(1)
+					nb.Add(1)
 				case resp.GetMessage() == "inventory:green":
-					green.Add(1)
+					ng.Add(1)
 				default:
-					other.Add(1)
+					no.Add(1)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	share := 100 * float64(blue.Load()) / calls
-	t.Logf("1%% canary: %d blue, %d green of %d calls: %.3f%% blue", blue.Load(), green.Load(), calls, share)
-	if other.Load() != 0 {
-		t.Fatalf("%d calls failed or were not sticky", other.Load())
-	}
-	if share < 0.7 || share > 1.3 {
-		t.Fatalf("blue share %.3f%%, want 1%% ± 0.3 pp", share)
-	}
+	return nb.Load(), ng.Load(), no.Load()
 }
 
 func TestInterceptorPassesThroughWithoutChannelOrBaggage(t *testing.T) {
@@ -303,35 +356,17 @@ func TestStreamInterceptorsCarryTheDecision(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	rules, ctl := newClient(t, cli), newController(t, cli)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testutil.Listen(t)
 	s := grpc.NewServer(grpc.ChainStreamInterceptor(traffic.StreamServerInterceptor()))
 	greeterpb.RegisterGreeterServer(s, streamHop{})
 	go func() { _ = s.Serve(ln) }()
 	defer s.Stop()
-	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: quiet(),
-		Instance: registry.Instance{App: "order", ID: "order-1", Addr: ln.Addr().String()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reg.Close(context.Background())
-	if err := reg.Register(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	rb, _ := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet()})
-	cc, err := grpc.NewClient("switchyard:///order", grpc.WithResolvers(rb),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	register(t, cli, "order", ln.Addr().String())
+	client := testutil.Greeter(t, "switchyard:///order", resolver(t, cli),
 		grpc.WithChainStreamInterceptor(rules.StreamClientInterceptor()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	client := greeterpb.NewGreeterClient(cc)
 
 	colors := func() []string {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 		defer cancel()
 		st, err := client.SayHellos(ctx, &greeterpb.HelloRequest{Count: 3}, grpc.WaitForReady(true))
 		if err != nil {
