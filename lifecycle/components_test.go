@@ -6,9 +6,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/job"
 	"github.com/switchyard-go/switchyard/lifecycle"
 	"github.com/switchyard-go/switchyard/mq"
@@ -73,13 +73,7 @@ func TestComponentsStartInOrderStopInReverseAndGetEvents(t *testing.T) {
 	if _, err := ctl.Shift(context.Background(), "trade", 0); err != nil { // drain blue
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.HasSuffix(j.String(), "mq:OnEnterAllGreen") {
-		if time.Now().After(deadline) {
-			t.Fatalf("events did not reach the consumer: %q", j.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the drain's events reaching the consumer", func() bool { return strings.HasSuffix(j.String(), "mq:OnEnterAllGreen") })
 	if err := inst.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +90,7 @@ func TestStartFailureUndoesWhatStarted(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	boom := errors.New("broker unreachable")
-	inst, err := lifecycle.New(config(cli, "a", func(c *lifecycle.Config) {
+	inst, err := lifecycle.New(config(t, cli, "a", func(c *lifecycle.Config) {
 		c.Components = []lifecycle.Component{&component{name: "a", j: j}, &component{name: "b", j: j, failWith: boom}}
 	}))
 	if err != nil {

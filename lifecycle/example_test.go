@@ -6,6 +6,7 @@ import (
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/lifecycle"
 )
 
@@ -18,7 +19,7 @@ func Example() {
 	inst, err := lifecycle.New(lifecycle.Config{
 		Client: cli, App: "greeter", ID: "greeter-1", Color: "blue",
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", // defaults :9000 and :8081
-		Logger: silent,
+		Logger: testutil.Silent,
 	})
 	if err != nil {
 		panic(err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -16,10 +15,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/lifecycle"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -30,14 +29,14 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("os/signal.loop"))
 }
 
-var silent = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-// greeter counts the calls it serves and when; SayHellos streams `count` replies 100 ms apart.
+// greeter counts the calls it serves and when. SayHellos streams `count` replies: the first
+// at once, the rest when the test closes release.
 type greeter struct {
 	greeterpb.UnimplementedGreeterServer
-	id     string
-	mu     sync.Mutex
-	served []time.Time
+	id      string
+	release chan struct{}
+	mu      sync.Mutex
+	served  []time.Time
 }
 
 func (g *greeter) SayHello(context.Context, *greeterpb.HelloRequest) (*greeterpb.HelloReply, error) {
@@ -49,7 +48,13 @@ func (g *greeter) SayHello(context.Context, *greeterpb.HelloRequest) (*greeterpb
 
 func (g *greeter) SayHellos(req *greeterpb.HelloRequest, st grpc.ServerStreamingServer[greeterpb.HelloReply]) error {
 	for k := int32(0); k < req.GetCount(); k++ {
-		time.Sleep(100 * time.Millisecond)
+		if k == 1 {
+			select {
+			case <-g.release:
+			case <-st.Context().Done():
+				return st.Context().Err()
+			}
+		}
 		if err := st.Send(&greeterpb.HelloReply{Instance: g.id, Message: fmt.Sprint(k)}); err != nil {
 			return err
 		}
@@ -69,12 +74,12 @@ func (g *greeter) servedSince(t time.Time) int {
 	return n
 }
 
-func config(cli *clientv3.Client, id string, mod ...func(*lifecycle.Config)) lifecycle.Config {
+func config(t testing.TB, cli *clientv3.Client, id string, mod ...func(*lifecycle.Config)) lifecycle.Config {
 	cfg := lifecycle.Config{
 		Client: cli, App: "greeter", ID: id, Warmup: -1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		QuietPeriod: 200 * time.Millisecond, MaxDrain: 5 * time.Second, StopTimeout: 3 * time.Second,
-		TTL: 2 * time.Second, Logger: silent,
+		TTL: 2 * time.Second, Logger: testutil.Logger(t),
 	}
 	for _, m := range mod {
 		m(&cfg)
@@ -85,11 +90,11 @@ func config(cli *clientv3.Client, id string, mod ...func(*lifecycle.Config)) lif
 // start builds, starts and (at cleanup) stops an instance serving a greeter.
 func start(t *testing.T, cli *clientv3.Client, id string, mod ...func(*lifecycle.Config)) (*lifecycle.Instance, *greeter) {
 	t.Helper()
-	inst, err := lifecycle.New(config(cli, id, mod...))
+	inst, err := lifecycle.New(config(t, cli, id, mod...))
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &greeter{id: id}
+	g := &greeter{id: id, release: make(chan struct{})}
 	greeterpb.RegisterGreeterServer(inst.Server(), g)
 	t.Cleanup(func() { _ = inst.Offline(context.Background()) })
 	if err := inst.Start(context.Background()); err != nil {
@@ -98,22 +103,18 @@ func start(t *testing.T, cli *clientv3.Client, id string, mod ...func(*lifecycle
 	return inst, g
 }
 
+// dial is a greeter client of switchyard:///greeter.
 func dial(t *testing.T, cli *clientv3.Client) greeterpb.GreeterClient {
 	t.Helper()
-	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: silent})
+	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc, err := grpc.NewClient("switchyard:///greeter", grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	return greeterpb.NewGreeterClient(cc)
+	return testutil.Greeter(t, "switchyard:///greeter", grpc.WithResolvers(rb))
 }
 
 func call(c greeterpb.GreeterClient, wait bool) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
 	resp, err := c.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(wait))
 	return resp.GetInstance(), err
@@ -129,8 +130,10 @@ func TestOfflineUnderLoadLosesNothing(t *testing.T) {
 	const conns = 6
 	var failed atomic.Int64
 	var failures sync.Map
+	var made [conns]atomic.Int64 // calls made on each connection
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	loadBegan := time.Now()
 	for k := 0; k < conns; k++ {
 		c := dial(t, cli)
 		if _, err := call(c, true); err != nil {
@@ -149,16 +152,34 @@ func TestOfflineUnderLoadLosesNothing(t *testing.T) {
 					failed.Add(1)
 					failures.Store(err.Error(), true)
 				}
+				made[k].Add(1)
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
+	// everyMadeMore reports whether every connection made n calls more than in since.
+	everyMadeMore := func(since *[conns]int64, n int64) bool {
+		for k := range made {
+			if made[k].Load() < since[k]+n {
+				return false
+			}
+		}
+		return true
+	}
+	var zero [conns]int64
+	testutil.Eventually(t, "every connection calling and instance a serving the load", func() bool {
+		return everyMadeMore(&zero, 20) && ga.servedSince(loadBegan) > conns
+	})
 	began := time.Now()
 	if err := a.Offline(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(began)
-	time.Sleep(300 * time.Millisecond)
+	// The load goes on without a: every connection makes 20 more calls, none may fail.
+	var atOffline [conns]int64
+	for k := range made {
+		atOffline[k] = made[k].Load()
+	}
+	testutil.Eventually(t, "20 more calls on every connection after the offline", func() bool { return everyMadeMore(&atOffline, 20) })
 	close(stop)
 	wg.Wait()
 
@@ -181,27 +202,20 @@ func TestOfflineUnderLoadLosesNothing(t *testing.T) {
 
 func TestSIGTERMTakesTheInstanceOffline(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
-	inst, err := lifecycle.New(config(cli, "a"))
+	inst, err := lifecycle.New(config(t, cli, "a"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	greeterpb.RegisterGreeterServer(inst.Server(), &greeter{id: "a"})
 	done := make(chan error, 1)
 	go func() { done <- inst.Run(context.Background()) }()
-	for inst.State() != lifecycle.StateServing {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the instance serving", func() bool { return inst.State() == lifecycle.StateServing })
 	// Run catches the signal itself (signal.NotifyContext), so the test process lives on.
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run after SIGTERM: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return after SIGTERM")
+	if err := testutil.Receive(t, "Run to return after SIGTERM", done); err != nil {
+		t.Fatalf("Run after SIGTERM: %v", err)
 	}
 	if inst.State() != lifecycle.StateStopped {
 		t.Fatalf("state %s after SIGTERM", inst.State())
@@ -213,11 +227,24 @@ func TestSIGTERMTakesTheInstanceOffline(t *testing.T) {
 
 func TestNoRegistrationAndNoRPCBeforeReadiness(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
-	var ready atomic.Bool
-	inst, err := lifecycle.New(config(cli, "a", func(c *lifecycle.Config) {
-		c.Checks = []registry.Check{{Name: "cache", Func: func(context.Context) error {
-			if !ready.Load() {
+	// The check fails its first round; its second round tells the test (retried) and waits
+	// for it (ready) before it passes. In between, the instance is well into its checks.
+	var rounds atomic.Int32
+	retried, ready := make(chan struct{}), make(chan struct{})
+	var readyOnce sync.Once
+	setReady := func() { readyOnce.Do(func() { close(ready) }) }
+	inst, err := lifecycle.New(config(t, cli, "a", func(c *lifecycle.Config) {
+		c.Checks = []registry.Check{{Name: "cache", Func: func(ctx context.Context) error {
+			switch rounds.Add(1) {
+			case 1:
 				return errors.New("cache loading")
+			case 2:
+				close(retried)
+				select {
+				case <-ready:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
 			}
 			return nil
 		}}}
@@ -228,12 +255,10 @@ func TestNoRegistrationAndNoRPCBeforeReadiness(t *testing.T) {
 	g := &greeter{id: "a"}
 	greeterpb.RegisterGreeterServer(inst.Server(), g)
 	t.Cleanup(func() { _ = inst.Offline(context.Background()) })
+	t.Cleanup(setReady) // before Offline, which waits for Start
 	started := make(chan error, 1)
 	go func() { started <- inst.Start(context.Background()) }()
-	for inst.AdminAddr() == "" || inst.State() != lifecycle.StateStarting {
-		time.Sleep(5 * time.Millisecond)
-	}
-	time.Sleep(300 * time.Millisecond) // well into the readiness checks
+	waitClosed(t, "the readiness check's second round", retried)
 
 	client := dial(t, cli)
 	if _, err := call(client, false); err == nil {
@@ -252,8 +277,8 @@ func TestNoRegistrationAndNoRPCBeforeReadiness(t *testing.T) {
 		t.Fatalf("served %d RPCs before readiness", n)
 	}
 
-	ready.Store(true)
-	if err := <-started; err != nil {
+	setReady()
+	if err := testutil.Receive(t, "Start to return once the check passed", started); err != nil {
 		t.Fatal(err)
 	}
 	if id, err := call(client, true); err != nil || id != "a" {
@@ -266,11 +291,12 @@ func TestNoRegistrationAndNoRPCBeforeReadiness(t *testing.T) {
 
 func TestLongStreamInFlightCompletes(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
-	a, _ := start(t, cli, "a")
+	// The drain may wait for the stream as long as the test needs.
+	a, ga := start(t, cli, "a", func(c *lifecycle.Config) { c.MaxDrain = testutil.Deadline })
 	client := dial(t, cli)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
-	st, err := client.SayHellos(ctx, &greeterpb.HelloRequest{Count: 20}, grpc.WaitForReady(true)) // 2 s
+	st, err := client.SayHellos(ctx, &greeterpb.HelloRequest{Count: 20}, grpc.WaitForReady(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,11 +305,13 @@ func TestLongStreamInFlightCompletes(t *testing.T) {
 	}
 	offline := make(chan error, 1)
 	go func() { offline <- a.Offline(context.Background()) }()
-	select {
-	case <-a.GoingOffline():
-	case <-time.After(5 * time.Second):
-		t.Fatal("GoingOffline was not closed when the drain began")
+	waitClosed(t, "GoingOffline to close when the drain begins", a.GoingOffline())
+	// The stream is in flight, so the drain waits for it: the other 19 messages are sent
+	// while the instance is draining.
+	if s := a.State(); s != lifecycle.StateDraining {
+		t.Fatalf("state %s while a stream is in flight, want draining", s)
 	}
+	close(ga.release)
 	got := 1
 	for {
 		_, err := st.Recv()
@@ -359,15 +387,7 @@ func TestRepeatedAndConcurrentOfflineThenOnline(t *testing.T) {
 	if c := httpDo(t, a, http.MethodPost, "/online", ""); c != http.StatusConflict {
 		t.Fatalf("POST /online on a serving instance: %d, want 409", c)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if id, _ := call(client, false); id == "a" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a gets no calls after /online")
-		}
-	}
+	testutil.Eventually(t, "a getting calls after /online", func() bool { id, _ := call(client, false); return id == "a" })
 }
 
 func TestOfflineRefusesWrongTokens(t *testing.T) {
@@ -405,23 +425,25 @@ func TestChannelShiftRePutsTrafficWeightAndTheSplitFollows(t *testing.T) {
 		t.Fatal(err)
 	}
 	blueW, _ := traffic.Weights(10)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, _ := cli.Get(ctx, "/switchyard/services/greeter/blue-1")
-		if len(resp.Kvs) == 1 {
-			if in, err := registry.Unmarshal(resp.Kvs[0].Value); err == nil && in.Channel == "trade" && in.TrafficWeight == blueW {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("blue-1 did not re-put its traffic weight for 10 %")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // the consumer's watch
+	// Both records as the rule says, so the consumer dialed next starts from them.
+	waitRecord(t, cli, "blue-1", "trade", blueW)
+	waitRecord(t, cli, "green-1", "trade", 100)
 	client := dial(t, cli)
+	// The consumer's picker has both instances once calls land on both.
+	seen := map[string]bool{}
+	testutil.Eventually(t, "calls landing on blue-1 and green-1", func() bool {
+		id, err := call(client, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[id] = true
+		return seen["blue-1"] && seen["green-1"]
+	})
+	// The picker spreads picks evenly (a Weyl sequence), so 500 calls land within a few of
+	// their shares.
+	const calls = 500
 	blue := 0
-	for k := 0; k < 2000; k++ {
+	for k := 0; k < calls; k++ {
 		id, err := call(client, true)
 		if err != nil {
 			t.Fatal(err)
@@ -430,23 +452,39 @@ func TestChannelShiftRePutsTrafficWeightAndTheSplitFollows(t *testing.T) {
 			blue++
 		}
 	}
-	t.Logf("at 10%% blue: %d of 2000 calls went to blue", blue)
-	if blue < 180 || blue > 220 {
-		t.Fatalf("blue got %d of 2000 calls at 10%%, want 200 ±20", blue)
+	t.Logf("at 10%% blue: %d of %d calls went to blue", blue, calls)
+	if blue < 45 || blue > 55 {
+		t.Fatalf("blue got %d of %d calls at 10%%, want 50 ±5 (1 pp)", blue, calls)
 	}
 	// Finish: back to 100, channel "".
 	if _, err := ctl.Finish(ctx, "trade"); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		resp, _ := cli.Get(ctx, "/switchyard/services/greeter/blue-1")
-		if in, err := registry.Unmarshal(resp.Kvs[0].Value); err == nil && in.Channel == "" && in.TrafficWeight == 100 {
-			break
+	waitRecord(t, cli, "blue-1", "", 100)
+}
+
+// waitRecord waits until instance id's record in etcd has channel and traffic weight tw.
+func waitRecord(t *testing.T, cli *clientv3.Client, id, channel string, tw float64) {
+	t.Helper()
+	testutil.Eventually(t, fmt.Sprintf("%s's record at channel %q, traffic weight %v", id, channel, tw), func() bool {
+		resp, err := cli.Get(context.Background(), "/switchyard/services/greeter/"+id)
+		if err != nil || len(resp.Kvs) != 1 {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("blue-1 did not go back to traffic weight 100 after Finish")
+		in, err := registry.Unmarshal(resp.Kvs[0].Value)
+		return err == nil && in.Channel == channel && in.TrafficWeight == tw
+	})
+}
+
+// waitClosed waits until ch is closed.
+func waitClosed(t *testing.T, what string, ch <-chan struct{}) {
+	t.Helper()
+	testutil.Eventually(t, what, func() bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	})
 }
