@@ -3,13 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -23,15 +27,40 @@ func sy(t *testing.T, e *etcdtest.Server, args ...string) (int, string, string) 
 
 func syCtx(t *testing.T, ctx context.Context, e *etcdtest.Server, args ...string) (int, string, string) {
 	t.Helper()
-	var out, errOut strings.Builder
+	var out, errOut syncBuffer
+	code := syTo(ctx, e, time.Second, &out, &errOut, args...)
+	return code, out.String(), errOut.String()
+}
+
+// syTo runs the command with the etcd endpoints of e and the given --timeout, writing to out
+// and errOut.
+func syTo(ctx context.Context, e *etcdtest.Server, timeout time.Duration, out, errOut io.Writer, args ...string) int {
 	env := func(k string) string {
 		if k == "SWITCHYARD_ETCD_ENDPOINTS" {
 			return strings.Join(e.Endpoints(), ",")
 		}
 		return ""
 	}
-	code := run(ctx, append(args, "--timeout", "1s"), &out, &errOut, env)
-	return code, out.String(), errOut.String()
+	return run(ctx, append(args, "--timeout", timeout.String()), out, errOut, env)
+}
+
+// syncBuffer is a strings.Builder that the command (watch writes from the rule client's
+// subscriber goroutine) and the test may use at the same time.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func TestAReleaseFromTheCommandLine(t *testing.T) {
@@ -80,15 +109,17 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 	e.Stop()
-	if code, _, errs := sy(t, e, "channel", "list"); code != 3 || !strings.Contains(errs, "etcd unreachable") {
-		t.Fatalf("etcd down: exit %d %q, want 3", code, errs)
+	// The command gives up after its --timeout; a short one makes the test no weaker.
+	var out, errs syncBuffer
+	if code := syTo(context.Background(), e, 200*time.Millisecond, &out, &errs, "channel", "list"); code != 3 || !strings.Contains(errs.String(), "etcd unreachable") {
+		t.Fatalf("etcd down: exit %d %q, want 3", code, errs.String())
 	}
 }
 
 func TestInstancesAndWatch(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Instance: registry.Instance{
+	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Logger(t), Instance: registry.Instance{
 		App: "order", ID: "order-1", Addr: "10.0.0.1:9000", Color: registry.ColorBlue, Version: "v2", Warmup: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
@@ -115,17 +146,36 @@ func TestInstancesAndWatch(t *testing.T) {
 	}
 
 	// watch prints events as they happen, until interrupted.
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	done := make(chan string, 1)
-	go func() { _, out, _ := syCtx(t, ctx, e, "watch", "trade"); done <- out }()
-	time.Sleep(500 * time.Millisecond)
-	sy(t, e, "channel", "open", "trade", "--apps", "order")
-	sy(t, e, "channel", "shift", "trade", "--blue", "0")
-	out = <-done
-	for _, want := range []string{"trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("watch output lacks %q:\n%s", want, out)
+	var wout, werr syncBuffer
+	exit := make(chan int, 1)
+	go func() { exit <- syTo(ctx, e, time.Second, &wout, &werr, "watch", "trade") }()
+	if code, out, errs := sy(t, e, "channel", "open", "trade", "--apps", "order"); code != 0 {
+		t.Fatalf("open: %d %q %q", code, out, errs)
+	}
+	// The open reaches the watch (replayed if it subscribed after, live if before); the shift,
+	// made once the watch has printed, can only reach it live.
+	testutil.Eventually(t, "watch printing trade OnStart", func() bool { return strings.Contains(wout.String(), "trade OnStart") })
+	if code, out, errs := sy(t, e, "channel", "shift", "trade", "--blue", "0"); code != 0 {
+		t.Fatalf("shift: %d %q %q", code, out, errs)
+	}
+	want := []string{"trade OnStart", "trade OnFlowChange 50→0", "trade OnEnterAllGreen"}
+	printed := func() []string {
+		var events []string
+		for _, line := range strings.Split(strings.TrimSpace(wout.String()), "\n") {
+			if _, event, ok := strings.Cut(line, "  "); ok { // "15:04:05.000  trade OnStart"
+				events = append(events, event)
+			}
 		}
+		return events
+	}
+	testutil.Eventually(t, "watch printing the shift's events", func() bool { return len(printed()) >= len(want) })
+	cancel()
+	if code := testutil.Receive(t, "watch to return once interrupted", exit); code != 0 {
+		t.Fatalf("watch exited %d when interrupted, want 0; stderr %q", code, werr.String())
+	}
+	if got := printed(); !slices.Equal(got, want) {
+		t.Fatalf("watch printed %q, want %q:\n%s", got, want, wout.String())
 	}
 }
