@@ -66,7 +66,7 @@ func TestComponentsStartInOrderStopInReverseAndGetEvents(t *testing.T) {
 	if got := j.String(); got != "start:a start:mq" {
 		t.Fatalf("after Start: %q", got)
 	}
-	ctl, _ := traffic.NewController(traffic.Config{Client: cli})
+	ctl, _ := traffic.NewController(traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 	if _, err := ctl.Open(context.Background(), "trade", []string{"greeter"}); err != nil {
 		t.Fatal(err)
 	}

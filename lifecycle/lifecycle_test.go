@@ -413,7 +413,7 @@ func TestChannelShiftRePutsTrafficWeightAndTheSplitFollows(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = registry.ColorBlue })
 	start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = registry.ColorGreen })
-	ctl, err := traffic.NewController(traffic.Config{Client: cli})
+	ctl, err := traffic.NewController(traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

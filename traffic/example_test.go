@@ -3,10 +3,9 @@ package traffic_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -16,7 +15,7 @@ func Example() {
 	cli, stop := etcdtest.ForExample() // an embedded etcd; use your cluster's client instead
 	defer stop()
 	ctx := context.Background()
-	cfg := traffic.Config{Client: cli, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	cfg := traffic.Config{Client: cli, Logger: testutil.Silent}
 
 	rules, err := traffic.NewClient(ctx, cfg)
 	if err != nil {
