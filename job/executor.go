@@ -256,7 +256,7 @@ func (e *Executor) onAssignment(as []assignment, rev int64) {
 	// RunOnce: the last trigger may have passed while these items had no owner, or while this
 	// executor's view was stale and its claims were refused. Claims make this safe: whatever
 	// already ran for that trigger is not run again.
-	if started && e.cfg.Job.Misfire == RunOnce && !last.IsZero() && time.Since(last) < claimTTL*time.Second/2 {
+	if started && e.cfg.Job.Misfire == RunOnce && !last.IsZero() && e.cfg.Clock.Since(last) < claimTTL*time.Second/2 {
 		for _, it := range items {
 			e.tryRun(it, last, rev)
 		}
@@ -270,7 +270,7 @@ func (e *Executor) schedule(ctx context.Context) {
 	const maxCatchUp = 5
 	var prev time.Time
 	for {
-		now := time.Now()
+		now := e.cfg.Clock.Now()
 		next := e.sched.Next(now)
 		if !prev.IsZero() {
 			if n := e.sched.Next(prev); n.Before(next) {
@@ -284,12 +284,12 @@ func (e *Executor) schedule(ctx context.Context) {
 			}
 		}
 		prev = next
-		t := time.NewTimer(time.Until(next))
+		t := e.cfg.Clock.NewTimer(e.cfg.Clock.Until(next))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return
-		case <-t.C:
+		case <-t.Chan():
 		}
 		// Items, the assignment's revision and the trigger are read together: a claim is only
 		// ever made for the items of the assignment whose revision it checks, and onAssignment

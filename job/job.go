@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/robfig/cron/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -70,6 +71,10 @@ type Config struct {
 	StopTimeout time.Duration
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+	// Clock tells the schedule's time: when triggers fire and how long ago the last one
+	// passed (for RunOnce). Tests pass a fake clock to move time by hand. Leases (TTL, run
+	// claims) keep etcd's time whatever the clock. Default clockwork.NewRealClock().
+	Clock clockwork.Clock
 }
 
 var parser = cron.NewParser(cron.Second | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
@@ -112,6 +117,9 @@ func (c *Config) setDefaults() (cron.Schedule, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = clockwork.NewRealClock()
 	}
 	return sched, nil
 }
