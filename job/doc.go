@@ -30,9 +30,14 @@
 // loses its items when its lease expires. One that was cut off from etcd for longer than its
 // TTL makes a new session and registers again by itself once etcd answers.
 //
-// Measured in the tests (4 executors, 2 blue and 2 green, 8 items, a trigger every 200 ms,
-// 3 runs under -race with a busy core): no item run missed in the steady state, across a drain
-// of blue, across the undrain, and once etcd was back from a restart; none doubled anywhere;
-// a new leader 6–14 ms after the old one left; a killed executor's 2 items missed for the
-// triggers of its lease TTL (12–18 item runs with a 1 s TTL), then ran again on the others.
+// The schedule's time comes from Config.Clock (default the real clock); leases are etcd's
+// time whatever the clock. The tests move a fake clock from trigger to trigger and check, in
+// etcd's claims and the handler calls (4 executors, 2 blue and 2 green, 8 items): every item
+// runs at every trigger, on the executor the assignment names; from the first trigger after
+// the executors' rule client shows blue drained, every item runs on green and no blue
+// executor runs anything, even before the leader has reassigned; none is lost across the
+// undrain; a leader's Stop removes its registration and election key at once; a killed
+// executor's items run on the others once its lease expires, for the trigger that passed
+// while they had no owner (RunOnce) and after; every item runs again once etcd is back from
+// a restart, or a partition, longer than the TTL; no item runs twice for one trigger.
 package job

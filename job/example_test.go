@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/job"
 )
 
@@ -19,7 +20,7 @@ func Example() {
 	var mu sync.Mutex
 	ran := map[int]int{}
 	ex, err := job.NewExecutor(job.Config{
-		Client: cli, ID: "reports-1", Logger: silent,
+		Client: cli, ID: "reports-1", Logger: testutil.Silent,
 		Job: job.Job{Name: "daily-settlement", Every: 100 * time.Millisecond, Items: 4,
 			Handler: func(_ context.Context, item int) error {
 				mu.Lock()
@@ -34,7 +35,14 @@ func Example() {
 	if err := ex.Start(context.Background()); err != nil {
 		panic(err)
 	}
-	time.Sleep(time.Second)
+	// Wait until every item has run (a trigger passes every 100 ms).
+	if err := testutil.Poll(context.Background(), testutil.Deadline, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(ran) == 4
+	}); err != nil {
+		panic(err)
+	}
 	_ = ex.Stop(context.Background())
 
 	mu.Lock()

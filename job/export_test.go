@@ -13,3 +13,11 @@ func (e *Executor) Kill() {
 	sess.Orphan()
 	claims.Orphan()
 }
+
+// SessionDone is closed when the executor's current session ends (its lease expired or was
+// lost while etcd did not answer), so a test can wait for that instead of for its TTL.
+func (e *Executor) SessionDone() <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.sess.Done()
+}
