@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -47,13 +48,8 @@ func populated(b *testing.B, n int) *clientv3.Client {
 }
 
 func nextState(b *testing.B, cc *stubCC) resolver.State {
-	select {
-	case s := <-cc.states:
-		return s
-	case <-time.After(30 * time.Second):
-		b.Fatal("no resolver state within 30s")
-	}
-	return resolver.State{}
+	b.Helper()
+	return testutil.Receive(b, "a resolver state", cc.states)
 }
 
 // BenchmarkResolverUpdate measures one instance's record changing in etcd until gRPC holds
@@ -91,7 +87,7 @@ func BenchmarkResolverInitialList(b *testing.B) {
 	for _, n := range []int{1_000, 10_000} {
 		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
 			cli := populated(b, n)
-			bld, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet(b)})
+			bld, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: testutil.Logger(b)})
 			if err != nil {
 				b.Fatal(err)
 			}

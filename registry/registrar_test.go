@@ -12,20 +12,22 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
 func TestRegisterAndDiscover(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	rec := watch(t, cli, "order")
-	rec.waitFor(t, 5*time.Second, "the first, empty set", hasIDs())
+	rec.waitFor(t, "the first, empty set", hasIDs())
 
 	r := register(t, cli, "order", "o-1", "127.0.0.1:9001", func(c *registry.Config) {
 		c.Instance.Warmup = 30 * time.Second
 		c.Instance.Metadata = map[string]string{"zone": "a"}
 	})
-	got := rec.waitFor(t, 5*time.Second, "o-1", hasIDs("o-1"))[0]
+	got := rec.waitFor(t, "o-1", hasIDs("o-1"))[0]
 	if got.Addr != "127.0.0.1:9001" || got.Color != registry.ColorBlue || got.Version != "v1" ||
 		got.Weight != 100 || got.TrafficWeight != 100 || got.Warmup != 30*time.Second || got.Metadata["zone"] != "a" {
 		t.Fatalf("discovered record differs from the registered one: %+v", got)
@@ -46,32 +48,28 @@ func TestRegisterAndDiscover(t *testing.T) {
 		t.Fatal("instance key has no lease")
 	}
 	ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease))
-	if err != nil || ttl.GrantedTTL != 1 {
-		t.Fatalf("lease TTL: %+v %v, want granted TTL 1s", ttl, err)
+	if want := int64(testTTL / time.Second); err != nil || ttl.GrantedTTL != want {
+		t.Fatalf("lease TTL: %+v %v, want granted TTL %ds", ttl, err, want)
 	}
 }
 
 func TestRegisterDelay(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	const delay = 400 * time.Millisecond
+
+	// Register waits RegisterDelay before it writes the key, and returns after it.
+	const delay = 200 * time.Millisecond
 	r, err := registry.NewRegistrar(registry.Config{
 		Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
-		RegisterDelay: delay, Logger: quiet(t),
+		RegisterDelay: delay, Logger: testutil.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close(context.Background())
-	done := make(chan error, 1)
 	begin := time.Now()
-	go func() { done <- r.Register(context.Background()) }()
-
-	time.Sleep(delay / 4)
-	if resp, err := cli.Get(context.Background(), r.Key()); err != nil || len(resp.Kvs) != 0 {
-		t.Fatalf("key present %v into a %v RegisterDelay (err %v)", delay/4, delay, err)
-	}
-	if err := <-done; err != nil {
+	if err := r.Register(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(begin); took < delay {
@@ -81,23 +79,45 @@ func TestRegisterDelay(t *testing.T) {
 		t.Fatalf("key absent after Register returned (err %v)", err)
 	}
 
-	// A cancelled ctx ends the delay at once with ctx.Err().
+	// The key is not written while Register sits in the delay (readiness passed, the delay
+	// running), and a cancelled ctx ends the delay at once with ctx.Err(), writing nothing.
+	ready := make(chan struct{}, 1)
 	r2, err := registry.NewRegistrar(registry.Config{
 		Client: cli, Instance: registry.Instance{App: "order", ID: "o-2", Addr: "127.0.0.1:9002"},
-		RegisterDelay: time.Hour, Logger: quiet(t),
+		Checks: []registry.Check{{Name: "ready", Func: func(context.Context) error {
+			select {
+			case ready <- struct{}{}:
+			default:
+			}
+			return nil
+		}}},
+		RegisterDelay: time.Hour, Logger: testutil.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r2.Close(context.Background())
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	if err := r2.Register(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Register with an expiring ctx during the delay = %v, want context.DeadlineExceeded", err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r2.Register(ctx) }()
+	testutil.Receive(t, "the readiness check", ready)
+	if resp, err := cli.Get(context.Background(), r2.Key()); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("key present during the RegisterDelay (err %v)", err)
+	}
+	cancel()
+	if err := testutil.Receive(t, "Register to return", done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Register with a ctx cancelled during the delay = %v, want context.Canceled", err)
+	}
+	if resp, err := cli.Get(context.Background(), r2.Key()); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("key written although Register was cancelled in the delay (err %v)", err)
+	}
+	if r2.State() != registry.StateUnregistered {
+		t.Fatalf("state %v after a cancelled Register, want unregistered", r2.State())
 	}
 }
 
 func TestReadinessGating(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 
@@ -116,7 +136,7 @@ func TestReadinessGating(t *testing.T) {
 					return nil
 				}},
 			},
-			CheckInterval: 20 * time.Millisecond, Logger: quiet(t),
+			CheckInterval: 10 * time.Millisecond, Logger: testutil.Logger(t),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -141,7 +161,7 @@ func TestReadinessGating(t *testing.T) {
 				{Name: "db", Func: func(context.Context) error { return nil }},
 				{Name: "kafka", Func: func(context.Context) error { return errors.New("broker 3 unreachable") }},
 			},
-			CheckInterval: 20 * time.Millisecond, CheckTimeout: 300 * time.Millisecond, Logger: quiet(t),
+			CheckInterval: 10 * time.Millisecond, CheckTimeout: 100 * time.Millisecond, Logger: testutil.Logger(t),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -152,7 +172,7 @@ func TestReadinessGating(t *testing.T) {
 		if !errors.As(err, &re) || re.Check != "kafka" || !errors.Is(err, registry.ErrNotReady) {
 			t.Fatalf("Register = %v, want a ReadinessError naming check \"kafka\"", err)
 		}
-		want := `registry: readiness check "kafka" did not pass within 300ms: broker 3 unreachable; the instance was not registered`
+		want := `registry: readiness check "kafka" did not pass within 100ms: broker 3 unreachable; the instance was not registered`
 		if err.Error() != want {
 			t.Fatalf("error text\n got %q\nwant %q", err, want)
 		}
@@ -163,40 +183,61 @@ func TestReadinessGating(t *testing.T) {
 }
 
 func TestDeregisterIsSeenQuicklyAndRegisterAgainWorks(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
-	cli := e.Client(t)
+	cli, direct := e.Client(t), e.DirectClient(t)
 	rec := watch(t, cli, "order")
-	r := register(t, cli, "order", "o-1", "127.0.0.1:9001")
+	r := register(t, cli, "order", "o-1", "127.0.0.1:9001", shortTTL)
 	register(t, cli, "order", "o-2", "127.0.0.1:9002")
-	rec.waitFor(t, 5*time.Second, "both instances", hasIDs("o-1", "o-2"))
+	rec.waitFor(t, "both instances", hasIDs("o-1", "o-2"))
+	before, err := direct.Get(context.Background(), r.Key())
+	if err != nil || len(before.Kvs) != 1 {
+		t.Fatalf("key %s before Deregister: %v %v", r.Key(), before, err)
+	}
+	lease := clientv3.LeaseID(before.Kvs[0].Lease)
 
+	// Deregister deletes the key itself, at once: it is gone when Deregister returns, not
+	// when the lease runs out.
 	begin := time.Now()
 	if err := r.Deregister(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, time.Second, "o-1 gone", hasIDs("o-2"))
+	if resp, err := direct.Get(context.Background(), r.Key()); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("key still in etcd when Deregister returned (err %v)", err)
+	}
+	rec.waitFor(t, "o-1 gone", hasIDs("o-2"))
 	t.Logf("deregistration seen by the watcher %v after Deregister was called", time.Since(begin))
 	if r.State() != registry.StateUnregistered {
 		t.Fatalf("state %v after Deregister", r.State())
 	}
 
-	// The lease lives on (so re-registering is one Put) and the key stays away across it.
-	time.Sleep(1500 * time.Millisecond) // > TTL: a keepalive that re-put the key would show now
-	if resp, _ := cli.Get(context.Background(), r.Key()); len(resp.Kvs) != 0 {
-		t.Fatal("deregistered key came back")
+	// The lease lives on (so re-registering is one Put) and the key stays away across it:
+	// once etcd has expired a lease granted after Deregister, o-1's lease is still there (its
+	// keepalive runs) and the key has had no event but the delete.
+	pastTTL(t, direct, time.Second)
+	if !leaseAlive(t, direct, lease) {
+		t.Fatal("the lease of a deregistered instance expired; its keepalive must go on")
+	}
+	evs := eventsSince(t, direct, r.Key(), before.Header.Revision+1)
+	if len(evs) != 1 || evs[0].Type != clientv3.EventTypeDelete {
+		t.Fatalf("events on the deregistered key: %v; want only its delete (a keepalive must not re-put it)", evs)
 	}
 	if err := r.Register(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, time.Second, "o-1 back", hasIDs("o-1", "o-2"))
+	rec.waitFor(t, "o-1 back", hasIDs("o-1", "o-2"))
+	if after, err := direct.Get(context.Background(), r.Key()); err != nil || len(after.Kvs) != 1 || clientv3.LeaseID(after.Kvs[0].Lease) != lease {
+		t.Fatalf("re-registered key %v (err %v); want it under the kept lease %x", after, err, lease)
+	}
 }
 
 func TestUpdateReputsUnderTheSameLease(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	rec := watch(t, cli, "order")
 	r := register(t, cli, "order", "o-1", "127.0.0.1:9001")
-	rec.waitFor(t, 5*time.Second, "o-1", hasIDs("o-1"))
+	rec.waitFor(t, "o-1", hasIDs("o-1"))
 	before, _ := cli.Get(context.Background(), r.Key())
 
 	err := r.Update(context.Background(), func(in *registry.Instance) {
@@ -206,7 +247,7 @@ func TestUpdateReputsUnderTheSameLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := rec.waitFor(t, time.Second, "traffic_weight 0", func(in []registry.Instance) bool {
+	got := rec.waitFor(t, "traffic_weight 0", func(in []registry.Instance) bool {
 		return len(in) == 1 && in[0].Channel == "trade" && in[0].TrafficWeight == 0
 	})
 	after, _ := cli.Get(context.Background(), r.Key())
@@ -221,7 +262,7 @@ func TestUpdateReputsUnderTheSameLease(t *testing.T) {
 	if err := r.Update(context.Background(), func(in *registry.Instance) { in.Channel = "" }); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, time.Second, "traffic_weight back to 100", func(in []registry.Instance) bool {
+	rec.waitFor(t, "traffic_weight back to 100", func(in []registry.Instance) bool {
 		return len(in) == 1 && in[0].Channel == "" && in[0].TrafficWeight == 100
 	})
 
@@ -240,6 +281,7 @@ func TestUpdateReputsUnderTheSameLease(t *testing.T) {
 }
 
 func TestCloseRevokesTheLease(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	r := register(t, cli, "order", "o-1", "127.0.0.1:9001")
@@ -266,12 +308,13 @@ func TestCloseRevokesTheLease(t *testing.T) {
 }
 
 func TestRegisterWithoutEtcdFailsClearly(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()
 	r, err := registry.NewRegistrar(registry.Config{
 		Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
-		RequestTimeout: 300 * time.Millisecond, Logger: quiet(t),
+		RequestTimeout: 300 * time.Millisecond, Logger: testutil.Logger(t),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -292,6 +335,7 @@ func TestRegisterWithoutEtcdFailsClearly(t *testing.T) {
 }
 
 func TestNewRegistrarRefusesBadConfig(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	ok := registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"}
@@ -349,13 +393,14 @@ func (s *stateLog) saw(seq ...registry.State) bool {
 }
 
 func TestWritesThatFailDuringAPartitionAreRetriedInTheBackground(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli, observer := e.Client(t), e.DirectClient(t)
 	rec := watch(t, observer, "order")
-	short := func(c *registry.Config) { c.TTL, c.RequestTimeout = 5*time.Second, 300*time.Millisecond }
+	short := func(c *registry.Config) { c.RequestTimeout = 300 * time.Millisecond }
 	upd := register(t, cli, "order", "o-1", "127.0.0.1:9001", short)
 	dereg := register(t, cli, "order", "o-2", "127.0.0.1:9002", short)
-	rec.waitFor(t, 5*time.Second, "both", hasIDs("o-1", "o-2"))
+	rec.waitFor(t, "both", hasIDs("o-1", "o-2"))
 
 	e.Cut()
 	err := upd.Update(context.Background(), func(in *registry.Instance) { in.Channel, in.TrafficWeight = "trade", 0 })
@@ -368,14 +413,11 @@ func TestWritesThatFailDuringAPartitionAreRetriedInTheBackground(t *testing.T) {
 	e.Heal()
 
 	// Without another call, etcd converges to what was asked: o-1 drained, o-2 gone.
-	rec.waitFor(t, 10*time.Second, "o-1 updated and o-2 deregistered", func(in []registry.Instance) bool {
+	rec.waitFor(t, "o-1 updated and o-2 deregistered", func(in []registry.Instance) bool {
 		return len(in) == 1 && in[0].ID == "o-1" && in[0].Channel == "trade" && in[0].TrafficWeight == 0
 	})
 	// The watch event can arrive before the keeper has recorded its success.
-	for deadline := time.Now().Add(2 * time.Second); upd.State() != registry.StateRegistered || dereg.State() != registry.StateUnregistered; {
-		if time.Now().After(deadline) {
-			t.Fatalf("states after healing: %v, %v; want registered, unregistered", upd.State(), dereg.State())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "states registered and unregistered after healing", func() bool {
+		return upd.State() == registry.StateRegistered && dereg.State() == registry.StateUnregistered
+	})
 }

@@ -3,7 +3,9 @@ package registry_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,14 +13,17 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -28,6 +33,8 @@ type caller struct {
 	mu       sync.Mutex
 	byID     map[string]int
 	failures []error
+	started  int // calls begun
+	ended    int // calls that returned
 	stop     chan struct{}
 	done     chan struct{}
 }
@@ -43,10 +50,14 @@ func startCaller(t testing.TB, c greeterpb.GreeterClient) *caller {
 				return
 			default:
 			}
+			cl.mu.Lock()
+			cl.started++
+			cl.mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			resp, err := c.SayHello(ctx, &greeterpb.HelloRequest{Name: "t"})
 			cancel()
 			cl.mu.Lock()
+			cl.ended++
 			if err != nil {
 				cl.failures = append(cl.failures, err)
 			} else {
@@ -81,55 +92,67 @@ func (cl *caller) stopAndRequireNoFailures(t testing.TB) {
 func (cl *caller) counts() map[string]int {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	out := make(map[string]int, len(cl.byID))
-	for k, v := range cl.byID {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(cl.byID)
 }
 
 func (cl *caller) failed() []error {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	return append([]error(nil), cl.failures...)
+	return slices.Clone(cl.failures)
+}
+
+// settled waits until every call begun before settled was called has returned, and returns
+// the counts then: every call counted after them began after settled was called.
+func (cl *caller) settled(t testing.TB) map[string]int {
+	t.Helper()
+	cl.mu.Lock()
+	begun := cl.started
+	cl.mu.Unlock()
+	var base map[string]int
+	testutil.Eventually(t, "the calls in flight to return", func() bool {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		base = maps.Clone(cl.byID)
+		return cl.ended >= begun
+	})
+	return base
 }
 
 // waitCalls waits until every id has answered at least n more calls than in base.
-func (cl *caller) waitCalls(t testing.TB, timeout time.Duration, base map[string]int, n int, ids ...string) {
+func (cl *caller) waitCalls(t testing.TB, base map[string]int, n int, ids ...string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		cur, ok := cl.counts(), true
+	testutil.Eventually(t, fmt.Sprintf("instances %v to answer %d calls each", ids, n), func() bool {
+		cur := cl.counts()
 		for _, id := range ids {
-			ok = ok && cur[id]-base[id] >= n
+			if cur[id]-base[id] < n {
+				return false
+			}
 		}
-		if ok {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("instances %v did not each answer %d calls within %v: base %v now %v (failures: %d)",
-		ids, n, timeout, base, cl.counts(), len(cl.failed()))
+		return true
+	})
 }
 
 func TestConsumerReachesEveryInstanceAndStopsReachingADeregisteredOne(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	var regs []*registry.Registrar
 	for _, id := range []string{"g-1", "g-2", "g-3"} {
-		regs = append(regs, register(t, cli, "greeter", id, startGreeter(t, id)))
+		addr, _ := testutil.ServeGreeter(t, id)
+		regs = append(regs, register(t, cli, "greeter", id, addr))
 	}
-	cl := startCaller(t, dial(t, cli, "greeter"))
-	cl.waitCalls(t, 10*time.Second, nil, 20, "g-1", "g-2", "g-3")
+	c := dial(t, cli, "greeter")
+	cl := startCaller(t, c)
+	cl.waitCalls(t, nil, 20, "g-1", "g-2", "g-3")
 
-	rec := watch(t, cli, "greeter")
 	if err := regs[2].Deregister(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, 2*time.Second, "g-3 gone", hasIDs("g-1", "g-2"))
-	time.Sleep(200 * time.Millisecond) // the consumer's own watch delivers the same event
-	base := cl.counts()
-	cl.waitCalls(t, 10*time.Second, base, 50, "g-1", "g-2")
+	// The consumer's own watch delivers the deregistration to gRPC; from the first call
+	// begun after that, g-3 gets nothing.
+	c.resolved(t, "g-1 and g-2 without g-3", hasIDs("g-1", "g-2"))
+	base := cl.settled(t)
+	cl.waitCalls(t, base, 50, "g-1", "g-2")
 	if got := cl.counts()["g-3"] - base["g-3"]; got != 0 {
 		t.Fatalf("g-3 answered %d calls after it was deregistered", got)
 	}
@@ -137,99 +160,102 @@ func TestConsumerReachesEveryInstanceAndStopsReachingADeregisteredOne(t *testing
 }
 
 func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
-	cli := e.Client(t)
+	cli, direct := keepAliveClient(t, e), e.DirectClient(t)
 	logs := map[string]*stateLog{}
 	var regs []*registry.Registrar
 	for _, id := range []string{"g-1", "g-2"} {
 		l := &stateLog{}
 		logs[id] = l
-		regs = append(regs, register(t, cli, "greeter", id, startGreeter(t, id), func(c *registry.Config) {
+		addr, _ := testutil.ServeGreeter(t, id)
+		regs = append(regs, register(t, cli, "greeter", id, addr, shortTTL, func(c *registry.Config) {
 			c.OnStateChange = l.add
 		}))
 	}
 	cl := startCaller(t, dial(t, cli, "greeter"))
-	cl.waitCalls(t, 10*time.Second, nil, 20, "g-1", "g-2")
+	cl.waitCalls(t, nil, 20, "g-1", "g-2")
 
 	e.Stop()
-	stoppedAt, stopped := time.Now(), cl.counts()
-	// etcd's client gives up on a keepalive after the TTL (1s), or DialTimeout+1s (3s) if no
-	// keepalive was answered yet, checking once a second.
+	stoppedAt := time.Now()
+	// The outage lasts longer than the TTL as the registrars see it: etcd's client gives up a
+	// keepalive once the TTL (1s) has passed without an answer (1.1s for the first answer
+	// with keepAliveClient), and then each registrar reports its registration lost.
 	for id, l := range logs {
-		for !l.saw(registry.StateRegistered, registry.StateLost) {
-			if time.Since(stoppedAt) > 6*time.Second {
-				t.Fatalf("%s: registrar did not notice the lost lease within 6s: %v", id, l)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.Eventually(t, id+"'s registrar to report its lease lost", func() bool {
+			return l.saw(registry.StateRegistered, registry.StateLost)
+		})
 	}
 	t.Logf("both registrars noticed the outage within %v", time.Since(stoppedAt))
-	if d := 2500*time.Millisecond - time.Since(stoppedAt); d > 0 {
-		time.Sleep(d) // the outage lasts well past the TTL
-	}
-	// Calls went on during the outage, to both instances.
-	cl.waitCalls(t, time.Second, stopped, 20, "g-1", "g-2")
+	// Calls go on, to both instances, after both leases are lost.
+	cl.waitCalls(t, cl.counts(), 20, "g-1", "g-2")
 
 	if err := e.Start(); err != nil {
 		t.Fatal(err)
 	}
 	restarted := time.Now()
 	for id, l := range logs {
-		for !l.saw(registry.StateRegistered, registry.StateLost, registry.StateRegistered) {
-			if time.Since(restarted) > 15*time.Second {
-				t.Fatalf("%s: not registered again 15s after etcd came back: %v", id, l)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		testutil.Eventually(t, id+" to be registered again after etcd came back", func() bool {
+			return l.saw(registry.StateRegistered, registry.StateLost, registry.StateRegistered)
+		})
 	}
 	t.Logf("both instances registered again %v after etcd restarted", time.Since(restarted))
 
-	// And they stay registered: wait past the TTL, then both keys are in etcd on live leases.
-	time.Sleep(2500 * time.Millisecond)
+	// And they stay registered: once etcd has had the time to expire a lease that no
+	// keepalive renewed since now, both keys are in etcd on live leases.
+	pastTTL(t, direct, time.Second)
 	for _, r := range regs {
-		resp, err := cli.Get(context.Background(), r.Key())
+		resp, err := direct.Get(context.Background(), r.Key())
 		if err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("%s missing after recovery (err %v)", r.Key(), err)
 		}
-		// TTL is whole seconds remaining, rounded down: 0 is alive, -1 is gone.
-		ttl, err := cli.TimeToLive(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease))
-		if err != nil || ttl.TTL < 0 {
-			t.Fatalf("%s: lease not alive after recovery: %+v %v", r.Key(), ttl, err)
+		if !leaseAlive(t, direct, clientv3.LeaseID(resp.Kvs[0].Lease)) {
+			t.Fatalf("%s: lease not alive after recovery", r.Key())
 		}
 		if r.State() != registry.StateRegistered {
 			t.Fatalf("%s: state %v", r.Key(), r.State())
 		}
 	}
-	after := cl.counts()
-	cl.waitCalls(t, 5*time.Second, after, 20, "g-1", "g-2")
+	cl.waitCalls(t, cl.counts(), 20, "g-1", "g-2")
 	cl.stopAndRequireNoFailures(t)
 	t.Logf("calls per instance: %v", cl.counts())
 }
 
 func TestMalformedRecordDoesNotStopRouting(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	register(t, cli, "greeter", "g-1", startGreeter(t, "g-1"))
-	register(t, cli, "greeter", "g-2", startGreeter(t, "g-2"))
+	for _, id := range []string{"g-1", "g-2"} {
+		addr, _ := testutil.ServeGreeter(t, id)
+		register(t, cli, "greeter", id, addr)
+	}
 	if _, err := cli.Put(context.Background(), "/switchyard/services/greeter/g-3", `{"v":1,"app":"greeter"`); err != nil {
 		t.Fatal(err)
 	}
-	cl := startCaller(t, dial(t, cli, "greeter"))
-	cl.waitCalls(t, 10*time.Second, nil, 50, "g-1", "g-2")
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	defer mp.Shutdown(context.Background())
+	cl := startCaller(t, dial(t, cli, "greeter", func(c *registry.ResolverConfig) { c.MeterProvider = mp }))
+	cl.waitCalls(t, nil, 20, "g-1", "g-2")
 	if _, err := cli.Put(context.Background(), "/switchyard/services/greeter/g-1", `garbage`); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	cl.waitCalls(t, 10*time.Second, cl.counts(), 50, "g-1", "g-2") // g-1's last good record stays
+	// The consumer's watch has skipped g-3's record and now g-1's; g-1's last good record
+	// stays, and calls go on reaching it.
+	testutil.Eventually(t, "the consumer's resolver to skip g-1's garbage", func() bool {
+		return skippedMetric(t, reader, "greeter") == 2
+	})
+	cl.waitCalls(t, cl.settled(t), 20, "g-1", "g-2")
 	cl.stopAndRequireNoFailures(t)
 }
 
 func TestResolverReportsErrorWhenEtcdIsUnreachable(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()
-	c := dial(t, cli, "greeter")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	c := dial(t, cli, "greeter", func(c *registry.ResolverConfig) { c.RequestTimeout = 200 * time.Millisecond })
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
 	_, err := c.SayHello(ctx, &greeterpb.HelloRequest{})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "registry: no instances known yet") {
@@ -240,9 +266,8 @@ func TestResolverReportsErrorWhenEtcdIsUnreachable(t *testing.T) {
 	if err := e.Start(); err != nil {
 		t.Fatal(err)
 	}
-	register(t, e.DirectClient(t), "greeter", "g-1", startGreeter(t, "g-1"))
-	ctx, cancel = context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
+	addr, _ := testutil.ServeGreeter(t, "g-1")
+	register(t, e.DirectClient(t), "greeter", "g-1", addr)
 	resp, err := c.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true))
 	if err != nil || resp.GetInstance() != "g-1" {
 		t.Fatalf("after etcd came back: %v %v", resp, err)
@@ -250,9 +275,10 @@ func TestResolverReportsErrorWhenEtcdIsUnreachable(t *testing.T) {
 }
 
 func TestResolverRefusesABadTarget(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	c := dial(t, e.Client(t), "bad/app")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
 	_, err := c.SayHello(ctx, &greeterpb.HelloRequest{})
 	if err == nil || !strings.Contains(err.Error(), "want switchyard:///<app>") {
@@ -275,38 +301,36 @@ func (l *countingListener) Accept() (net.Conn, error) {
 }
 
 func TestWeightChangeReusesTheConnection(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	raw, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := &countingListener{Listener: raw}
-	s := grpc.NewServer()
-	greeterpb.RegisterGreeterServer(s, &greeterpb.Server{Instance: "g-1"})
-	go func() { _ = s.Serve(ln) }()
-	defer s.Stop()
+	ln := &countingListener{Listener: testutil.Listen(t)}
+	addr, _ := testutil.ServeGreeterOn(t, ln, "g-1")
 
-	r := register(t, cli, "greeter", "g-1", raw.Addr().String())
+	r := register(t, cli, "greeter", "g-1", addr)
 	c := dial(t, cli, "greeter")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
-	if _, err := c.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true)); err != nil {
+	var first peer.Peer
+	if _, err := c.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true), grpc.Peer(&first)); err != nil {
 		t.Fatal(err)
 	}
-	rec := watch(t, cli, "greeter")
 	for _, w := range []float64{50, 10, 200} {
 		if err := r.Update(ctx, func(in *registry.Instance) { in.Weight = w }); err != nil {
 			t.Fatal(err)
 		}
-		rec.waitFor(t, 2*time.Second, fmt.Sprint("weight ", w), func(in []registry.Instance) bool {
+		// gRPC has taken the new weight: its balancer has processed the state.
+		c.resolved(t, fmt.Sprint("weight ", w), func(in []registry.Instance) bool {
 			return len(in) == 1 && in[0].Weight == w
 		})
 	}
-	time.Sleep(200 * time.Millisecond)
 	for i := 0; i < 10; i++ {
-		if _, err := c.SayHello(ctx, &greeterpb.HelloRequest{}); err != nil {
+		var p peer.Peer
+		if _, err := c.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.Peer(&p)); err != nil {
 			t.Fatal(err)
+		}
+		if p.LocalAddr.String() != first.LocalAddr.String() {
+			t.Fatalf("call %d after the weight changes went over a new connection (%v, first %v)", i, p.LocalAddr, first.LocalAddr)
 		}
 	}
 	if n := ln.n.Load(); n != 1 {
@@ -334,7 +358,7 @@ func (c *stubCC) ParseServiceConfig(string) *serviceconfig.ParseResult {
 
 func buildResolver(t testing.TB, cli *clientv3.Client, app string, cc resolver.ClientConn) resolver.Resolver {
 	t.Helper()
-	b, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: quiet(t)})
+	b, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,6 +371,7 @@ func buildResolver(t testing.TB, cli *clientv3.Client, app string, cc resolver.C
 }
 
 func TestEndpointsCarryTheInstanceRecord(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	register(t, cli, "greeter", "g-1", "127.0.0.1:7001", func(c *registry.Config) {
@@ -354,12 +379,7 @@ func TestEndpointsCarryTheInstanceRecord(t *testing.T) {
 	})
 	cc := newStubCC()
 	buildResolver(t, cli, "greeter", cc)
-	var st resolver.State
-	select {
-	case st = <-cc.states:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no state from the resolver")
-	}
+	st := testutil.Receive(t, "a state from the resolver", cc.states)
 	if len(st.Endpoints) != 1 || st.Endpoints[0].Addresses[0].Addr != "127.0.0.1:7001" {
 		t.Fatalf("endpoints %+v", st.Endpoints)
 	}
