@@ -159,9 +159,12 @@ func TestDecisionMadeAtTheEdgeIsSeenAtEveryHop(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.shift(t, 50)
+			// The grid source decides blue for exactly half of every 10 calls, so the split
+			// is exact; TestDecisionRateIsThePercent checks the real source's.
+			traffic.SetRandom(c.rules, (&grid{n: 10}).draw)
 
 			counts := map[string]int{}
-			for i := 0; i < 200; i++ {
+			for i := 0; i < 20; i++ {
 				got := c.call(t, context.Background())
 				counts[got]++
 				// gateway is in no channel and was called without baggage; the decision is
@@ -170,8 +173,8 @@ func TestDecisionMadeAtTheEdgeIsSeenAtEveryHop(t *testing.T) {
 					t.Fatalf("call %d: hops saw %q", i, got)
 				}
 			}
-			if counts["gateway:none order:blue inventory:blue"] < 50 || counts["gateway:none order:green inventory:green"] < 50 {
-				t.Fatalf("a 50%% split gave %v", counts)
+			if counts["gateway:none order:blue inventory:blue"] != 10 || counts["gateway:none order:green inventory:green"] != 10 {
+				t.Fatalf("a 50%% split of 20 calls gave %v, want 10 each", counts)
 			}
 
 			// A decision the caller already carries is kept, whatever the percent says.
@@ -230,15 +233,14 @@ func (g *grid) draw() float64 { return (float64((g.next.Add(1)-1)%g.n) + 0.5) / 
 
 // The decision itself: over a uniform source, a call decides blue with probability exactly
 // percent/100, for canaries as small as 0.1 %, and carries the decision in its context and
-// outgoing baggage header. (The interceptor runs alone here, with an invoker that records.)
+// outgoing baggage header; with the real random source a 50 % split gives both colors their
+// share. (The interceptor runs alone here, with an invoker that records.)
 func TestDecisionRateIsThePercent(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	c := &chain{cli: cli, rules: newClient(t, cli), ctl: newController(t, cli)}
 	if _, err := c.ctl.Open(context.Background(), "trade", []string{"order", "inventory"}); err != nil {
 		t.Fatal(err)
 	}
-	src := &grid{n: 1000}
-	traffic.SetRandom(c.rules, src.draw)
 	cc := testutil.Dial(t, "switchyard:///inventory", resolver(t, cli)) // never connects: the invoker is a stub
 	icpt := c.rules.UnaryClientInterceptor()
 	decide := func() registry.Color {
@@ -259,6 +261,19 @@ func TestDecisionRateIsThePercent(t *testing.T) {
 		}
 		return color
 	}
+	// The real source (math/rand/v2): 200 decisions at 50 % fall below 50 of either color
+	// with probability 1e-13.
+	c.shift(t, 50)
+	counts := map[registry.Color]int{}
+	for range 200 {
+		counts[decide()]++
+	}
+	if counts[registry.ColorBlue] < 50 || counts[registry.ColorGreen] < 50 {
+		t.Fatalf("a 50%% split of 200 decisions with the real random source gave %v", counts)
+	}
+
+	src := &grid{n: 1000}
+	traffic.SetRandom(c.rules, src.draw)
 	for _, p := range []float64{0, 0.1, 1, 10, 50, 99, 99.9, 100} {
 		c.shift(t, p)
 		src.next.Store(0)
