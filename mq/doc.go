@@ -22,8 +22,8 @@
 // Handlers must be idempotent: around a switch, a message that was in flight on a stopping
 // member can be delivered again to the one taking over. Consumer.Redeliveries counts those the
 // broker reports (JetStream does; Kafka cannot tell). In the conformance tests (mq/mqtest:
-// 2 blue and 2 green instances, 10,000 messages, blue drained and undrained in the middle)
-// both adapters handled every message exactly once.
+// 2 blue and 2 green instances, 3,000 messages, blue drained while a blue handler is busy and
+// undrained in the middle) both adapters handled every message exactly once.
 //
 // Cost: the origin group receives and acknowledges every colored message, and the colored
 // group every untagged one, so the broker delivers each message to a colored instance twice.

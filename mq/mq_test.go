@@ -8,11 +8,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -151,13 +151,9 @@ func TestGreenDrainedWithRealRules(t *testing.T) {
 	if _, err := ctl.Shift(ctx, "trade", 100); err != nil { // drain green
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !slices.Equal(cb.Groups(), []string{"G", "G-blue", "G-green"}) || len(cg.Groups()) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("green drained: blue in %v, green in %v", cb.Groups(), cg.Groups())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "green drained: blue in G, G-blue and G-green, green in none", func() bool {
+		return slices.Equal(cb.Groups(), []string{"G", "G-blue", "G-green"}) && len(cg.Groups()) == 0
+	})
 	publishAll(t, b)
 	if s := blue.sorted(); s != "b g r u" || green.sorted() != "" {
 		t.Fatalf("green drained: blue handled %q, green %q", s, green.sorted())

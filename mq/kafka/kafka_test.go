@@ -4,13 +4,17 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/goleak"
 
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/kafka"
 	"github.com/switchyard-go/switchyard/mq/mqtest"
@@ -20,32 +24,97 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var topics = []string{"orders.created", "orders.paid", "bench.plain", "bench.colored"}
 
+const partitions = 4
+
 // cluster is kfake (franz-go's in-process Kafka-protocol cluster), or the real cluster named
-// by SWITCHYARD_KAFKA_BROKERS. down, when true, makes kfake close every client connection.
-func cluster(t testing.TB) (seeds []string, c *kfake.Cluster, down *atomic.Bool) {
+// by SWITCHYARD_KAFKA_BROKERS (then c is nil). o takes kfake down and tells which group
+// members have noticed.
+func cluster(t testing.TB) (seeds []string, c *kfake.Cluster, o *outage) {
 	t.Helper()
-	down = new(atomic.Bool)
+	o = &outage{members: map[string]bool{}}
 	if env := os.Getenv("SWITCHYARD_KAFKA_BROKERS"); env != "" {
-		return strings.Split(env, ","), nil, down
+		return strings.Split(env, ","), nil, o
 	}
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, topics...))
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, topics...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	c.Control(func(kmsg.Request) (kmsg.Response, error, bool) {
+	c.Control(func(req kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		if down.Load() {
-			return nil, errors.New("broker down (test)"), true
-		}
-		return nil, nil, false
+		return nil, o.see(req), o.down.Load()
 	})
-	return c.ListenAddrs(), c, down
+	return c.ListenAddrs(), c, o
 }
 
+// outage: while down, kfake refuses every request by closing the client's connection.
+// members maps every consumer group member that has heartbeated to whether a request of
+// its has been refused since the outage began; mu guards it.
+type outage struct {
+	down    atomic.Bool
+	mu      sync.Mutex
+	members map[string]bool
+}
+
+// see notes the member a group request comes from and returns the error that refuses it
+// while down.
+func (o *outage) see(req kmsg.Request) error {
+	var group, id string
+	switch r := req.(type) {
+	case *kmsg.HeartbeatRequest:
+		group, id = r.Group, r.MemberID
+	case *kmsg.JoinGroupRequest:
+		group, id = r.Group, r.MemberID
+	case *kmsg.SyncGroupRequest:
+		group, id = r.Group, r.MemberID
+	case *kmsg.OffsetCommitRequest:
+		group, id = r.Group, r.MemberID
+	}
+	member := ""
+	if id != "" {
+		member = group + "/" + id
+	}
+	down := o.down.Load()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if _, known := o.members[member]; known || (member != "" && !down) {
+		o.members[member] = o.members[member] || down
+	}
+	if down {
+		return errors.New("broker down (test)")
+	}
+	return nil
+}
+
+// begin takes the broker down; noticed reports whether every member it knew has been
+// refused since.
+func (o *outage) begin() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for m := range o.members {
+		o.members[m] = false
+	}
+	o.down.Store(true)
+}
+
+func (o *outage) noticed() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, refused := range o.members {
+		if !refused {
+			return false
+		}
+	}
+	return len(o.members) > 0
+}
+
+// brokers makes a broker client per instance. Group members heartbeat every 100 ms rather
+// than every 3 s (franz-go's default), so that a member learns within 100 ms that a rebalance
+// began — when a drained color leaves a group or the other color joins it — instead of
+// within 3 s.
 func brokers(seeds []string) mqtest.NewBroker {
 	return func(t testing.TB) mq.Broker {
-		b, err := kafka.New(seeds)
+		b, err := kafka.New(seeds, kgo.HeartbeatInterval(100*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,15 +123,34 @@ func brokers(seeds []string) mqtest.NewBroker {
 	}
 }
 
+// TestMarkersCoverEveryPartition: mqtest's end-of-test markers, published under keys,
+// reach every partition of the test topics (franz-go's default partitioner hashes a key
+// with Kafka's murmur2), so they are a barrier in every partition.
+func TestMarkersCoverEveryPartition(t *testing.T) {
+	p := kgo.StickyKeyPartitioner(nil).ForTopic("orders.created")
+	hit := map[int]bool{}
+	for k := range mqtest.MarkerKeys {
+		hit[p.Partition(&kgo.Record{Key: mqtest.MarkerKey(k)}, partitions)] = true
+	}
+	if len(hit) != partitions {
+		t.Fatalf("the markers reach partitions %v of %d", hit, partitions)
+	}
+}
+
 func TestIsolationAcrossADrain(t *testing.T) {
 	seeds, _, _ := cluster(t)
 	mqtest.TestIsolationAcrossADrain(t, brokers(seeds))
 }
 
+// TestBrokerOutage: kfake refuses every request until it has refused one from every group
+// member (they heartbeat every 100 ms), then serves again.
 func TestBrokerOutage(t *testing.T) {
-	seeds, c, down := cluster(t)
+	seeds, c, o := cluster(t)
 	if c == nil {
 		t.Skip("a real cluster cannot be taken down from here")
 	}
-	mqtest.TestBrokerOutage(t, brokers(seeds), func() { down.Store(true) }, func() { down.Store(false) })
+	mqtest.TestBrokerOutage(t, brokers(seeds), func() {
+		o.begin()
+		testutil.Eventually(t, "every group member refused by the broker", o.noticed)
+	}, func() { o.down.Store(false) })
 }
