@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -59,7 +60,13 @@ type lbConfig struct {
 }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
-	log := slog.Default().With("component", "switchyard-balancer", "target", opts.Target.String())
+	return newBalancer(cc, opts, clockwork.NewRealClock(), slog.Default())
+}
+
+// newBalancer builds the policy with its clock (the warmup ramp and its refresh timer) and
+// logger; Build passes the real clock and slog.Default(), tests a fake clock and their own.
+func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clockwork.Clock, log *slog.Logger) *wBalancer {
+	log = log.With("component", "switchyard-balancer", "target", opts.Target.String())
 	fallbacks, err := otel.GetMeterProvider().Meter(meterName).Int64Counter("switchyard.balancer.sticky_fallbacks",
 		metric.WithDescription("Sticky requests sent to the other color because the decided color had no ready endpoint."),
 		metric.WithUnit("{request}"))
@@ -73,7 +80,7 @@ func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balance
 		fallbacks:  fallbacks,
 		fbAttrs:    metric.WithAttributeSet(attribute.NewSet(attribute.String("target", opts.Target.String()))),
 		offline:    map[string]EndpointInfo{},
-		now:        time.Now,
+		clock:      clock,
 		next:       new(atomic.Uint64),
 	}
 	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
@@ -93,14 +100,14 @@ type wBalancer struct {
 	log                 *slog.Logger
 	fallbacks           metric.Int64Counter
 	fbAttrs             metric.AddOption
-	now                 func() time.Time
+	clock               clockwork.Clock // Now for the warmup factor, AfterFunc for its refresh
 	next                *atomic.Uint64
 
 	mu       sync.Mutex
 	last     balancer.State                // the children's last aggregated state
 	children []endpointsharding.ChildState // from last
 	offline  map[string]EndpointInfo       // id → the record it was marked offline under
-	timer    *time.Timer                   // warmup refresh, while any ready endpoint warms
+	timer    clockwork.Timer               // warmup refresh, while any ready endpoint warms
 	closed   bool
 }
 
@@ -178,7 +185,7 @@ func (b *wBalancer) sendLocked() {
 		b.timer.Stop()
 		b.timer = nil
 	}
-	now := b.now()
+	now := b.clock.Now()
 	blue, green := false, false
 	for _, c := range b.children {
 		info, _ := EndpointInfoFrom(c.Endpoint)
@@ -226,7 +233,7 @@ func (b *wBalancer) sendLocked() {
 	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
 	if warmup > 0 {
 		// At least 20 steps over the shortest ramp, between 10 ms and 1 s apart.
-		b.timer = time.AfterFunc(min(max(warmup/20, 10*time.Millisecond), time.Second), b.refresh)
+		b.timer = b.clock.AfterFunc(min(max(warmup/20, 10*time.Millisecond), time.Second), b.refresh)
 	}
 }
 
