@@ -3,19 +3,22 @@ package balancer_test
 import (
 	"context"
 	"fmt"
-	"math"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"go.opentelemetry.io/otel"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	gbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
-
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -26,35 +29,43 @@ func colored(id string, c registry.Color, percent float64) registry.Instance {
 	return registry.Instance{ID: id, Color: c, Channel: "trade", TrafficWeight: traffic.TrafficWeight(r, c)}
 }
 
+// setBluePercent updates the traffic weights of blue and green as a release at p % blue does.
+func setBluePercent(t testing.TB, p float64, blue, green *instance) {
+	t.Helper()
+	for in, color := range map[*instance]registry.Color{blue: registry.ColorBlue, green: registry.ColorGreen} {
+		err := in.reg.Update(context.Background(), func(r *registry.Instance) {
+			r.TrafficWeight = traffic.TrafficWeight(traffic.Rule{Releasing: true, BluePercent: p}, color)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// The split is exact at picker level (any fibPicks consecutive picks give blue p % ±2 picks,
+// see fibRPCs), so the calls only show that each weight change reaches the channel's picker
+// without new connections. BenchmarkSplitAccuracy measures the split over many calls.
 func TestSplitFollowsTheBluePercentAndReusesConnections(t *testing.T) {
 	c := newCluster(t)
 	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
 	green := c.start(colored("green-1", registry.ColorGreen, 50))
 	client := c.dial()
+	client.waitReady(context.Background(), "blue-1", "green-1")
 	for _, p := range []float64{1, 10, 50, 99} {
-		for _, in := range []*instance{blue, green} {
-			color := registry.ColorBlue
-			if in == green {
-				color = registry.ColorGreen
-			}
-			err := in.reg.Update(context.Background(), func(r *registry.Instance) {
-				r.TrafficWeight = traffic.TrafficWeight(traffic.Rule{Releasing: true, BluePercent: p}, color)
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-		}
-		c.waitRecord(fmt.Sprint(p, "%"), func(in []registry.Instance) bool {
-			bw, gw := traffic.Weights(p)
-			return len(in) == 2 && in[0].TrafficWeight == bw && in[1].TrafficWeight == gw
+		setBluePercent(t, p, blue, green)
+		bw, gw := traffic.Weights(p)
+		picker := client.waitRecord(fmt.Sprint("blue ", p, "%"), func(in map[string]balancer.EndpointInfo) bool {
+			return in["blue-1"].TrafficWeight == bw && in["green-1"].TrafficWeight == gw
 		})
-		const n = 20_000
-		seen := calls(t, client, context.Background(), n, 8)
-		share := 100 * float64(seen["blue-1"]) / n
-		t.Logf("blue %v%%: %d of %d calls went to blue (%.3f%%)", p, seen["blue-1"], n, share)
-		if tol := max(0.1, p*0.05); math.Abs(share-p) > tol {
-			t.Errorf("blue %v%%: blue got %.3f%% of calls, want within ±%.2f pp", p, share, tol)
+		seen := client.picks(picker, context.Background(), fibPicks)
+		if seen["blue-1"]+seen["green-1"] != fibPicks {
+			t.Fatalf("blue %v%%: picks went to %v", p, seen)
 		}
+		checkShare(t, fmt.Sprintf("blue %v%%: picks of blue", p), seen["blue-1"], fibPicks, p/100)
+
+		seen = calls(t, client, context.Background(), fibRPCs, 4)
+		t.Logf("blue %v%%: %d of %d calls went to blue", p, seen["blue-1"], fibRPCs)
+		checkShare(t, fmt.Sprintf("blue %v%%: calls to blue", p), seen["blue-1"], fibRPCs, p/100)
 	}
 	if b, g := blue.accepted.Load(), green.accepted.Load(); b != 1 || g != 1 {
 		t.Fatalf("weight changes opened new connections: blue accepted %d, green %d; want 1 each", b, g)
@@ -65,51 +76,72 @@ func TestOneColorIgnoresColorWeights(t *testing.T) {
 	c := newCluster(t)
 	c.start(colored("blue-1", registry.ColorBlue, 0)) // traffic weight 0, but no green exists
 	c.start(colored("blue-2", registry.ColorBlue, 1))
-	seen := calls(t, c.dial(), context.Background(), 2000, 4)
-	if seen["blue-1"] < 900 || seen["blue-2"] < 900 {
-		t.Fatalf("with one color present the split must be even, got %v", seen)
-	}
+	client := c.dial()
+	picker := client.waitReady(context.Background(), "blue-1", "blue-2")
+	checkShare(t, "picks of blue-1", client.picks(picker, context.Background(), fibPicks)["blue-1"], fibPicks, 0.5)
+	seen := calls(t, client, context.Background(), fibRPCs, 4)
+	checkShare(t, "calls to blue-1", seen["blue-1"], fibRPCs, 0.5)
+	checkShare(t, "calls to blue-2", seen["blue-2"], fibRPCs, 0.5)
 }
 
 func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 	c := newCluster(t)
 	c.start(registry.Instance{ID: "big", Weight: 300})
 	c.start(registry.Instance{ID: "small", Weight: 100})
-	seen := calls(t, c.dial(), context.Background(), 4000, 4)
-	if seen["big"] < 2900 || seen["big"] > 3100 {
-		t.Fatalf("weights 300:100 gave %v", seen)
-	}
+	client := c.dial()
+	picker := client.waitReady(context.Background(), "big", "small")
+	checkShare(t, "weights 300:100, picks of big", client.picks(picker, context.Background(), fibPicks)["big"], fibPicks, 0.75)
+	seen := calls(t, client, context.Background(), fibRPCs, 4)
+	checkShare(t, "weights 300:100, calls to big", seen["big"], fibRPCs, 0.75)
+	checkShare(t, "weights 300:100, calls to small", seen["small"], fibRPCs, 0.25)
 
 	// Both colors drained (only a hand-edited etcd does that): pick evenly rather than fail.
 	z := newCluster(t)
 	z.start(colored("blue-1", registry.ColorBlue, 0))
 	z.start(registry.Instance{ID: "green-1", Color: registry.ColorGreen, Channel: "trade", TrafficWeight: 0})
-	seen = calls(t, z.dial(), context.Background(), 2000, 4)
-	if seen["blue-1"] < 900 || seen["green-1"] < 900 {
-		t.Fatalf("all weights 0 must split evenly, got %v", seen)
-	}
+	zc := z.dial()
+	zc.waitReady(context.Background(), "blue-1", "green-1")
+	seen = calls(t, zc, context.Background(), fibRPCs, 4)
+	checkShare(t, "all weights 0, calls to blue-1", seen["blue-1"], fibRPCs, 0.5)
+	checkShare(t, "all weights 0, calls to green-1", seen["green-1"], fibRPCs, 0.5)
 }
 
+// The ramp on a fake clock: the balancer's warmup factor and the timer that refreshes the
+// picker while an instance warms both run on it, so uptime is exact.
 func TestWarmupRampsLinearly(t *testing.T) {
+	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	clock := clockwork.NewFakeClockAt(start)
 	c := newCluster(t)
 	c.start(registry.Instance{ID: "old"})
-	client := c.dial()
-	calls(t, client, context.Background(), 10, 1) // connected
-	const warmup = 3 * time.Second
-	start := time.Now()
+	client := c.dialClock(clock)
+	client.waitReady(context.Background(), "old")
+	const warmup = time.Minute
 	c.start(registry.Instance{ID: "new", StartTime: start, Warmup: warmup})
-	// Measure the new instance's share in windows; expected f/(1+f), f = uptime/warmup.
-	for _, at := range []time.Duration{750 * time.Millisecond, 1500 * time.Millisecond, 2250 * time.Millisecond, 3500 * time.Millisecond} {
-		time.Sleep(time.Until(start.Add(at - 100*time.Millisecond)))
-		from := time.Now()
-		seen := calls(t, client, context.Background(), 600, 4)
-		mid := from.Add(time.Since(from) / 2).Sub(start)
-		f := min(max(float64(mid)/float64(warmup), 0.01), 1)
+	picker := client.waitReady(context.Background(), "old", "new")
+	// new warms, so the balancer has armed its refresh timer on the clock.
+	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
+	defer cancel()
+	if err := clock.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatalf("no warmup refresh timer on the balancer's clock: %v", err)
+	}
+	// The new instance's share is f/(1+f), f = clamp(uptime/warmup, 0.01, 1).
+	for _, pct := range []int{0, 25, 50, 75, 100} {
+		if pct > 0 {
+			picker = client.advance(warmup / 4)
+		}
+		f := max(float64(pct)/100, 0.01)
 		want := f / (1 + f)
-		got := float64(seen["new"]) / 600
-		t.Logf("uptime %v: new instance got %.3f of calls, ramp says %.3f", mid.Round(time.Millisecond), got, want)
-		if math.Abs(got-want) > 0.1*want+0.02 {
-			t.Errorf("uptime %v: share %.3f, want %.3f ±10%%", mid.Round(time.Millisecond), got, want)
+		checkShare(t, fmt.Sprintf("uptime %d%%: picks of the new instance", pct),
+			client.picks(picker, context.Background(), fibPicks)["new"], fibPicks, want)
+		if pct == 25 { // end to end: the calls follow the ramp too
+			seen := calls(t, client, context.Background(), fibRPCs, 4)
+			t.Logf("uptime 25%%: new instance got %d of %d calls, ramp says %.1f", seen["new"], fibRPCs, want*fibRPCs)
+			checkShare(t, "uptime 25%: calls to the new instance", seen["new"], fibRPCs, want)
+		}
+		if pct < 100 {
+			if err := clock.BlockUntilContext(ctx, 1); err != nil {
+				t.Fatalf("uptime %d%%: the balancer stopped refreshing the ramp: %v", pct, err)
+			}
 		}
 	}
 }
@@ -126,17 +158,21 @@ func TestStickyRequestsNeverCrossColors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		seen := calls(t, client, ctx, 2000, 4)
 		id1, id2 := string(color)+"-1", string(color)+"-2"
-		if seen[id1]+seen[id2] != 2000 || seen[id1] < 900 || seen[id2] < 900 {
+		client.waitReady(ctx, id1, id2)
+		seen := calls(t, client, ctx, fibRPCs, 4)
+		if seen[id1]+seen[id2] != fibRPCs {
 			t.Fatalf("requests decided %s went to %v", color, seen)
 		}
+		checkShare(t, "requests decided "+string(color)+" to "+id1, seen[id1], fibRPCs, 0.5)
+		checkShare(t, "requests decided "+string(color)+" to "+id2, seen[id2], fibRPCs, 0.5)
 	}
 	// Undecided requests follow the weights: blue is drained.
-	seen := calls(t, client, context.Background(), 1000, 4)
+	seen := calls(t, client, context.Background(), fibRPCs, 4)
 	if seen["blue-1"]+seen["blue-2"] != 0 {
 		t.Fatalf("undecided requests reached drained blue: %v", seen)
 	}
+	checkShare(t, "undecided requests to green-1", seen["green-1"], fibRPCs, 0.5)
 }
 
 func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
@@ -152,13 +188,14 @@ func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
 	c.start(colored("green-1", registry.ColorGreen, 50))
 	client := c.dial()
 	ctx, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	client.waitReady(context.Background(), "blue-1", "green-1")
 	if seen := calls(t, client, ctx, 100, 2); seen["blue-1"] != 100 {
 		t.Fatalf("decided blue went to %v", seen)
 	}
 	if err := blue.reg.Deregister(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	c.waitRecord("blue gone", func(in []registry.Instance) bool { return len(in) == 1 })
+	client.waitRecord("blue gone", func(in map[string]balancer.EndpointInfo) bool { _, ok := in["blue-1"]; return !ok })
 	if seen := calls(t, client, ctx, 100, 2); seen["green-1"] != 100 {
 		t.Fatalf("with blue gone, decided-blue requests went to %v; want all on green", seen)
 	}
@@ -186,11 +223,12 @@ func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 	c.start(registry.Instance{ID: "a"})
 	b := c.start(registry.Instance{ID: "b"})
 	client := c.dial()
-	calls(t, client, context.Background(), 100, 1)
+	// Both READY first: with b the only ready endpoint, its mark could not take it out.
+	client.waitReady(context.Background(), "a", "b")
 
 	b.offline.Store(true) // b starts answering with x-switchyard-offline: 1 (still serving)
 	flagged := false
-	for i := 0; i < 500; i++ { // one at a time: "after the first flagged response" is exact
+	for i := 0; i < 144; i++ { // one at a time: "after the first flagged response" is exact
 		seen := calls(t, client, context.Background(), 1, 1)
 		if seen["b"] == 1 && flagged {
 			t.Fatalf("call %d reached b after its first flagged response", i)
@@ -203,16 +241,16 @@ func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 
 	// The mark stays until b's record changes (here: re-registered with a new weight).
 	b.offline.Store(false)
-	if seen := calls(t, client, context.Background(), 200, 2); seen["b"] != 0 {
+	if seen := calls(t, client, context.Background(), 100, 2); seen["b"] != 0 {
 		t.Fatalf("b got %d calls while still marked", seen["b"])
 	}
 	if err := b.reg.Update(context.Background(), func(in *registry.Instance) { in.Weight = 101 }); err != nil {
 		t.Fatal(err)
 	}
-	c.waitRecord("b's new record", func(in []registry.Instance) bool { return len(in) == 2 && in[1].Weight == 101 })
-	if seen := calls(t, client, context.Background(), 400, 2); seen["b"] < 150 {
-		t.Fatalf("b's new record did not clear the mark: %v", seen)
-	}
+	picker := client.waitRecord("b's new record", func(in map[string]balancer.EndpointInfo) bool { return in["b"].Weight == 101 })
+	checkShare(t, "b's new record: picks of b", client.picks(picker, context.Background(), fibPicks)["b"], fibPicks, 101.0/201)
+	seen := calls(t, client, context.Background(), fibRPCs, 2)
+	checkShare(t, "b's new record: calls to b", seen["b"], fibRPCs, 101.0/201)
 }
 
 func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
@@ -220,8 +258,11 @@ func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 	c.start(registry.Instance{ID: "a"})
 	b := c.start(registry.Instance{ID: "b"})
 	client := c.dial()
+	client.waitReady(context.Background(), "a", "b")
 	b.offline.Store(true)
-	calls(t, client, context.Background(), 50, 1) // b answers flagged at least once
+	if seen := calls(t, client, context.Background(), 50, 1); seen["b"] == 0 {
+		t.Fatalf("b never answered, so the flag was never seen: %v", seen)
+	}
 	b.offline.Store(false)
 	if seen := calls(t, client, context.Background(), 100, 1); seen["b"] != 0 {
 		t.Fatalf("b still picked after its flag: %v", seen)
@@ -232,26 +273,25 @@ func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 	if err := b.reg.Deregister(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	c.waitRecord("b gone", func(in []registry.Instance) bool { return len(in) == 1 })
+	client.waitRecord("b gone", func(in map[string]balancer.EndpointInfo) bool { _, ok := in["b"]; return !ok })
 	if err := b.reg.Register(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if !b.reg.Instance().Equal(before) {
 		t.Fatal("re-registration changed b's record; the test needs it identical")
 	}
-	c.waitRecord("b back", func(in []registry.Instance) bool { return len(in) == 2 })
-	if seen := calls(t, client, context.Background(), 400, 2); seen["b"] < 150 {
-		t.Fatalf("b is back but not picked: %v", seen)
-	}
+	client.waitRecord("b back", func(in map[string]balancer.EndpointInfo) bool { _, ok := in["b"]; return ok })
+	// b reconnects; a mark that outlived its departure would keep it out of every picker.
+	client.waitPicks("b picked again (it is back with the record it was marked under)", context.Background(),
+		func(seen map[string]int) bool { return seen["b"] > 0 })
+	seen := calls(t, client, context.Background(), fibRPCs, 2)
+	checkShare(t, "b back: calls to b", seen["b"], fibRPCs, 0.5)
 }
 
 // silentListener accepts TCP connections and never answers, so gRPC stays CONNECTING.
 func silentListener(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testutil.Listen(t)
 	var conns []net.Conn
 	done := make(chan struct{})
 	go func() {
@@ -275,28 +315,24 @@ func silentListener(t *testing.T) string {
 }
 
 func TestStickyWaitsForItsColorToConnectAndFallsBackWhenItFails(t *testing.T) {
+	decided, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	blueAt := func(c *cluster, id, addr string) {
+		in := colored(id, registry.ColorBlue, 50)
+		in.App, in.Addr = "greeter", addr
+		c.register(in)
+	}
+
+	// blue-1 is registered but still connecting: a request decided blue waits for it.
 	c := newCluster(t)
 	c.start(colored("green-1", registry.ColorGreen, 50))
 	client := c.dial()
-	calls(t, client, context.Background(), 10, 1) // green is ready
-
-	// blue-1 is registered but still connecting: a request decided blue waits for it.
-	reg := func(id, addr string) {
-		in := colored(id, registry.ColorBlue, 50)
-		in.App, in.Addr = "greeter", addr
-		r, err := registry.NewRegistrar(registry.Config{Client: c.cli, Instance: in, Logger: silent})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = r.Close(context.Background()) })
-		if err := r.Register(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+	client.waitReady(context.Background(), "green-1")
+	blueAt(c, "blue-1", silentListener(t))
+	picker := client.waitRecord("blue-1", func(in map[string]balancer.EndpointInfo) bool { _, ok := in["blue-1"]; return ok })
+	if seen := client.picks(picker, decided, 100); seen["error: "+gbalancer.ErrNoSubConnAvailable.Error()] != 100 {
+		t.Fatalf("picks decided blue while blue connects: %v, want all to wait (ErrNoSubConnAvailable)", seen)
 	}
-	reg("blue-1", silentListener(t))
-	c.waitRecord("blue-1", func(in []registry.Instance) bool { return len(in) == 2 })
-	decided, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
-	ctx, cancel := context.WithTimeout(decided, 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(decided, 100*time.Millisecond)
 	defer cancel()
 	resp, err := client.SayHello(ctx, &greeterpb.HelloRequest{})
 	if err == nil {
@@ -307,17 +343,16 @@ func TestStickyWaitsForItsColorToConnectAndFallsBackWhenItFails(t *testing.T) {
 	}
 
 	// Now blue's only instance refuses connections: crossing beats failing.
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln := testutil.Listen(t)
 	refused := ln.Addr().String()
 	_ = ln.Close()
 	c2 := newCluster(t)
 	c2.start(colored("green-1", registry.ColorGreen, 50))
-	c = c2
-	client = c.dial()
-	calls(t, client, context.Background(), 10, 1)
-	reg("blue-2", refused)
-	c.waitRecord("blue-2", func(in []registry.Instance) bool { return len(in) == 2 })
-	time.Sleep(300 * time.Millisecond) // the dial fails at once: blue-2 in TRANSIENT_FAILURE
+	client = c2.dial()
+	client.waitReady(context.Background(), "green-1")
+	blueAt(c2, "blue-2", refused)
+	client.waitRecord("blue-2", func(in map[string]balancer.EndpointInfo) bool { _, ok := in["blue-2"]; return ok })
+	client.waitSubConn("blue-2", connectivity.TransientFailure) // the dial fails at once
 	if seen := calls(t, client, decided, 20, 1); seen["green-1"] != 20 {
 		t.Fatalf("with blue failing, decided-blue requests went to %v; want green", seen)
 	}

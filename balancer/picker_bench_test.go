@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	"math/big"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 
@@ -81,6 +84,58 @@ func TestIndexFollowsWeights(t *testing.T) {
 	}
 	if counts[0] != 1000 || counts[1] != 1000 || counts[2] != 1000 {
 		t.Errorf("all-zero weights: %v, want an even split", counts)
+	}
+}
+
+// TestFibonacciWindows checks what the tests of package balancer_test rely on to compare
+// pick and call counts with a tolerance that cannot flake: any F(m) consecutive picks, from
+// wherever the counter stands, give every endpoint F(m) × its weight share ±2 (not
+// reaching 2). The reason: the pick sequence is k·α mod 1, α = 0x9E3779B97F4A7C15 / 2^64,
+// whose continued fraction starts [0; 1, 1, …] with 44 ones (checked here), so its
+// convergents' denominators are the Fibonacci numbers up to F(45) ≈ 1.1e9. q consecutive points,
+// q such a denominator, each lie within 1/q' (q' the next one) of a distinct point of a
+// lattice of spacing 1/q, all moved the same way: an interval of length x holds q·x of the
+// lattice points ±1, and the move changes that by at most one more.
+func TestFibonacciWindows(t *testing.T) {
+	r := new(big.Rat).SetFrac(new(big.Int).SetUint64(0x9E3779B97F4A7C15), new(big.Int).Lsh(big.NewInt(1), 64))
+	for i := 0; i <= 44; i++ {
+		a := new(big.Int).Quo(r.Num(), r.Denom())
+		if want := min(i, 1); a.Cmp(big.NewInt(int64(want))) != 0 {
+			t.Fatalf("partial quotient %d of α is %v, want %d", i, a, want)
+		}
+		r.Sub(r, new(big.Rat).SetInt(a))
+		r.Inv(r)
+	}
+
+	weights := [][]float64{
+		{1, 99}, {10, 90}, {50, 50}, {99, 1}, // a blue percent
+		{100.0 / 99, 100}, {100, 100.0 / 99}, // traffic weights at 1 % and 99 %
+		{1, 0, 3, 6}, {300, 100}, {100, 0.25}, {100, 101}, {0.01, 1},
+		{7, 1, 5, 2, 9, 4, 4, 0.5},
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	offsets := []uint64{0, 1, 1 << 32, 1<<63 + 12345, math.MaxUint64 - 100}
+	for range 5 {
+		offsets = append(offsets, rng.Uint64())
+	}
+	for _, ws := range weights {
+		var s weightedSet
+		for _, w := range ws {
+			s.add(fixedPicker{}, nil, w)
+		}
+		for _, n := range []int{377, 610, 10_946} {
+			for _, k0 := range offsets {
+				counts := make([]int, len(ws))
+				for k := k0 + 1; k != k0+1+uint64(n); k++ {
+					counts[s.index(k)]++
+				}
+				for i, w := range ws {
+					if want := float64(n) * w / s.total; math.Abs(float64(counts[i])-want) >= 2 {
+						t.Errorf("weights %v, %d picks from %d: endpoint %d got %d, want %.2f ±2", ws, n, k0, i, counts[i], want)
+					}
+				}
+			}
+		}
 	}
 }
 

@@ -17,8 +17,8 @@ func BenchmarkThroughput(b *testing.B) {
 		c.start(registry.Instance{ID: fmt.Sprintf("g-%d", i)})
 	}
 	clients := map[string]greeterpb.GreeterClient{
-		"round_robin":         c.dial(func(rc *registry.ResolverConfig) { rc.ServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}` }),
-		"switchyard_weighted": c.dial(),
+		"round_robin":         c.dialWith(func(rc *registry.ResolverConfig) { rc.ServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}` }),
+		"switchyard_weighted": c.dialWith(),
 	}
 	for _, policy := range []string{"round_robin", "switchyard_weighted"} {
 		client := clients[policy]
