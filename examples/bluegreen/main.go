@@ -7,6 +7,13 @@
 // v2 order calls a method that only v2 inventory has (SayHellos); a v2 order meeting a v1
 // inventory would fail with Unimplemented, which the demo counts as a sticky violation.
 //
+// Order instances also consume an MQ topic and inventory instances run a sharded job; the
+// verdict counts work done on a drained color from events, not from when a phase began: an
+// MQ message handled by a consumer after it left its groups for the drain, and a job run
+// claimed for a trigger after the executor's rule client showed the drain and before the rule
+// write that ended it. Each phase's load begins once its step has taken effect (every
+// instance's rule client shows the new rule; the drained color has seen its drain).
+//
 //	go run ./examples/bluegreen            # ~30 s
 //	go run ./examples/bluegreen -phase 500ms
 //	go run ./examples/bluegreen -naive     # first the same release done naively, for comparison
@@ -78,6 +85,13 @@ type demo struct {
 	mu      sync.Mutex
 	insts   map[string]*lifecycle.Instance // "order/blue" → instance
 	closers map[string]func()              // what closes its components' connections
+	watched map[string]*watched            // "order/blue" → what its components saw
+	execs   map[string]*watched            // executor ID → its instance's, for the job verdict
+	// For the job verdict: the color drained in the current phase, the rule revision at which
+	// each color's drain ended, and the job's claims by key.
+	drained    string
+	undrainRev map[string]int64
+	claims     map[string]claim
 }
 
 // server is one instance of gateway, order or inventory.
@@ -163,9 +177,131 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 	return nil
 }
 
+// watched is what the demo sees of one instance's MQ consumer or job executor, for the
+// verdict, from events the code controls rather than from the time a phase began: the rule
+// client lifecycle gave the component (the one it reads drains from), when that client
+// first showed the instance's color drained, and, for a consumer, whether it has left its
+// groups because of the drain.
+type watched struct {
+	app, id, color string
+	mu             sync.Mutex
+	rules          *traffic.Client
+	drainSeen      time.Time // zero until the rule client showed the color drained
+	left           bool      // consumer: in no group (drained, or stopped); a message handled now is a violation
+}
+
+// drainedNow reports whether the instance's rule client shows its color drained, and notes
+// the first time it did.
+func (w *watched) drainedNow() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rules == nil {
+		return false
+	}
+	r, ok := w.rules.ChannelOf(w.app)
+	drained := ok && ((w.color == "blue" && traffic.EffectivePercent(r) == 0) || (w.color == "green" && traffic.EffectivePercent(r) == 100))
+	if drained && w.drainSeen.IsZero() {
+		w.drainSeen = time.Now()
+	}
+	return drained
+}
+
+// revision is the rule revision the instance's rule client reflects.
+func (w *watched) revision() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.rules == nil {
+		return 0
+	}
+	return w.rules.Revision()
+}
+
+func (w *watched) useRules(rules *traffic.Client) {
+	w.mu.Lock()
+	w.rules = rules
+	w.mu.Unlock()
+}
+
+// watchedConsumer is an mq.Consumer that tells its watched when it has left its groups.
+type watchedConsumer struct {
+	*mq.Consumer
+	w *watched
+}
+
+func (c *watchedConsumer) UseRules(rules *traffic.Client, app string, color registry.Color) {
+	c.w.useRules(rules)
+	c.Consumer.UseRules(rules, app, color)
+}
+
+func (c *watchedConsumer) Start(ctx context.Context) error {
+	c.w.drainedNow()
+	err := c.Consumer.Start(ctx)
+	c.setLeft()
+	return err
+}
+
+func (c *watchedConsumer) Stop(ctx context.Context) error {
+	err := c.Consumer.Stop(ctx)
+	c.setLeft()
+	return err
+}
+
+// HandleEvent: while the consumer reconciles, it may join groups again (an undrain), so
+// left is cleared first — it has no group then, so nothing is handled meanwhile — and set
+// again if it is in none after.
+func (c *watchedConsumer) HandleEvent(e traffic.Event) {
+	c.w.drainedNow()
+	c.w.mu.Lock()
+	c.w.left = false
+	c.w.mu.Unlock()
+	c.Consumer.HandleEvent(e)
+	c.setLeft()
+}
+
+func (c *watchedConsumer) setLeft() {
+	left := len(c.Consumer.Groups()) == 0
+	c.w.mu.Lock()
+	c.w.left = left
+	c.w.mu.Unlock()
+}
+
+func (w *watched) hasLeft() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.left
+}
+
+// watchedExecutor is a job.Executor whose watched notes when its rule client showed the
+// drain: at Start (an instance started while its color is drained) and at every rule event.
+type watchedExecutor struct {
+	*job.Executor
+	w *watched
+}
+
+func (x *watchedExecutor) UseRules(rules *traffic.Client, app string, color registry.Color) {
+	x.w.useRules(rules)
+	x.Executor.UseRules(rules, app, color)
+}
+
+func (x *watchedExecutor) Start(ctx context.Context) error {
+	x.w.drainedNow()
+	return x.Executor.Start(ctx)
+}
+
+func (x *watchedExecutor) HandleEvent(e traffic.Event) {
+	x.w.drainedNow()
+	x.Executor.HandleEvent(e)
+}
+
 // components are what an instance runs besides RPCs: order instances consume "orders.events"
 // in group "audit"; inventory instances run the sharded job "reconcile" (4 items, every 100 ms).
 func (d *demo) components(app, id, color string) ([]lifecycle.Component, func(), error) {
+	w := &watched{app: app, id: id, color: color}
+	if app == "order" || app == "inventory" {
+		d.mu.Lock()
+		d.watched[app+"/"+color] = w
+		d.mu.Unlock()
+	}
 	switch app {
 	case "order":
 		nc, err := nats.Connect(d.nats.URL(), nats.MaxReconnects(-1))
@@ -178,12 +314,18 @@ func (d *demo) components(app, id, color string) ([]lifecycle.Component, func(),
 			return nil, nil, err
 		}
 		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: b, Topic: "orders.events", Group: "audit", Logger: d.log,
-			Handler: func(context.Context, mq.Message) error { d.work.add("mq", color); return nil }})
+			Handler: func(context.Context, mq.Message) error {
+				d.work.add("mq", color)
+				if w.hasLeft() { // delivered after the consumer left its groups for the drain
+					d.work.violation(fmt.Sprintf("%s handled a message after leaving its groups", id))
+				}
+				return nil
+			}})
 		if err != nil {
 			nc.Close()
 			return nil, nil, err
 		}
-		return []lifecycle.Component{c}, nc.Close, nil
+		return []lifecycle.Component{&watchedConsumer{c, w}}, nc.Close, nil
 	case "inventory":
 		ex, err := job.NewExecutor(job.Config{Client: d.cli, ID: id, TTL: 2 * time.Second, Logger: d.log,
 			Job: job.Job{Name: "reconcile", Every: 100 * time.Millisecond, Items: 4,
@@ -191,36 +333,49 @@ func (d *demo) components(app, id, color string) ([]lifecycle.Component, func(),
 		if err != nil {
 			return nil, nil, err
 		}
-		return []lifecycle.Component{ex}, func() {}, nil
+		d.mu.Lock()
+		d.execs[id] = w
+		d.mu.Unlock()
+		return []lifecycle.Component{&watchedExecutor{ex, w}}, func() {}, nil
 	}
 	return nil, func() {}, nil
 }
 
-// workLog counts MQ messages handled and job runs, by color, since the phase began.
+// workLog counts MQ messages handled and job runs, by color, since the phase began, and the
+// work done on a drained color (violations; the first few described in why).
 type workLog struct {
-	mu     sync.Mutex
-	counts map[string]int // "mq/blue" → n
-	// drained is the color drained in the current phase (work by it counts as a violation
-	// after grace); "" for none.
-	drained    string
-	grace      time.Time
+	mu         sync.Mutex
+	counts     map[string]int // "mq/blue" → n
 	violations int
+	why        []string
 }
 
 func (w *workLog) add(kind, color string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.counts[kind+"/"+color]++
-	if color != "" && color == w.drained && time.Now().After(w.grace) {
-		w.violations++
+}
+
+func (w *workLog) violation(why string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.violations++
+	if len(w.why) < 5 {
+		w.why = append(w.why, why)
 	}
 }
 
-// phase starts counting a new phase in which drained (or nobody) is drained.
-func (w *workLog) phase(drained string) {
+// phase starts counting a new phase.
+func (w *workLog) phase() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.counts, w.drained, w.grace = map[string]int{}, drained, time.Now().Add(300*time.Millisecond)
+	w.counts = map[string]int{}
+}
+
+func (w *workLog) reasons() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.why)
 }
 
 func (w *workLog) summary() (string, int) {
@@ -329,7 +484,8 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 	defer ns.Close()
 	work := &workLog{counts: map[string]int{}}
 	d := &demo{cli: cli, rules: rules, log: log, nats: ns, work: work,
-		insts: map[string]*lifecycle.Instance{}, closers: map[string]func(){}}
+		insts: map[string]*lifecycle.Instance{}, closers: map[string]func(){},
+		watched: map[string]*watched{}, execs: map[string]*watched{}, undrainRev: map[string]int64{}, claims: map[string]claim{}}
 	defer func() {
 		for key := range d.insts {
 			app, color, _ := strings.Cut(key, "/")
@@ -403,8 +559,20 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		{"restart green as v2", func() error { return restart("green") }, "green"},
 		{"finish (all v2, 50/50)", func() error { _, err := ctl.Finish(ctx, "trade"); return err }, ""},
 	}
+	for k := range phases { // each phase's load begins once its step has taken effect
+		st := phases[k]
+		phases[k].do = func() error {
+			if err := st.do(); err != nil {
+				return err
+			}
+			return d.afterStep(ctx, st.drained)
+		}
+	}
 	var total stats
 	if err := l.run(out, phase, phases, &total); err != nil {
+		return false, err
+	}
+	if err := d.judgeJobs(ctx); err != nil {
 		return false, err
 	}
 	_, drainedWork := work.summary()
@@ -415,7 +583,127 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 	}
 	fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations; %d messages or job runs on a drained color\n",
 		verdict, total.n, total.failed, total.violations, drainedWork)
+	for _, why := range work.reasons() {
+		fmt.Fprintln(out, "   on a drained color:", why)
+	}
 	return ok, nil
+}
+
+// afterStep waits until a step has taken effect where the verdict looks — every instance's
+// rule client shows the rule the step wrote, and every instance of the drained color (if
+// any) has seen the drain, its consumer out of every group — then collects the job's claims
+// so far. When a step ends a color's drain, it notes the revision of that rule write: the
+// job verdict's bound.
+func (d *demo) afterStep(ctx context.Context, drained string) error {
+	resp, err := d.cli.Get(ctx, traffic.Key(registry.DefaultPrefix, "trade"))
+	if err != nil {
+		return err
+	}
+	var rev int64
+	if len(resp.Kvs) > 0 {
+		rev = resp.Kvs[0].ModRevision
+	}
+	d.mu.Lock()
+	if d.drained != "" && d.drained != drained {
+		d.undrainRev[d.drained] = rev
+	}
+	d.drained = drained
+	var ws []*watched
+	for _, w := range d.watched {
+		ws = append(ws, w)
+	}
+	d.mu.Unlock()
+	what := "every instance to follow the rule"
+	if drained != "" {
+		what += " and " + drained + " to be drained everywhere"
+	}
+	if err := waitFor(ctx, what, func() bool {
+		for _, w := range ws {
+			if w.revision() < rev {
+				return false
+			}
+			if drained != "" && w.color == drained && (!w.drainedNow() || (w.app == "order" && !w.hasLeft())) {
+				return false
+			}
+		}
+		return true
+	}); err != nil {
+		return err
+	}
+	return d.collectClaims(ctx)
+}
+
+// waitFor polls cond until it holds, for at most 30 s.
+func waitFor(ctx context.Context, what string, cond func() bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// claim is one run of the job: the executor claimed item for the trigger at revision rev.
+type claim struct {
+	exec    string
+	item    string
+	trigger time.Time
+	rev     int64
+}
+
+// claimsPrefix is where the job keeps its claims, runs/<item>/<trigger, unix ms> → executor
+// ID (job's package doc); they live 2 minutes, so the demo collects them after every step.
+var claimsPrefix = registry.DefaultPrefix + "/jobs/reconcile/runs/"
+
+func (d *demo) collectClaims(ctx context.Context) error {
+	resp, err := d.cli.Get(ctx, claimsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, kv := range resp.Kvs {
+		item, ms, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), claimsPrefix), "/")
+		t, err := strconv.ParseInt(ms, 10, 64)
+		if !ok || err != nil {
+			return fmt.Errorf("unexpected job claim key %q", kv.Key)
+		}
+		d.claims[string(kv.Key)] = claim{exec: string(kv.Value), item: item, trigger: time.UnixMilli(t), rev: kv.CreateRevision}
+	}
+	return nil
+}
+
+// judgeJobs counts the job runs made on a drained color: a claim by an executor for a trigger
+// after its rule client showed its color drained (an executor acts on a trigger only once
+// it passed, so it decided to run with the drain in view), committed before the rule write
+// that ended the drain (so it cannot have seen the end). Each color is drained once in this
+// release. A run claimed just before the drain reached the executor is not one, however
+// late it runs.
+func (d *demo) judgeJobs(ctx context.Context) error {
+	if err := d.collectClaims(ctx); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range d.claims {
+		w := d.execs[c.exec]
+		if w == nil {
+			continue
+		}
+		w.mu.Lock()
+		seen := w.drainSeen
+		w.mu.Unlock()
+		end := d.undrainRev[w.color]
+		if !seen.IsZero() && c.trigger.After(seen) && (end == 0 || c.rev < end) {
+			d.work.violation(fmt.Sprintf("%s ran item %s for the trigger at %s, %v after its rule client showed %s drained",
+				c.exec, c.item, c.trigger.Format("15:04:05.000"), c.trigger.Sub(seen).Round(time.Millisecond), w.color))
+		}
+	}
+	return nil
 }
 
 type step struct {
@@ -469,7 +757,7 @@ func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stat
 		s := newStats()
 		l.cur.Store(s)
 		if l.work != nil {
-			l.work.phase(st.drained)
+			l.work.phase()
 		}
 		if err := st.do(); err != nil {
 			return fmt.Errorf("%s: %w", st.name, err)
