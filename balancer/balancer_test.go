@@ -153,13 +153,19 @@ func TestStickyRequestsNeverCrossColors(t *testing.T) {
 	c.start(colored("green-1", registry.ColorGreen, 0))
 	c.start(colored("green-2", registry.ColorGreen, 0))
 	client := c.dial()
+	decided := map[registry.Color]context.Context{}
 	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
 		ctx, err := traffic.WithDecision(context.Background(), "trade", color)
 		if err != nil {
 			t.Fatal(err)
 		}
+		decided[color] = ctx
+		client.waitReady(ctx, string(color)+"-1", string(color)+"-2")
+	}
+	// All four READY: no new picker (with its endpoints in another order) during the calls.
+	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
+		ctx := decided[color]
 		id1, id2 := string(color)+"-1", string(color)+"-2"
-		client.waitReady(ctx, id1, id2)
 		seen := calls(t, client, ctx, fibRPCs, 4)
 		if seen[id1]+seen[id2] != fibRPCs {
 			t.Fatalf("requests decided %s went to %v", color, seen)

@@ -239,7 +239,7 @@ func (cl *client) waitRecord(what string, ok func(map[string]balancer.EndpointIn
 		cl.obs.mu.Lock()
 		defer cl.obs.mu.Unlock()
 		p = cl.obs.picker
-		return cl.obs.applied != nil && cl.obs.seq >= cl.obs.appliedSeq && ok(cl.obs.applied)
+		return cl.obs.applied != nil && ok(cl.obs.applied)
 	})
 	return p
 }
@@ -390,7 +390,7 @@ func (b *observedBalancer) UpdateClientConnState(s gbalancer.ClientConnState) er
 	b.obs.mu.Unlock()
 	err := b.inner.UpdateClientConnState(gbalancer.ClientConnState{ResolverState: s.ResolverState})
 	b.obs.mu.Lock()
-	b.obs.applied, b.obs.appliedSeq = infos, b.obs.seq
+	b.obs.applied = infos
 	b.obs.mu.Unlock()
 	return err
 }
@@ -427,8 +427,7 @@ type observer struct {
 	scState              map[gbalancer.SubConn]connectivity.State // until it shuts down
 	picker               gbalancer.Picker                         // the last one sent
 	seq                  int                                      // pickers sent
-	applied              map[string]balancer.EndpointInfo
-	appliedSeq           int // seq when the balancer returned from applying `applied`
+	applied              map[string]balancer.EndpointInfo         // the last resolver state it has applied, by id
 }
 
 // NewSubConn notes which address the SubConn dials, and records its connectivity states
