@@ -137,7 +137,10 @@ func (e *Executor) Start(ctx context.Context) error {
 	e.sess, e.claims, e.cancel, e.started = sess, claims, cancel, true
 	assignW := kvwatch.New(kvwatch.Config[assignment]{
 		Client: e.cfg.Client, Prefix: e.keys.assignment, Decode: decodeAssignment,
-		Equal: func(a, b assignment) bool { return reflect.DeepEqual(a, b) }, PerEvent: true,
+		// Every write is news, even of the same bytes (a leader that took over with a stale
+		// view rewrites what its predecessor wrote): claims check the revision, so a view
+		// left at the old one would have every claim refused from then on.
+		Equal: func(a, b assignment) bool { return false }, PerEvent: true,
 		OnChange: e.onAssignment, RequestTimeout: 5 * time.Second, Logger: e.log,
 	})
 	execW := kvwatch.New(kvwatch.Config[executorRecord]{

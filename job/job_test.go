@@ -425,6 +425,25 @@ func TestLeaderLossAndAKilledExecutor(t *testing.T) {
 	v.accounted()
 }
 
+// A leader that takes over with a view one version behind may write just what its
+// predecessor wrote: the same bytes, at a new revision. Executors must follow the revision,
+// which their claims check, or every claim is refused from then on and the job stops.
+func TestARewriteOfTheSameAssignmentKeepsTheJobRunning(t *testing.T) {
+	t.Parallel()
+	v := newEnv(t)
+	v.startAll(long, "green-1", "green-2")
+	v.assigned("green-1", "green-2")
+	v.ran(v.trigger())
+	a := v.get(keys + "assignment").Kvs[0]
+	if _, err := v.direct.Put(context.Background(), string(a.Key), string(a.Value)); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		v.ran(v.trigger())
+	}
+	v.accounted()
+}
+
 // waitClosed waits for ch to be closed.
 func waitClosed(t *testing.T, what string, ch <-chan struct{}) {
 	t.Helper()
