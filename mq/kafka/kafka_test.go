@@ -31,7 +31,7 @@ const partitions = 4
 // members have noticed.
 func cluster(t testing.TB) (seeds []string, c *kfake.Cluster, o *outage) {
 	t.Helper()
-	o = &outage{members: map[string]bool{}}
+	o = &outage{last: map[string]int16{}}
 	if env := os.Getenv("SWITCHYARD_KAFKA_BROKERS"); env != "" {
 		return strings.Split(env, ","), nil, o
 	}
@@ -48,12 +48,13 @@ func cluster(t testing.TB) (seeds []string, c *kfake.Cluster, o *outage) {
 }
 
 // outage: while down, kfake refuses every request by closing the client's connection.
-// members maps every consumer group member that has heartbeated to whether a request of
-// its has been refused since the outage began; mu guards it.
+// last maps every consumer group member to the kind of its last group request, and refused
+// holds the members refused since the outage began; mu guards them and down's changes.
 type outage struct {
 	down    atomic.Bool
 	mu      sync.Mutex
-	members map[string]bool
+	last    map[string]int16
+	refused map[string]bool
 }
 
 // see notes the member a group request comes from and returns the error that refuses it
@@ -70,15 +71,16 @@ func (o *outage) see(req kmsg.Request) error {
 	case *kmsg.OffsetCommitRequest:
 		group, id = r.Group, r.MemberID
 	}
-	member := ""
-	if id != "" {
-		member = group + "/" + id
-	}
-	down := o.down.Load()
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if _, known := o.members[member]; known || (member != "" && !down) {
-		o.members[member] = o.members[member] || down
+	down := o.down.Load()
+	if id != "" {
+		member := group + "/" + id
+		if down {
+			o.refused[member] = true
+		} else {
+			o.last[member] = req.Key()
+		}
 	}
 	if down {
 		return errors.New("broker down (test)")
@@ -86,26 +88,37 @@ func (o *outage) see(req kmsg.Request) error {
 	return nil
 }
 
-// begin takes the broker down; noticed reports whether every member it knew has been
-// refused since.
-func (o *outage) begin() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	for m := range o.members {
-		o.members[m] = false
-	}
-	o.down.Store(true)
+// begin takes the broker down at a moment when every group is stable: each member's last
+// request was a heartbeat, so none has a join or sync waiting in kfake for the others, and
+// each will send another request (and have it refused) within a heartbeat interval.
+func (o *outage) begin(t testing.TB) {
+	testutil.Eventually(t, "every group member heartbeating (the groups stable)", func() bool {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		for _, k := range o.last {
+			if k != kmsg.Heartbeat.Int16() {
+				return false
+			}
+		}
+		if len(o.last) == 0 {
+			return false
+		}
+		o.refused = map[string]bool{}
+		o.down.Store(true)
+		return true
+	})
 }
 
+// noticed reports whether every member has been refused since the outage began.
 func (o *outage) noticed() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for _, refused := range o.members {
-		if !refused {
+	for m := range o.last {
+		if !o.refused[m] {
 			return false
 		}
 	}
-	return len(o.members) > 0
+	return true
 }
 
 // brokers makes a broker client per instance. Group members heartbeat every 100 ms rather
@@ -142,15 +155,15 @@ func TestIsolationAcrossADrain(t *testing.T) {
 	mqtest.TestIsolationAcrossADrain(t, brokers(seeds))
 }
 
-// TestBrokerOutage: kfake refuses every request until it has refused one from every group
-// member (they heartbeat every 100 ms), then serves again.
+// TestBrokerOutage: once the groups are stable, kfake refuses every request until it has
+// refused one from every group member (they heartbeat every 100 ms), then serves again.
 func TestBrokerOutage(t *testing.T) {
 	seeds, c, o := cluster(t)
 	if c == nil {
 		t.Skip("a real cluster cannot be taken down from here")
 	}
 	mqtest.TestBrokerOutage(t, brokers(seeds), func() {
-		o.begin()
+		o.begin(t)
 		testutil.Eventually(t, "every group member refused by the broker", o.noticed)
 	}, func() { o.down.Store(false) })
 }
