@@ -2,8 +2,6 @@ package mq_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -20,7 +18,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var silent = slog.New(slog.NewTextHandler(io.Discard, nil))
+var silent = testutil.Silent
 
 type got struct {
 	mu  sync.Mutex

@@ -2,12 +2,11 @@ package kafka_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/kafka"
 	"github.com/switchyard-go/switchyard/registry"
@@ -58,7 +57,7 @@ func BenchmarkConsume(b *testing.B) {
 				stop = sub.Stop
 			} else {
 				c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: brk, Topic: topic, Group: group, Color: registry.ColorBlue,
-					Handler: handler, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+					Handler: handler, Logger: testutil.Silent})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -9,8 +9,6 @@ package mqtest
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -26,8 +24,6 @@ import (
 
 // NewBroker returns a broker client for one instance (its own connection), closed at cleanup.
 type NewBroker func(t testing.TB) mq.Broker
-
-var silent = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // processed records who handled which message when. Markers (settle) are counted apart.
 // While hold is not nil, blue instances' handlers wait for it to close (held counts them),
@@ -126,7 +122,7 @@ func newRig(t *testing.T, newBroker NewBroker, topic string, perColor int) *rig 
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	ctx := context.Background()
-	rules, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: silent})
+	rules, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +139,7 @@ func newRig(t *testing.T, newBroker NewBroker, topic string, perColor int) *rig 
 		for k := 1; k <= perColor; k++ {
 			in := &instance{name: fmt.Sprintf("%s-%d", color, k), color: color}
 			c, err := mq.NewConsumer(mq.ConsumerConfig{
-				Broker: newBroker(t), Topic: topic, Group: "billing", Logger: silent,
+				Broker: newBroker(t), Topic: topic, Group: "billing", Logger: testutil.Logger(t),
 				Handler: func(_ context.Context, m mq.Message) error {
 					if in.color == registry.ColorBlue {
 						r.proc.wait()

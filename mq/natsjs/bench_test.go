@@ -3,13 +3,12 @@ package natsjs_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/switchyard-go/switchyard/internal/natstest"
+	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/natsjs"
 	"github.com/switchyard-go/switchyard/registry"
@@ -63,7 +62,7 @@ func BenchmarkConsume(b *testing.B) {
 		var n atomic.Int64
 		done := make(chan struct{})
 		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: brk, Topic: topic, Group: "billing", Color: registry.ColorBlue,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Logger: testutil.Silent,
 			Handler: func(context.Context, mq.Message) error {
 				if n.Add(1) == int64(b.N) {
 					close(done)
