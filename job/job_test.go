@@ -3,6 +3,7 @@ package job_test
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"maps"
 	"slices"
@@ -23,7 +24,18 @@ import (
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The tests spend their time waiting for etcd's leases to expire in real time, not on the
+// CPU, so they all run at once unless -test.parallel says otherwise (its default, GOMAXPROCS,
+// would queue them two by two on a 2-core machine).
+func TestMain(m *testing.M) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "8")
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // The tests' job: 8 items and a trigger every 200 ms of a fake clock that the test moves.
 // Session leases are etcd's, so they expire in real time: an executor that is to lose its
