@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/url"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -22,7 +24,18 @@ import (
 	"github.com/switchyard-go/switchyard/registry"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// Most tests here spend their time waiting on etcd's clock (a lease TTL running out),
+	// not computing; let them wait side by side rather than GOMAXPROCS at a time, unless
+	// -parallel says otherwise.
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "32")
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // testTTL is the lease TTL register uses unless a test asks for shortTTL: long enough that a
 // loaded machine never lets a kept-alive lease lapse between two keepalives.
@@ -203,46 +216,106 @@ func mustParse(t testing.TB, s string) *url.URL {
 	return u
 }
 
-// pastTTL waits, on etcd's clock rather than the test's, until etcd has had the time to
-// expire every lease of TTL ttl that no keepalive renewed after pastTTL was called. It grants
-// a probe lease of twice ttl and returns once etcd has revoked it. The margin of one ttl
-// covers etcd's expiry sweep (every 500 ms; leases found expired in one sweep are revoked
-// concurrently) and the extension etcd gives every lease when it restarts, so a lease that
-// was not renewed is revoked well before the probe. direct must reach etcd.
-func pastTTL(t testing.TB, direct *clientv3.Client, ttl time.Duration) {
+// keepAliveClient is a client of e through its proxy for registrars whose keepalives a test
+// follows: it records every renewal etcd answers (see renewals). It differs from etcdtest's
+// client in two ways that only make a test quicker. Its keepalives give up sooner on a lease
+// they never had an answer for: etcd's client closes a keepalive that got no answer within
+// the TTL, but waits DialTimeout+1s (3s with etcdtest's client) for the first answer, so a
+// test that stops etcd soon after registering sees the lease lost after about the TTL either
+// way. And it reconnects within 100 ms of etcd coming back rather than 500 ms.
+func keepAliveClient(t testing.TB, e *etcdtest.Server) (*clientv3.Client, *renewals) {
 	t.Helper()
-	ctx := context.Background()
-	probe, err := direct.Grant(ctx, int64(2*ttl/time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, fmt.Sprintf("etcd to expire a probe lease of %v", 2*ttl), func() bool {
-		resp, err := direct.TimeToLive(ctx, probe.ID)
-		return err == nil && resp.TTL == -1
-	})
-}
-
-// keepAliveClient is a client of e through its proxy whose keepalives give up sooner on a
-// lease they never had an answer for: etcd's client closes a keepalive that got no answer
-// within the TTL, but waits DialTimeout+1s (3s with etcdtest's client) for the first answer.
-// A test that stops etcd soon after registering uses it to see the lease lost after about
-// the TTL either way.
-func keepAliveClient(t testing.TB, e *etcdtest.Server) *clientv3.Client {
-	t.Helper()
+	rn := &renewals{last: map[clientv3.LeaseID]time.Time{}}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   e.Endpoints(),
 		DialTimeout: 100 * time.Millisecond, // the first keepalive waits 1.1s for an answer
 		Logger:      zap.NewNop(),
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
-			MinConnectTimeout: time.Second,
-		})},
+		DialOptions: []grpc.DialOption{
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 100 * time.Millisecond},
+				MinConnectTimeout: time.Second,
+			}),
+			grpc.WithChainStreamInterceptor(rn.intercept),
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return c, rn
+}
+
+// renewals records when etcd renewed the leases a client keeps alive: for each lease, the
+// latest keepalive etcd answered with a positive TTL, stamped with the time its request was
+// sent. etcd renewed the lease no earlier than that, and it answers a keepalive of a lease
+// that has expired with TTL 0 or "not found", so such a renewal proves the lease was alive
+// at that time.
+type renewals struct {
+	mu   sync.Mutex
+	last map[clientv3.LeaseID]time.Time
+}
+
+// since waits until etcd has renewed lease id for a keepalive sent at t or later.
+func (rn *renewals) since(tb testing.TB, id clientv3.LeaseID, t time.Time) {
+	tb.Helper()
+	testutil.Eventually(tb, fmt.Sprintf("etcd to renew lease %x for a keepalive sent after %v", id, t.Format(time.StampMilli)), func() bool {
+		rn.mu.Lock()
+		defer rn.mu.Unlock()
+		return !rn.last[id].Before(t)
+	})
+}
+
+func (rn *renewals) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	s, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil || method != pb.Lease_LeaseKeepAlive_FullMethodName {
+		return s, err
+	}
+	return &keepAliveStream{ClientStream: s, rn: rn, sent: map[int64][]time.Time{}}, nil
+}
+
+// keepAliveStream matches the answers on one keepalive stream to its requests: etcd answers
+// the requests of a stream one by one, in order.
+type keepAliveStream struct {
+	grpc.ClientStream
+	rn *renewals
+
+	mu   sync.Mutex
+	sent map[int64][]time.Time // by lease: when the requests not answered yet were sent
+}
+
+func (s *keepAliveStream) SendMsg(m any) error {
+	if req, ok := m.(*pb.LeaseKeepAliveRequest); ok {
+		s.mu.Lock()
+		s.sent[req.ID] = append(s.sent[req.ID], time.Now())
+		s.mu.Unlock()
+	}
+	return s.ClientStream.SendMsg(m)
+}
+
+func (s *keepAliveStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	resp, ok := m.(*pb.LeaseKeepAliveResponse)
+	if err != nil || !ok {
+		return err
+	}
+	s.mu.Lock()
+	q := s.sent[resp.ID]
+	if len(q) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	sentAt := q[0]
+	s.sent[resp.ID] = q[1:]
+	s.mu.Unlock()
+	if resp.TTL > 0 {
+		id := clientv3.LeaseID(resp.ID)
+		s.rn.mu.Lock()
+		if sentAt.After(s.rn.last[id]) {
+			s.rn.last[id] = sentAt
+		}
+		s.rn.mu.Unlock()
+	}
+	return nil
 }
 
 // leaseAlive reports whether etcd still has lease id.

@@ -162,14 +162,15 @@ func TestConsumerReachesEveryInstanceAndStopsReachingADeregisteredOne(t *testing
 func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
-	cli, direct := keepAliveClient(t, e), e.DirectClient(t)
+	cli, direct := e.Client(t), e.DirectClient(t)
+	kaCli, renewed := keepAliveClient(t, e)
 	logs := map[string]*stateLog{}
 	var regs []*registry.Registrar
 	for _, id := range []string{"g-1", "g-2"} {
 		l := &stateLog{}
 		logs[id] = l
 		addr, _ := testutil.ServeGreeter(t, id)
-		regs = append(regs, register(t, cli, "greeter", id, addr, shortTTL, func(c *registry.Config) {
+		regs = append(regs, register(t, kaCli, "greeter", id, addr, shortTTL, func(c *registry.Config) {
 			c.OnStateChange = l.add
 		}))
 	}
@@ -199,17 +200,24 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 			return l.saw(registry.StateRegistered, registry.StateLost, registry.StateRegistered)
 		})
 	}
-	t.Logf("both instances registered again %v after etcd restarted", time.Since(restarted))
+	reregistered := time.Now()
+	t.Logf("both instances registered again %v after etcd restarted", reregistered.Sub(restarted))
 
-	// And they stay registered: once etcd has had the time to expire a lease that no
-	// keepalive renewed since now, both keys are in etcd on live leases.
-	pastTTL(t, direct, time.Second)
+	// And they stay registered: etcd renews each key's lease for a keepalive sent more than
+	// the TTL after both were registered again, and then the keys are still there, on those
+	// leases, and the registrars say registered.
 	for _, r := range regs {
 		resp, err := direct.Get(context.Background(), r.Key())
 		if err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("%s missing after recovery (err %v)", r.Key(), err)
 		}
-		if !leaseAlive(t, direct, clientv3.LeaseID(resp.Kvs[0].Lease)) {
+		lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+		renewed.since(t, lease, reregistered.Add(time.Second))
+		resp, err = direct.Get(context.Background(), r.Key())
+		if err != nil || len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != lease {
+			t.Fatalf("%s after its lease was renewed: %v (err %v); want it on lease %x", r.Key(), resp.Kvs, err, lease)
+		}
+		if !leaseAlive(t, direct, lease) {
 			t.Fatalf("%s: lease not alive after recovery", r.Key())
 		}
 		if r.State() != registry.StateRegistered {
