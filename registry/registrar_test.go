@@ -399,9 +399,8 @@ func TestWritesThatFailDuringAPartitionAreRetriedInTheBackground(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli, observer := e.Client(t), e.DirectClient(t)
 	rec := watch(t, observer, "order")
-	short := func(c *registry.Config) { c.RequestTimeout = 300 * time.Millisecond }
-	upd := register(t, cli, "order", "o-1", "127.0.0.1:9001", short)
-	dereg := register(t, cli, "order", "o-2", "127.0.0.1:9002", short)
+	upd := register(t, cli, "order", "o-1", "127.0.0.1:9001")
+	dereg := register(t, cli, "order", "o-2", "127.0.0.1:9002")
 	rec.waitFor(t, "both", hasIDs("o-1", "o-2"))
 
 	e.Cut()
