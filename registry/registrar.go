@@ -248,7 +248,8 @@ func (r *Registrar) State() State {
 // a lease and keeps the lease alive in the background until Deregister or Close. If the lease
 // is lost later (etcd unreachable for longer than the TTL), the Registrar re-registers by
 // itself once etcd is back. Register on a registered instance is a no-op; after Deregister it
-// registers again (checks and delay included).
+// registers again (checks and delay included). A Register that fails leaves the Registrar as
+// it was: unregistered, or, if its registration was lost, still re-registering by itself.
 func (r *Registrar) Register(ctx context.Context) error {
 	r.mu.Lock()
 	closed, registered := r.closed, r.want && r.state == StateRegistered
@@ -279,14 +280,17 @@ func (r *Registrar) Register(ctx context.Context) error {
 		r.mu.Unlock()
 		return ErrClosed
 	}
+	wanted := r.want
 	r.want = true
 	if r.inst.StartTime.IsZero() {
 		r.inst.StartTime = time.Now().UTC().Truncate(time.Millisecond)
 	}
 	r.mu.Unlock()
 	if err := r.syncLocked(ctx); err != nil {
+		// As it was before: a lost registration stays wanted (the keeper re-registers
+		// it), any other stays unregistered.
 		r.mu.Lock()
-		r.want = false
+		r.want = wanted
 		r.mu.Unlock()
 		return fmt.Errorf("registry: register %s: %w", r.key, err)
 	}
@@ -444,9 +448,11 @@ func (r *Registrar) syncLocked(ctx context.Context) error {
 		r.setState(StateRegistered, nil)
 	case err == nil:
 		r.setState(StateUnregistered, nil)
-	case want:
+	case want && r.State() != StateUnregistered:
 		r.setState(StateLost, err)
 	}
+	// A failed Register of an unregistered instance stays unregistered: nothing was lost,
+	// and Register reports the failure.
 	r.wake()
 	return err
 }

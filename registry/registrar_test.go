@@ -314,9 +314,10 @@ func TestRegisterWithoutEtcdFailsClearly(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()
+	l := &stateLog{}
 	r, err := registry.NewRegistrar(registry.Config{
 		Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
-		RequestTimeout: 300 * time.Millisecond, Logger: testutil.Logger(t),
+		RequestTimeout: 300 * time.Millisecond, Logger: testutil.Logger(t), OnStateChange: l.add,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -331,9 +332,42 @@ func TestRegisterWithoutEtcdFailsClearly(t *testing.T) {
 		t.Fatalf("Register took %v to give up; RequestTimeout is 300ms", took)
 	}
 	t.Logf("error: %v", err)
-	if r.State() == registry.StateRegistered {
-		t.Fatal("state says registered")
+	if r.State() != registry.StateUnregistered {
+		t.Fatalf("state %v after a failed Register; want unregistered (nothing registers it by itself)", r.State())
 	}
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.String(); got != "unregistered->closed " {
+		t.Fatalf("state changes %q; a Register that failed lost nothing", got)
+	}
+}
+
+// A Register that fails while a registration is lost (etcd down) leaves it wanted: the
+// Registrar still registers it again by itself once etcd is back.
+func TestAFailedRegisterWhileLostKeepsReregistering(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	kaCli, _ := keepAliveClient(t, e)
+	direct := e.DirectClient(t)
+	l := &stateLog{}
+	r := register(t, kaCli, "order", "o-1", "127.0.0.1:9001", shortTTL, func(c *registry.Config) { c.OnStateChange = l.add })
+	e.Stop()
+	testutil.Eventually(t, "the registrar to report its lease lost", func() bool {
+		return l.saw(registry.StateRegistered, registry.StateLost)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := r.Register(ctx); err == nil {
+		t.Fatal("Register succeeded with etcd down")
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "o-1 registered again", func() bool {
+		resp, err := direct.Get(context.Background(), r.Key())
+		return err == nil && len(resp.Kvs) == 1 && r.State() == registry.StateRegistered
+	})
 }
 
 func TestNewRegistrarRefusesBadConfig(t *testing.T) {
