@@ -175,7 +175,7 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.mu.Lock()
 	i.admin, i.adminAddr = admin, adminLis.Addr().String()
 	i.mu.Unlock()
-	undo = append(undo, admin.Shutdown)
+	undo = append(undo, func(context.Context) error { return stopAdmin(admin) })
 
 	rules, err := traffic.NewClient(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix, Logger: i.cfg.Logger})
 	if err != nil {
@@ -400,9 +400,7 @@ func (i *Instance) Offline(ctx context.Context) error {
 	i.mu.Lock()
 	admin, unsub, rules, reg := i.admin, i.unsub, i.rules, i.reg
 	i.mu.Unlock()
-	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	errs = append(errs, admin.Shutdown(sctx))
-	cancel()
+	errs = append(errs, stopAdmin(admin))
 	unsub()
 	rules.Close()
 	errs = append(errs, reg.Close(ctx))
@@ -433,4 +431,19 @@ func (i *Instance) Run(ctx context.Context) error {
 	octx, cancel := context.WithTimeout(context.Background(), i.cfg.MaxDrain+i.cfg.StopTimeout+10*time.Second)
 	defer cancel()
 	return errors.Join(serveErr, i.Offline(octx))
+}
+
+// stopAdmin stops the admin HTTP server: requests being answered (the preStop hook's POST
+// /offline, a probe) get up to a second to finish, then every connection left is closed.
+// Shutdown alone would leave a connection that has not sent its first request (a probe's or
+// a hook's fresh connection) open until it is 5 s old, and report that as an error.
+func stopAdmin(admin *http.Server) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := admin.Shutdown(ctx); err != nil {
+		if err := admin.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("lifecycle: close the admin server: %w", err)
+		}
+	}
+	return nil
 }

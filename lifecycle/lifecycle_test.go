@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -487,4 +488,28 @@ func waitClosed(t *testing.T, what string, ch <-chan struct{}) {
 			return false
 		}
 	})
+}
+
+// A connection to the admin server that never sent a request (a probe's or a preStop hook's
+// fresh connection) must not outlive Offline: http.Server.Shutdown leaves such connections
+// open until they are 5 s old, so Offline closes whatever Shutdown left.
+func TestOfflineClosesEveryAdminConnection(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	a, _ := start(t, cli, "a")
+	conn, err := net.Dial("tcp", a.AdminAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The server has accepted it once a request on another connection is answered after it.
+	if c := httpGet(t, a, "/healthz/live"); c != http.StatusOK {
+		t.Fatalf("/healthz/live: %d", c)
+	}
+	if err := a.Offline(context.Background()); err != nil {
+		t.Fatalf("Offline: %v", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(testutil.Deadline))
+	if n, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("after Offline the admin connection is still open (read %d bytes, %v); want it closed", n, err)
+	}
 }
