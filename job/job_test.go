@@ -3,7 +3,6 @@ package job_test
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"maps"
 	"slices"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -27,15 +25,7 @@ import (
 // The tests spend their time waiting for etcd's leases to expire in real time, not on the
 // CPU, so they all run at once unless -test.parallel says otherwise (its default, GOMAXPROCS,
 // would queue them two by two on a 2-core machine).
-func TestMain(m *testing.M) {
-	flag.Parse()
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set {
-		_ = flag.Set("test.parallel", "8")
-	}
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testutil.MainParallel(m, 8) }
 
 // The tests' job: 8 items and a trigger every 200 ms of a fake clock that the test moves.
 // Session leases are etcd's, so they expire in real time: an executor that is to lose its

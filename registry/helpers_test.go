@@ -2,7 +2,6 @@ package registry_test
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"net/url"
 	"slices"
@@ -12,7 +11,6 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -24,18 +22,7 @@ import (
 	"github.com/switchyard-go/switchyard/registry"
 )
 
-func TestMain(m *testing.M) {
-	// Most tests here spend their time waiting on etcd's clock (a lease TTL running out),
-	// not computing; let them wait side by side rather than GOMAXPROCS at a time, unless
-	// -parallel says otherwise.
-	flag.Parse()
-	set := false
-	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
-	if !set {
-		_ = flag.Set("test.parallel", "32")
-	}
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testutil.MainParallel(m, 32) }
 
 // testTTL is the lease TTL register uses unless a test asks for shortTTL: long enough that a
 // loaded machine never lets a kept-alive lease lapse between two keepalives.

@@ -10,6 +10,7 @@ package testutil
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -162,4 +164,18 @@ func Dial(t testing.TB, target string, opts ...grpc.DialOption) *grpc.ClientConn
 func Greeter(t testing.TB, target string, opts ...grpc.DialOption) greeterpb.GreeterClient {
 	t.Helper()
 	return greeterpb.NewGreeterClient(Dial(t, target, opts...))
+}
+
+// MainParallel is a TestMain for a package whose tests spend their time waiting on etcd's
+// clock (a lease TTL running out) rather than computing: it lets up to n parallel tests wait
+// side by side instead of GOMAXPROCS at a time, unless -test.parallel is given, and then runs
+// the tests checking for leaked goroutines (goleak, with opts).
+func MainParallel(m *testing.M, n int, opts ...goleak.Option) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", fmt.Sprint(n))
+	}
+	goleak.VerifyTestMain(m, opts...)
 }
