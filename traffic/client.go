@@ -2,10 +2,12 @@ package traffic
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,8 +35,8 @@ type Config struct {
 	Prefix string
 	// RequestTimeout caps each etcd request. Default registry.DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
-	// Logger receives skipped rules (Warn), watch restarts (Info) and handler panics
-	// (Error). Default slog.Default().
+	// Logger receives skipped rules (Warn; Error for a key with no last good version), watch
+	// restarts (Info) and handler panics (Error). Default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider provides the counter switchyard.traffic.rules.skipped. Default
 	// otel.GetMeterProvider().
@@ -70,7 +72,7 @@ func (c *Config) setDefaults() error {
 // never misses or doubles an event; queueing never blocks and no user code runs under mu.
 type Client struct {
 	cfg     Config
-	kv      *kvwatch.Watcher[Rule]
+	kv      *kvwatch.Watcher[item]
 	snap    atomic.Pointer[snapshot]
 	nSkip   atomic.Uint64
 	skipped metric.Int64Counter
@@ -88,7 +90,54 @@ type snapshot struct {
 	rules map[string]Rule   // by channel
 	open  map[string]string // app → the open channel it is in
 	list  []Rule            // by channel
+	bad   []Unreadable      // by channel
 	rev   int64
+	// next is closed when this snapshot is replaced (Updated).
+	next chan struct{}
+}
+
+// item is what the watcher keeps for one key: its rule, and, while its latest value cannot be
+// read, what is known of that value. A key that has never been read has only bad; one read
+// before keeps its last good rule next to bad. Keeping unreadable keys in the watcher's set
+// (rather than skipping them there) is what makes their repair and their deletion visible.
+type item struct {
+	rule Rule
+	bad  *Unreadable
+}
+
+func (a item) equal(b item) bool {
+	if !a.rule.Equal(b.rule) || (a.bad == nil) != (b.bad == nil) {
+		return false
+	}
+	return a.bad == nil || a.bad.equal(*b.bad)
+}
+
+// Unreadable is a rule key that exists in etcd but whose latest value could not be read: not
+// JSON, a schema version this reader does not know ("v":2 from a newer tool), or a rule that
+// fails validation.
+type Unreadable struct {
+	// Key is the etcd key, e.g. "/switchyard/channels/trade".
+	Key string
+	// Channel is the channel the key names.
+	Channel string
+	// Apps are the apps the value names, read leniently from its "apps" field alone; nil
+	// when not even that could be read, and then the value may name any app.
+	Apps []string
+	// LastGood says the Client read an earlier version of the key, which stays in force.
+	LastGood bool
+	// Err says why the value could not be read; it wraps ErrMalformedRule.
+	Err error
+}
+
+func (u Unreadable) equal(o Unreadable) bool {
+	return u.Key == o.Key && u.Channel == o.Channel && slices.Equal(u.Apps, o.Apps) &&
+		u.LastGood == o.LastGood && u.Err.Error() == o.Err.Error()
+}
+
+// mayName reports whether the unreadable value may name app: it does when its apps could be
+// read and include app, or when they could not be read at all.
+func (u Unreadable) mayName(app string) bool {
+	return u.Apps == nil || slices.Contains(u.Apps, app)
 }
 
 type subscription struct {
@@ -111,15 +160,14 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), random: rand.Float64, subs: map[*subscription]struct{}{}}
 	c.snap.Store(newSnapshot(nil, 0, cfg.Logger))
-	c.kv = kvwatch.New(kvwatch.Config[Rule]{
+	c.kv = kvwatch.New(kvwatch.Config[item]{
 		Client:         cfg.Client,
 		Prefix:         ChannelsPrefix(cfg.Prefix),
 		Decode:         c.decode,
-		Equal:          Rule.Equal,
+		Equal:          item.equal,
 		OnChange:       c.apply,
 		PerEvent:       true, // every rule change gets its own events
 		OnListError:    func(err error) { c.signal(err) },
-		OnSkip:         c.skip,
 		RequestTimeout: cfg.RequestTimeout,
 		Logger:         cfg.Logger,
 	})
@@ -164,7 +212,8 @@ func (c *Client) Rule(channel string) (Rule, bool) {
 }
 
 // ChannelOf returns the rule of the open channel app is in; ok is false when app is in no
-// open channel. It allocates nothing.
+// open channel it can read. It allocates nothing. A rule key that exists but has never been
+// read does not count here: ask UnreadableFor before acting on "no open channel".
 func (c *Client) ChannelOf(app string) (r Rule, ok bool) {
 	s := c.snap.Load()
 	ch, ok := s.open[app]
@@ -182,6 +231,38 @@ func (c *Client) Revision() int64 { return c.snap.Load().rev }
 
 // Skipped is how many rule records have been skipped as malformed.
 func (c *Client) Skipped() uint64 { return c.nSkip.Load() }
+
+// Unreadable returns every rule key whose latest value could not be read, by channel, with or
+// without a last good version. The slice is shared: do not modify it.
+func (c *Client) Unreadable() []Unreadable { return c.snap.Load().bad }
+
+// UnreadableFor returns the unreadable rule keys that may decide app's traffic and of which
+// the Client has no last good version: those whose value names app (read leniently from its
+// "apps" field), and those whose apps cannot be read at all, unless app is in an open channel
+// the Client can read (an app is in at most one open channel, so such a key cannot be the one
+// that decides its weight). While it is not empty the Client cannot tell app's channel and
+// traffic weight: ChannelOf's "no open channel" may be wrong, and an instance of app that is
+// starting must not register as if no release were open (lifecycle waits). A key read once
+// keeps its last good rule and is not returned.
+func (c *Client) UnreadableFor(app string) []Unreadable {
+	s := c.snap.Load()
+	var out []Unreadable
+	for _, u := range s.bad {
+		if u.LastGood || !u.mayName(app) {
+			continue
+		}
+		if _, open := s.open[app]; open && u.Apps == nil {
+			continue
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
+// Updated returns a channel that is closed when the rules next change (a rule, its events, or
+// the set of unreadable keys), for a caller that waits for a rule to become readable: take
+// Updated, then read, then wait on it, and no change is missed.
+func (c *Client) Updated() <-chan struct{} { return c.snap.Load().next }
 
 // Subscribe calls fn with the events of channel ("" for every channel), in order, from a
 // goroutine of its own. It first replays the events that lead from a closed 50 % channel to
@@ -212,26 +293,71 @@ func (c *Client) Subscribe(channel string, fn func(Event)) (unsubscribe func()) 
 	}
 }
 
-func (c *Client) decode(channel string, val []byte) (Rule, error) {
+// decode reads one rule value. It runs on the watcher's goroutine, where the current snapshot
+// is the watcher's set as last published, so it holds the key's last good rule if any. It
+// never fails: a value that cannot be read becomes an item with bad set (and the last good
+// rule, if there is one).
+func (c *Client) decode(channel string, val []byte) (item, error) {
 	r, err := Unmarshal(val)
 	if err == nil && r.Channel != channel {
 		err = malformed(fmt.Errorf("record says channel %q but is stored under %q", r.Channel, channel))
 	}
-	return r, err
+	if err == nil {
+		return item{rule: r}, nil
+	}
+	u := &Unreadable{Key: Key(c.cfg.Prefix, channel), Channel: channel, Apps: lenientApps(val), Err: err}
+	last, ok := c.snap.Load().rules[channel]
+	u.LastGood = ok
+	c.skip(*u)
+	return item{rule: last, bad: u}, nil
 }
 
-func (c *Client) skip(key string, err error) {
+// lenientApps reads only the "apps" field of a value that is not a valid rule; nil if it
+// cannot, or if it names no app.
+func lenientApps(val []byte) []string {
+	var rec struct {
+		Apps []string `json:"apps"`
+	}
+	if json.Unmarshal(val, &rec) != nil || len(rec.Apps) == 0 {
+		return nil
+	}
+	slices.Sort(rec.Apps)
+	return slices.Compact(rec.Apps)
+}
+
+func (c *Client) skip(u Unreadable) {
 	c.nSkip.Add(1)
 	c.skipped.Add(context.Background(), 1)
-	c.cfg.Logger.Warn("traffic: skipping malformed rule; keeping the last good version", "key", key, "err", err)
+	if u.LastGood {
+		c.cfg.Logger.Warn("traffic: skipping malformed rule; keeping the last good version", "key", u.Key, "err", u.Err)
+		return
+	}
+	apps := any(u.Apps)
+	if u.Apps == nil {
+		apps = "unknown (any app)"
+	}
+	c.cfg.Logger.Error("traffic: skipping malformed rule; no earlier version of it was read, so the channel and traffic weight of the apps it may name are unknown and their instances will not start until it is repaired or deleted",
+		"key", u.Key, "apps", apps, "err", u.Err)
 }
 
 // apply swaps in the new rules and queues the events of the net change of every channel:
 // after a re-list that is the change across the whole gap.
-func (c *Client) apply(rules []Rule, rev int64) {
+func (c *Client) apply(items []item, rev int64) {
+	rules := make([]Rule, 0, len(items))
+	var bad []Unreadable
+	for _, it := range items {
+		if it.bad == nil || it.bad.LastGood {
+			rules = append(rules, it.rule)
+		}
+		if it.bad != nil {
+			bad = append(bad, *it.bad)
+		}
+	}
 	next := newSnapshot(rules, rev, c.cfg.Logger)
+	next.bad = bad
 	c.mu.Lock()
 	prev := c.snap.Swap(next)
+	close(prev.next)
 	var events []Event
 	for ch, r := range next.rules {
 		old, had := prev.rules[ch]
@@ -254,7 +380,7 @@ func (c *Client) apply(rules []Rule, rev int64) {
 }
 
 func newSnapshot(rules []Rule, rev int64, log *slog.Logger) *snapshot {
-	s := &snapshot{rules: make(map[string]Rule, len(rules)), open: map[string]string{}, list: rules, rev: rev}
+	s := &snapshot{rules: make(map[string]Rule, len(rules)), open: map[string]string{}, list: rules, rev: rev, next: make(chan struct{})}
 	for _, r := range rules {
 		s.rules[r.Channel] = r
 		if !r.Releasing {

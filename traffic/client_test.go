@@ -371,3 +371,88 @@ func TestEveryChangeMissedDuringADisconnectIsReplayed(t *testing.T) {
 		"trade OnFlowChange 1→100", "trade OnEnterAllBlue",
 		"trade OnFlowChange 100→0", "trade OnExitAllBlue", "trade OnEnterAllGreen")
 }
+
+// A rule key that exists but cannot be read is reported, with the apps it may name, until it
+// is repaired or deleted; one read before keeps its last good rule and does not hold up the
+// apps it names. Updated is closed at each change.
+func TestUnreadableRulesAreReportedUntilRepairedOrDeleted(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	ctx := context.Background()
+	put := func(channel, val string) {
+		t.Helper()
+		if _, err := cli.Put(ctx, "/switchyard/channels/"+channel, val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := func(channel string, releasing bool, apps ...string) string {
+		r, err := traffic.NewRule(channel, apps, releasing, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := traffic.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	put("trade", good("trade", true, "order"))
+	put("pay", `{"v":2,"channel":"pay","apps":["wallet","pay"],"releasing":true,"blue_percent":0}`)
+	put("junk", "\x00garbage")
+	c := newClient(t, cli)
+	show := func(us []traffic.Unreadable) string {
+		s := make([]string, len(us))
+		for k, u := range us {
+			s[k] = fmt.Sprintf("%s%v last_good=%v", u.Channel, u.Apps, u.LastGood)
+			if !errors.Is(u.Err, traffic.ErrMalformedRule) || u.Key != "/switchyard/channels/"+u.Channel {
+				t.Fatalf("unreadable %+v: want its key and an error wrapping ErrMalformedRule", u)
+			}
+		}
+		return strings.Join(s, ", ")
+	}
+	check := func(app, want string) {
+		t.Helper()
+		if got := show(c.UnreadableFor(app)); got != want {
+			t.Fatalf("UnreadableFor(%q) = %q, want %q", app, got, want)
+		}
+	}
+	if got, want := show(c.Unreadable()), "junk[] last_good=false, pay[pay wallet] last_good=false"; got != want {
+		t.Fatalf("Unreadable() = %q, want %q", got, want)
+	}
+	check("pay", "junk[] last_good=false, pay[pay wallet] last_good=false")
+	check("billing", "junk[] last_good=false") // junk may name any app
+	check("order", "")                         // order is in trade, open and readable
+	if _, ok := c.Rule("pay"); ok {
+		t.Fatal("an unreadable rule is in force")
+	}
+
+	// trade becomes unreadable: its last good rule stays and holds no one up.
+	updated := c.Updated()
+	put("trade", `{"v":2,"channel":"trade","apps":["order"]}`)
+	testutil.Eventually(t, "Updated closed by the unreadable trade", func() bool {
+		select {
+		case <-updated:
+			return true
+		default:
+			return false
+		}
+	})
+	if r, ok := c.ChannelOf("order"); !ok || r.Channel != "trade" {
+		t.Fatalf("order lost its last good rule: %+v %v", r, ok)
+	}
+	check("order", "")
+	if got, want := show(c.Unreadable()), "junk[] last_good=false, pay[pay wallet] last_good=false, trade[order] last_good=true"; got != want {
+		t.Fatalf("Unreadable() = %q, want %q", got, want)
+	}
+
+	// Repairs and deletions clear them, through the watch and through a re-list alike.
+	put("pay", good("pay", false, "pay", "wallet"))
+	if _, err := cli.Delete(ctx, "/switchyard/channels/junk"); err != nil {
+		t.Fatal(err)
+	}
+	put("trade", good("trade", true, "order"))
+	testutil.Eventually(t, "every key readable", func() bool { return len(c.Unreadable()) == 0 })
+	check("billing", "")
+	if c2 := newClient(t, cli); len(c2.Unreadable()) != 0 {
+		t.Fatalf("a new client lists %s", show(c2.Unreadable()))
+	}
+}

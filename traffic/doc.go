@@ -26,6 +26,23 @@
 // etcd. A malformed rule is skipped, logged and counted (switchyard.traffic.rules.skipped) and
 // the last good rule of its channel stays in force.
 //
+// # Rules that cannot be read
+//
+// A rule key whose value cannot be read (not JSON, a schema version this reader does not know
+// such as "v":2 from a newer tool, or an invalid rule) is never treated as absent. Unreadable
+// lists every such key; UnreadableFor(app) the ones that may decide app's traffic and that
+// the Client has no last good version of — a process that started after the key went bad.
+// Which apps a key may decide is read leniently from the value's "apps" field alone, so a
+// "v":2 record of other apps holds no one up; a value whose apps cannot be read at all may
+// name any app and so counts for every app, except one already in an open channel the
+// Client can read (an app is in at most one open channel, so that key cannot be the one
+// that decides its weight). Failing closed for every app on plain garbage is deliberate:
+// the alternative is guessing that a drained color is not drained. Such a key is logged at
+// Error level naming the key, the apps and what to do; repairing or deleting the key clears
+// it (Updated is closed at every change, so a waiter needs no polling). lifecycle does not
+// register an instance while UnreadableFor its app is not empty. ChannelOf and Rule report
+// only rules that were read.
+//
 // The effective percent is BluePercent while a release is open and 50 otherwise, so finishing
 // a release from 100 gives OnFlowChange 100→50, OnExitAllBlue, OnFinish. DESIGN.md says
 // "exactly one of" the drain events accompanies a flow change; a jump straight from 100 to 0
