@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/balancer/pickfirst"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/switchyard-go/switchyard/internal/sticky"
@@ -192,23 +193,42 @@ func (b *wBalancer) sendLocked() {
 		blue = blue || info.Color == sticky.Blue
 		green = green || info.Color == sticky.Green
 	}
-	ready := b.readyLocked(true)
-	if len(ready) == 0 {
-		ready = b.readyLocked(false) // every ready endpoint is going offline: they still serve
+	var live, marked []endpointsharding.ChildState // ready, and not / already marked offline
+	for _, c := range b.children {
+		if c.State.ConnectivityState != connectivity.Ready {
+			continue
+		}
+		if b.isOfflineLocked(c.Endpoint) {
+			marked = append(marked, c)
+		} else {
+			live = append(live, c)
+		}
 	}
-	if len(ready) == 0 || b.last.ConnectivityState != connectivity.Ready {
+	if len(live)+len(marked) == 0 || b.last.ConnectivityState != connectivity.Ready {
 		b.ClientConn.UpdateState(b.last)
 		return
 	}
 	p := &picker{next: b.next, fallbacks: b.fallbacks, fbAttrs: b.fbAttrs, log: b.log}
 	channels := map[string]int{}
 	warmup := time.Duration(0)
-	for _, c := range ready {
+	// Undecided requests go to the live endpoints, or to the marked ones if that is all
+	// there is (they still serve). A sticky request's color set is its color's live
+	// endpoints, or, if it has none, its marked ones: they serve what reaches them, and
+	// crossing to the other color is worse (issue 12, case 3).
+	var markedByColor [2]weightedSet
+	for _, c := range slices.Concat(live, marked) {
 		info, _ := EndpointInfoFrom(c.Endpoint)
+		off := b.isOfflineLocked(c.Endpoint)
 		done := b.doneFor(info)
-		p.all.add(c.State.Picker, done, info.EffectiveWeight(blue && green, now))
+		if !off || len(live) == 0 {
+			p.all.add(c.State.Picker, done, info.EffectiveWeight(blue && green, now))
+		}
 		if info.Color == sticky.Blue || info.Color == sticky.Green {
-			p.byColor[colorIndex(info.Color)].add(c.State.Picker, done, info.Weight*info.WarmupFactor(now))
+			set := &p.byColor[colorIndex(info.Color)]
+			if off {
+				set = &markedByColor[colorIndex(info.Color)]
+			}
+			set.add(c.State.Picker, done, info.Weight*info.WarmupFactor(now))
 		}
 		if info.Channel != "" {
 			channels[info.Channel]++
@@ -217,18 +237,24 @@ func (b *wBalancer) sendLocked() {
 			warmup = info.Warmup
 		}
 	}
+	for ci := range p.byColor {
+		if p.byColor[ci].len() == 0 {
+			p.byColor[ci] = markedByColor[ci]
+		}
+	}
 	p.channel = mostCommon(channels)
 	for _, c := range b.children {
 		st := c.State.ConnectivityState
-		if st != connectivity.Connecting && st != connectivity.Idle {
+		if st != connectivity.Connecting && st != connectivity.Idle || b.isOfflineLocked(c.Endpoint) {
 			continue
 		}
-		if info, ok := EndpointInfoFrom(c.Endpoint); ok && (info.Color == sticky.Blue || info.Color == sticky.Green) {
-			if _, off := b.offline[info.ID]; !off {
-				ci := colorIndex(info.Color)
-				p.pending[ci] = p.byColor[ci].len() == 0
-			}
+		info, _ := EndpointInfoFrom(c.Endpoint)
+		if info.Color == sticky.Blue || info.Color == sticky.Green {
+			ci := colorIndex(info.Color)
+			p.pending[ci] = p.byColor[ci].len() == 0
 		}
+		// Every ready endpoint is drained but this weighted one connects: wait for it.
+		p.waitWeighted = p.waitWeighted || p.all.total == 0 && info.EffectiveWeight(blue && green, now) > 0
 	}
 	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
 	if warmup > 0 {
@@ -237,21 +263,14 @@ func (b *wBalancer) sendLocked() {
 	}
 }
 
-// readyLocked returns the ready children, without those marked offline if skipOffline.
-func (b *wBalancer) readyLocked(skipOffline bool) []endpointsharding.ChildState {
-	var out []endpointsharding.ChildState
-	for _, c := range b.children {
-		if c.State.ConnectivityState != connectivity.Ready {
-			continue
-		}
-		if info, ok := EndpointInfoFrom(c.Endpoint); ok && skipOffline {
-			if _, off := b.offline[info.ID]; off {
-				continue
-			}
-		}
-		out = append(out, c)
+// isOfflineLocked reports whether ep's instance is marked offline. Needs mu.
+func (b *wBalancer) isOfflineLocked(ep resolver.Endpoint) bool {
+	info, ok := EndpointInfoFrom(ep)
+	if !ok {
+		return false
 	}
-	return out
+	_, off := b.offline[info.ID]
+	return off
 }
 
 // doneFor returns the pick's Done callback for an endpoint: it watches the trailer for the

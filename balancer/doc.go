@@ -15,20 +15,29 @@
 //
 // where the warmup factor is clamp(uptime/warmup, 0.01, 1). While any endpoint warms, the
 // picker is rebuilt at least 20 times over the ramp (every warmup/20, between 10 ms and 1 s).
-// If every ready endpoint weighs 0, it picks among them evenly rather than fail. Picks follow
-// a Weyl sequence over the cumulative weights, so shares are met within a few picks: any
-// Fibonacci number n of consecutive picks (377, 10,946, …) gives each endpoint n × its share
-// ±2, as the tests check; 20,000 calls at a 1 % blue share went 1.000 % to blue
+// If every ready endpoint weighs 0 (drained), it picks among them evenly rather than fail,
+// except while an endpoint of non-zero weight is connecting (a new consumer whose drained
+// endpoint connected first): then the pick waits (ErrNoSubConnAvailable; gRPC holds the call
+// for the next picker) until that endpoint is READY, or it fails (TRANSIENT_FAILURE; gRPC's
+// connect timeout, 20 s by default, ends a connection that hangs), or the call's deadline
+// passes. The weights are stored scaled by a power of two, so the largest is below 1: any
+// finite weights, up to MaxFloat64, keep their exact shares (two at 1e308 split 50/50, where a
+// plain running total would overflow); NaN and negative weights count as 0, +Inf as MaxFloat64.
+// Picks follow a Weyl sequence over the cumulative weights, so shares are met within a few
+// picks: any Fibonacci number n of consecutive picks (377, 10,946, …) gives each endpoint n ×
+// its share ±2, as the tests check; 20,000 calls at a 1 % blue share went 1.000 % to blue
 // (BenchmarkSplitAccuracy).
 //
 // # Sticky requests
 //
 // If the pick's context carries a decision (package traffic, baggage x-deploy-channel-type)
 // for the endpoints' channel, the pick is restricted to that color, weight-0 endpoints
-// included (weight 0 only means "no new entries"). While that color's endpoints are still
-// connecting the pick waits for them; if the color has no endpoint, or only failing ones, it
-// falls back to the other color and counts it in switchyard.balancer.sticky_fallbacks (and a
-// debug log line).
+// included (weight 0 only means "no new entries"). If every ready endpoint of that color is
+// marked offline (see below), the pick uses those: they still serve what reaches them, and
+// crossing would send a request decided for new code to old code (a canary being replaced).
+// While that color has no ready endpoint but one is connecting, the pick waits for it; if the
+// color has no endpoint, or only failing ones, it falls back to the other color and counts it
+// in switchyard.balancer.sticky_fallbacks (and a debug log line).
 //
 // # Offline marks
 //
@@ -36,7 +45,8 @@
 // trailer; the first flagged response takes that endpoint out of the picker at once, without
 // waiting for the registry. Only a different registry record for that instance clears the
 // mark; marks of endpoints that leave the resolver state are dropped. If every ready endpoint
-// is marked, they are all picked (they still serve).
+// is marked, they are all picked (they still serve); likewise a sticky request picks the
+// marked endpoints of its color when that color has no other ready one.
 //
 // # Retries
 //

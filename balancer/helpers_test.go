@@ -172,6 +172,14 @@ func (c *cluster) dial() *client { return c.dialClock(nil) }
 func (c *cluster) dialClock(clock *clockwork.FakeClock) *client {
 	t := c.t
 	t.Helper()
+	o, sc := newObserver(t, clock)
+	return &client{GreeterClient: greeterpb.NewGreeterClient(c.conn(func(rc *registry.ResolverConfig) { rc.ServiceConfig = sc })),
+		t: t, obs: o, clock: clock}
+}
+
+// newObserver returns an observer whose balancer runs on clock (nil: the real clock), and
+// the service config that selects it; it is forgotten when the test ends.
+func newObserver(t testing.TB, clock *clockwork.FakeClock) (*observer, string) {
 	o := &observer{log: testutil.Logger(t), addrOf: map[gbalancer.SubConn]string{}, idOf: map[string]string{},
 		scState: map[gbalancer.SubConn]connectivity.State{}}
 	o.clock = clockwork.NewRealClock()
@@ -180,9 +188,7 @@ func (c *cluster) dialClock(clock *clockwork.FakeClock) *client {
 	}
 	id := observers.add(o)
 	t.Cleanup(func() { observers.Delete(id) })
-	sc := fmt.Sprintf(`{"loadBalancingConfig":[{%q:{"observer":%d}}]}`, observedName, id)
-	return &client{GreeterClient: greeterpb.NewGreeterClient(c.conn(func(rc *registry.ResolverConfig) { rc.ServiceConfig = sc })),
-		t: t, obs: o, clock: clock}
+	return o, fmt.Sprintf(`{"loadBalancingConfig":[{%q:{"observer":%d}}]}`, observedName, id)
 }
 
 // picks makes n picks on p with ctx, as the channel does for n calls, and counts them per

@@ -3,6 +3,7 @@ package balancer
 import (
 	"context"
 	"log/slog"
+	"math"
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel/baggage"
@@ -12,15 +13,43 @@ import (
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
 
-// weightedSet picks among endpoints in proportion to their weights. It is immutable.
+// weightedSet picks among endpoints in proportion to their weights. It is immutable once
+// built.
+//
+// The weights are stored scaled by a power of two (exact: the shares and the picks are those
+// of the raw weights) so that the largest is below 1 and the total at most the number of
+// endpoints: weights near MaxFloat64 cannot overflow the running total to +Inf, and tiny ones
+// keep full precision.
 type weightedSet struct {
 	pickers []balancer.Picker         // the endpoints' pick_first pickers
 	dones   []func(balancer.DoneInfo) // per endpoint, built once: no closure per pick
-	cum     []float64                 // cum[i] = weights[0] + … + weights[i]
+	cum     []float64                 // cum[i] = weights[0] + … + weights[i], scaled by 2^-exp
 	total   float64                   // 0: every weight is 0, pick evenly
+	exp     int                       // the binary exponent of the largest weight
 }
 
+// add appends an endpoint. A weight that is not a number or is negative counts as 0, +Inf as
+// MaxFloat64.
 func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), w float64) {
+	switch {
+	case !(w > 0): // negative, 0 or NaN
+		w = 0
+	case w > math.MaxFloat64:
+		w = math.MaxFloat64
+	}
+	if w > 0 {
+		_, e := math.Frexp(w) // w = f × 2^e, 0.5 <= f < 1
+		if s.total == 0 {
+			s.exp = e
+		} else if e > s.exp { // a new largest weight: scale what is there down (exact)
+			for i := range s.cum {
+				s.cum[i] = math.Ldexp(s.cum[i], s.exp-e)
+			}
+			s.total = math.Ldexp(s.total, s.exp-e)
+			s.exp = e
+		}
+		w = math.Ldexp(w, -s.exp)
+	}
 	s.total += w
 	s.pickers = append(s.pickers, p)
 	s.dones = append(s.dones, done)
@@ -59,8 +88,11 @@ type picker struct {
 	// pending[c]: color c has no ready endpoint yet but one is connecting, so a request
 	// decided for c waits for the next picker instead of crossing to the other color.
 	pending [2]bool
-	channel string         // the endpoints' release channel; "" means no sticky filtering
-	next    *atomic.Uint64 // shared across pickers of one balancer
+	// waitWeighted: every endpoint in all weighs 0 but one of non-zero weight is connecting,
+	// so a request picked from all waits for the next picker rather than reach a drained one.
+	waitWeighted bool
+	channel      string         // the endpoints' release channel; "" means no sticky filtering
+	next         *atomic.Uint64 // shared across pickers of one balancer
 
 	fallbacks metric.Int64Counter
 	fbAttrs   metric.AddOption
@@ -82,12 +114,15 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 			switch cs := &p.byColor[ci]; {
 			case cs.len() > 0:
 				set = cs
-			case p.pending[ci]:
+			case p.pending[ci] || p.waitWeighted:
 				return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 			default: // none of that color, or all failing: cross rather than fail
 				p.fallback(info.Ctx, color)
 			}
 		}
+	}
+	if set == &p.all && p.waitWeighted {
+		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
 	i := set.index(p.next.Add(1))
 	res, err := set.pickers[i].Pick(info)

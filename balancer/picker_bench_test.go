@@ -120,8 +120,10 @@ func TestFibonacciWindows(t *testing.T) {
 	}
 	for _, ws := range weights {
 		var s weightedSet
+		sum := 0.0
 		for _, w := range ws {
 			s.add(fixedPicker{}, nil, w)
+			sum += w
 		}
 		for _, n := range []int{377, 610, 10_946} {
 			for _, k0 := range offsets {
@@ -130,10 +132,49 @@ func TestFibonacciWindows(t *testing.T) {
 					counts[s.index(k)]++
 				}
 				for i, w := range ws {
-					if want := float64(n) * w / s.total; math.Abs(float64(counts[i])-want) >= 2 {
+					if want := float64(n) * w / sum; math.Abs(float64(counts[i])-want) >= 2 {
 						t.Errorf("weights %v, %d picks from %d: endpoint %d got %d, want %.2f ±2", ws, n, k0, i, counts[i], want)
 					}
 				}
+			}
+		}
+	}
+}
+
+// TestIndexSurvivesExtremeWeights: weights near MaxFloat64 overflowed the running total to
+// +Inf and sent every pick to the last endpoint (issue 12, case 7); tiny ones, NaN, negative
+// and infinite weights must not misbehave either. The stored weights are scaled by a power
+// of two, so every share is exactly that of the raw weights.
+func TestIndexSurvivesExtremeWeights(t *testing.T) {
+	inf, nan := math.Inf(1), math.NaN()
+	for _, c := range []struct {
+		weights []float64
+		shares  []float64
+	}{
+		{[]float64{1e308, 1e308}, []float64{0.5, 0.5}},
+		{[]float64{math.MaxFloat64, math.MaxFloat64, math.MaxFloat64, math.MaxFloat64}, []float64{0.25, 0.25, 0.25, 0.25}},
+		{[]float64{1e308, 3e308 / 2}, []float64{0.4, 0.6}},
+		{[]float64{100, 1e308, 1e308}, []float64{0, 0.5, 0.5}}, // 100 is a vanishing share
+		{[]float64{5e-324, 5e-324, 1e-323}, []float64{0.25, 0.25, 0.5}},
+		{[]float64{1e-300, 3e-300}, []float64{0.25, 0.75}},
+		{[]float64{nan, -1, 1, 3}, []float64{0, 0, 0.25, 0.75}}, // not a number, negative: 0
+		{[]float64{inf, 1e308}, []float64{math.MaxFloat64 / (math.MaxFloat64 + 1e308), 1e308 / (math.MaxFloat64 + 1e308)}},
+	} {
+		var s weightedSet
+		for _, w := range c.weights {
+			s.add(fixedPicker{}, nil, w)
+		}
+		if math.IsInf(s.total, 0) || math.IsNaN(s.total) || s.total > float64(s.len()) {
+			t.Errorf("weights %v: stored total %v, want finite and at most %d", c.weights, s.total, s.len())
+		}
+		const n = 10_946
+		counts := make([]int, len(c.weights))
+		for k := uint64(1); k <= n; k++ {
+			counts[s.index(k)]++
+		}
+		for i, share := range c.shares {
+			if want := n * share; math.Abs(float64(counts[i])-want) >= 2 {
+				t.Errorf("weights %v: endpoint %d got %d of %d picks, want %.2f ±2", c.weights, i, counts[i], n, want)
 			}
 		}
 	}
