@@ -24,14 +24,17 @@ type Status struct {
 	Channel       string  `json:"channel"`
 	Weight        float64 `json:"weight"`
 	TrafficWeight float64 `json:"traffic_weight"`
+	// Blocked says why Start waits, while it does: a traffic rule that may decide the app's
+	// weight cannot be read. Empty otherwise.
+	Blocked string `json:"blocked,omitempty"`
 }
 
 // Status reports the instance's state.
 func (i *Instance) Status() Status {
 	i.mu.Lock()
-	reg, st, addr := i.reg, i.state, i.addr
+	reg, st, addr, blocked := i.reg, i.state, i.addr, i.blocked
 	i.mu.Unlock()
-	s := Status{App: i.cfg.App, ID: i.cfg.ID, Addr: addr, State: st, Ready: i.ready.Load(),
+	s := Status{App: i.cfg.App, ID: i.cfg.ID, Addr: addr, State: st, Ready: i.ready.Load(), Blocked: blocked,
 		Offline: i.gate.offline.Load(), InFlight: i.gate.inflight.Load(), Color: string(i.cfg.Color)}
 	if reg != nil {
 		in := reg.Instance()
@@ -54,7 +57,11 @@ func (i *Instance) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !i.ready.Load() {
-			http.Error(w, "not ready: "+string(i.State()), http.StatusServiceUnavailable)
+			msg := "not ready: " + string(i.State())
+			if b := i.Status().Blocked; b != "" {
+				msg += ": " + b
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

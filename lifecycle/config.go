@@ -81,7 +81,8 @@ type Config struct {
 	Checks []registry.Check
 	// RegisterDelay is waited after the checks pass. Default 0.
 	RegisterDelay time.Duration
-	// StartTimeout caps Start (readiness checks included). Default 2 min.
+	// StartTimeout caps Start (readiness checks included, and the wait for an unreadable
+	// traffic rule of the app's channel). Default 2 min.
 	StartTimeout time.Duration
 	// TTL is the registration lease TTL. Default 10 s.
 	TTL time.Duration

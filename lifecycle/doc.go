@@ -15,6 +15,27 @@
 // health SERVING and /healthz/ready 200. A failure stops what started, in reverse, and returns
 // the joined errors.
 //
+// A start fails closed when it cannot read its channel: if a rule key that may decide the
+// app's traffic exists but cannot be read (garbage, or "v":2 from a newer tool) and the
+// process has no earlier version of it (traffic.Client.UnreadableFor), the instance does not
+// know whether its color is drained, so it does not register at all — not at full weight
+// with no channel, which is what "no open channel" would mean, and not at weight 0 either.
+// Start waits: gRPC health NOT_SERVING, /healthz/ready 503 with the reason, Status.Blocked set,
+// an Error log line naming the key, the error and what to do (put a valid record at the key —
+// the error shows one — upgrade the instance, or delete the key) at every change of the rules
+// and every RuleRetryLog (10 s). It follows the rule client's watch, so the moment the key
+// is repaired or deleted it carries on with the normal start and registers with the weight
+// the rule gives (drained, if it is). If StartTimeout (default 2 min) passes first, Start
+// fails with an error naming the key, and Run returns it: under Kubernetes the pod restarts
+// and tries again, and the rollout stalls visibly instead of sending traffic to a drained
+// color. Why wait unregistered rather than register at weight 0: an unregistered instance
+// cannot be picked by any consumer (a weight-0 endpoint still can be, while its consumer's
+// weighted endpoints connect), its record never carries a channel it has not read, and the
+// rollout's own readiness gate reports the stall. A rule key whose apps can be read and do
+// not include the app, or garbage while the app is in an open channel that can be read, does
+// not hold the start up (traffic's doc says why). An instance already running keeps its last
+// good rule when the key becomes unreadable.
+//
 // # Serving
 //
 // The instance's server (Server) comes with its interceptors: in-flight accounting, the
@@ -43,10 +64,12 @@
 // # Admin HTTP
 //
 //	GET  /healthz/live   200 while the process runs (liveness probe)
-//	GET  /healthz/ready  200 once registered and serving, else 503 (readiness probe)
+//	GET  /healthz/ready  200 once registered and serving, else 503 (readiness probe; the body
+//	                     says why, e.g. the unreadable rule a start waits for)
 //	POST /offline        Drain; 200 with the status when drained
 //	POST /online         undo a Drain; 409 unless drained
-//	GET  /status         JSON: state, registered, offline, in-flight, channel, color, weights
+//	GET  /status         JSON: state, registered, offline, in-flight, channel, color, weights,
+//	                     blocked (why a start waits)
 //
 // /offline and /online accept only loopback callers, or, when Config.AdminToken is set, any
 // caller with "Authorization: Bearer <token>"; others get 403.

@@ -2,12 +2,15 @@ package lifecycle
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -67,6 +70,7 @@ type Instance struct {
 	goingOff  chan struct{} // closed when a drain begins; renewed by Online
 	served    chan error    // gRPC Serve's result
 	stopErr   error
+	blocked   string // why Start waits, while it does (Status.Blocked)
 }
 
 // New checks cfg and builds the instance and its gRPC server. Register services on Server()
@@ -124,10 +128,16 @@ func (i *Instance) setState(s State) {
 }
 
 // Start runs the lossless start: listen and serve → admin HTTP (probes answer "not ready")
-// → load the rules → readiness checks → RegisterDelay → register with start_time, warmup and
-// the traffic weight of the app's channel → start components → gRPC health SERVING and the
-// readiness probe 200. A failure at any step stops what started, in reverse, and returns the
-// errors joined.
+// → load the rules → wait until the app's channel can be read → readiness checks →
+// RegisterDelay → register with start_time, warmup and the traffic weight of the app's
+// channel → start components → gRPC health SERVING and the readiness probe 200. A failure at
+// any step stops what started, in reverse, and returns the errors joined.
+//
+// While a rule key that may decide the app's traffic exists but cannot be read
+// (traffic.Client.UnreadableFor), Start does not register: it logs an Error naming the key
+// and what to do at every change of the rules and every RuleRetryLog, reports the reason in
+// Status.Blocked and the readiness probe's body, and goes on once the key is repaired or
+// deleted; when StartTimeout passes first it fails with an error naming the key.
 func (i *Instance) Start(ctx context.Context) (err error) {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
@@ -182,6 +192,9 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 		return err
 	}
 	undo = append(undo, func(context.Context) error { rules.Close(); return nil })
+	if err := i.awaitReadableRules(ctx, rules); err != nil {
+		return err
+	}
 	channel, tw := i.trafficOf(rules)
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
@@ -216,6 +229,90 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.ready.Store(true)
 	i.setState(StateServing)
 	return nil
+}
+
+// RuleRetryLog is how often a Start that waits for an unreadable rule logs again when nothing
+// changes; every change of the rules is also logged.
+const RuleRetryLog = 10 * time.Second
+
+// awaitReadableRules returns once no rule key that may decide the app's traffic is unreadable
+// (without a last good version), following the rule client's watch; or fails when ctx ends.
+// An instance that cannot read its channel's rule does not know whether its color is drained,
+// so it must not register (at full weight, with no channel) as if no release were open.
+func (i *Instance) awaitReadableRules(ctx context.Context, rules *traffic.Client) error {
+	begin := time.Now()
+	var remind *time.Timer
+	defer func() {
+		if remind != nil {
+			remind.Stop()
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		updated := rules.Updated() // before reading, so no change is missed
+		bad := rules.UnreadableFor(i.cfg.App)
+		if len(bad) == 0 {
+			if attempt > 1 {
+				i.log.Info("lifecycle: the traffic rules of this app can be read now; starting", "attempts", attempt-1)
+			}
+			i.setBlocked("")
+			return nil
+		}
+		why := unreadableReason(i.cfg.App, bad)
+		i.setBlocked(why)
+		keys, errs := make([]string, len(bad)), make([]string, len(bad))
+		for k, u := range bad {
+			keys[k], errs[k] = u.Key, u.Err.Error()
+		}
+		i.log.Error("lifecycle: a traffic rule that may decide this app's weight cannot be read; not registering until it can (put a valid record at the key, upgrade this instance if a newer tool wrote it, or delete the key if the channel is gone)",
+			"key", keys, "err", errs, "attempt", attempt, "waited", time.Since(begin).Round(time.Millisecond))
+		if remind == nil {
+			remind = time.NewTimer(RuleRetryLog)
+		} else {
+			remind.Reset(RuleRetryLog)
+		}
+		select {
+		case <-ctx.Done():
+			cause := context.Cause(ctx)
+			if errors.Is(cause, context.DeadlineExceeded) {
+				cause = fmt.Errorf("StartTimeout (%v) passed", i.cfg.StartTimeout)
+			}
+			return fmt.Errorf("lifecycle: %s; gave up: %w", why, cause)
+		case <-updated:
+		case <-remind.C:
+		}
+	}
+}
+
+// unreadableReason says, for an error and Status.Blocked, which rules could not be read and
+// what to do.
+func unreadableReason(app string, bad []traffic.Unreadable) string {
+	var b strings.Builder
+	for k, u := range bad {
+		if k > 0 {
+			b.WriteString("; ")
+		}
+		names := "names app " + strconv.Quote(app)
+		if u.Apps == nil {
+			names = "may name app " + strconv.Quote(app) + " (its apps cannot be read either)"
+		}
+		fmt.Fprintf(&b, "the traffic rule at %s cannot be read (%v) and %s", u.Key, u.Err, names)
+	}
+	u := bad[0]
+	apps := u.Apps
+	if apps == nil {
+		apps = []string{app}
+	}
+	example, _ := json.Marshal(map[string]any{"v": traffic.SchemaVersion, "channel": u.Channel, "apps": apps, "releasing": true, "blue_percent": 0})
+	fmt.Fprintf(&b, ": without it the instance cannot know whether its color is drained, so it does not register; "+
+		"put a valid record at the key with the real state of the release (e.g. etcdctl put %s '%s'), "+
+		"upgrade this instance if a newer tool wrote it, or delete the key if the channel is gone", u.Key, example)
+	return b.String()
+}
+
+func (i *Instance) setBlocked(why string) {
+	i.mu.Lock()
+	i.blocked = why
+	i.mu.Unlock()
 }
 
 // trafficOf is the channel and traffic weight the instance's record should carry now.
