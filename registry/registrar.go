@@ -117,7 +117,31 @@ var (
 	// connection broke, or etcd had no leader. It is the same error value in every
 	// switchyard package.
 	ErrEtcdUnavailable = kvwatch.ErrUnavailable
+	// ErrDuplicateID is wrapped by the *DuplicateIDError returned when the instance's key
+	// holds the record of another live instance (another lease).
+	ErrDuplicateID = errors.New("registry: duplicate instance id")
+	// errRecordDeleted is why a registration whose key someone else deleted is lost.
+	errRecordDeleted = errors.New("registry: the instance's record was deleted by someone else (an operator, or another instance with the same id that stopped); putting it back")
 )
+
+// DuplicateIDError says that the instance's key is taken: another instance registered the
+// same app and id under its own lease (or someone wrote the key by hand). A Registrar never
+// overwrites or deletes such a record; it registers once the key is free.
+type DuplicateIDError struct {
+	Key   string // the etcd key
+	ID    string // the instance id
+	Lease int64  // the lease the record is attached to; 0 for a record without a lease
+}
+
+func (e *DuplicateIDError) Error() string {
+	if e.Lease == 0 {
+		return fmt.Sprintf("registry: instance id %s is already taken by a record without a lease under %s (written by hand?); delete that key, or give this instance another ID", e.ID, e.Key)
+	}
+	return fmt.Sprintf("registry: instance id %s is already registered by a live instance (lease %x) under %s; give each instance a unique ID (Config.Instance.ID; e.g. host name plus port, or the pod name), or stop the other one", e.ID, e.Lease, e.Key)
+}
+
+// Unwrap makes errors.Is(err, ErrDuplicateID) true.
+func (e *DuplicateIDError) Unwrap() error { return ErrDuplicateID }
 
 // ReadinessError names the readiness check that kept an instance from registering.
 type ReadinessError struct {
@@ -150,15 +174,19 @@ type Registrar struct {
 	opMu sync.Mutex
 
 	mu      sync.Mutex
-	inst    Instance         // the record to write (latest Update)
-	lease   clientv3.LeaseID // 0: none granted, or known to be gone
-	suspect bool             // the lease's keepalive stopped: it may have expired
-	dirty   bool             // etcd may differ from what we want; the keeper retries
-	want    bool             // registered (Register) or not (Deregister)
+	inst    Instance                  // the record to write (latest Update)
+	lease   clientv3.LeaseID          // 0: none granted, or known to be gone
+	granted map[clientv3.LeaseID]bool // every lease this Registrar was granted: a record on one is ours
+	rev     int64                     // etcd revision of our latest write of the key (put or delete)
+	err     error                     // why etcd differs from what is wanted; nil when it matches
+	suspect bool                      // the lease's keepalive stopped: it may have expired
+	dirty   bool                      // etcd may differ from what we want; the keeper retries
+	want    bool                      // registered (Register) or not (Deregister)
 	state   State
 	closed  bool
 	keeper  context.CancelFunc // nil until the first lease
 	kick    chan struct{}      // wakes the keeper when lease or dirty changed
+	synced  chan struct{}      // wakes watchOwnKey after a successful sync
 	done    chan struct{}      // closed when the keeper exits
 }
 
@@ -210,6 +238,7 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 		log:    cfg.Logger.With("app", inst.App, "instance", inst.ID),
 		inst:   inst,
 		kick:   make(chan struct{}, 1),
+		synced: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
 	if cfg.OnStateChange != nil {
@@ -244,12 +273,27 @@ func (r *Registrar) State() State {
 	return r.state
 }
 
+// Err returns the error that keeps etcd from matching what the Registrar wants (e.g. a
+// *DuplicateIDError while another live instance holds the id, or ErrEtcdUnavailable), or
+// nil when it matches.
+func (r *Registrar) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
 // Register waits for the readiness checks, then RegisterDelay, then writes the record under
 // a lease and keeps the lease alive in the background until Deregister or Close. If the lease
 // is lost later (etcd unreachable for longer than the TTL), the Registrar re-registers by
 // itself once etcd is back. Register on a registered instance is a no-op; after Deregister it
 // registers again (checks and delay included). A Register that fails leaves the Registrar as
 // it was: unregistered, or, if its registration was lost, still re-registering by itself.
+//
+// Registering is create-only: the record is written only if the key is absent or holds this
+// Registrar's own lease. If another live instance holds the id, Register returns a
+// *DuplicateIDError (errors.Is ErrDuplicateID) and writes nothing. The record of a process
+// that died without Close lasts until its lease expires (up to the TTL), so a restart with
+// the same id within the TTL gets this error too; retry after the TTL.
 func (r *Registrar) Register(ctx context.Context) error {
 	r.mu.Lock()
 	closed, registered := r.closed, r.want && r.state == StateRegistered
@@ -440,7 +484,7 @@ func (r *Registrar) Close(ctx context.Context) error {
 func (r *Registrar) syncLocked(ctx context.Context) error {
 	err := r.trySyncLocked(ctx)
 	r.mu.Lock()
-	r.dirty = err != nil
+	r.dirty, r.err = err != nil, err
 	want := r.want
 	r.mu.Unlock()
 	switch {
@@ -454,6 +498,12 @@ func (r *Registrar) syncLocked(ctx context.Context) error {
 	// A failed Register of an unregistered instance stays unregistered: nothing was lost,
 	// and Register reports the failure.
 	r.wake()
+	if err == nil {
+		select {
+		case r.synced <- struct{}{}:
+		default:
+		}
+	}
 	return err
 }
 
@@ -463,10 +513,20 @@ func (r *Registrar) trySyncLocked(ctx context.Context) error {
 	r.mu.Unlock()
 
 	if !want {
+		if lease == 0 {
+			return nil // never written, or its lease is gone and took the key with it
+		}
+		// Delete only our own record: the key may hold another instance's by now.
 		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
 		defer cancel()
-		_, err := r.cfg.Client.Delete(rctx, r.key)
-		return etcdErr(ctx, err)
+		resp, err := r.cfg.Client.Txn(rctx).
+			If(clientv3.Compare(clientv3.LeaseValue(r.key), "=", lease)).
+			Then(clientv3.OpDelete(r.key)).Commit()
+		if err != nil {
+			return etcdErr(ctx, err)
+		}
+		r.wrote(resp.Header.Revision)
+		return nil
 	}
 	val, err := Marshal(inst)
 	if err != nil {
@@ -497,9 +557,13 @@ func (r *Registrar) trySyncLocked(ctx context.Context) error {
 		}
 		r.mu.Lock()
 		r.lease, r.suspect = lease, false
+		if r.granted == nil {
+			r.granted = map[clientv3.LeaseID]bool{}
+		}
+		r.granted[lease] = true
 		r.mu.Unlock()
 		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-		_, err = r.cfg.Client.Put(rctx, r.key, string(val), clientv3.WithLease(lease))
+		err = r.createOrReplace(rctx, lease, string(val))
 		cancel()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
 			lease = 0 // expired between TimeToLive and Put: grant a fresh one
@@ -507,6 +571,60 @@ func (r *Registrar) trySyncLocked(ctx context.Context) error {
 		}
 		return etcdErr(ctx, err)
 	}
+}
+
+// createOrReplace puts the record under lease if the key is absent or already ours (on
+// lease), in one transaction, and returns a *DuplicateIDError if it holds another record.
+func (r *Registrar) createOrReplace(ctx context.Context, lease clientv3.LeaseID, val string) error {
+	put := clientv3.OpPut(r.key, val, clientv3.WithLease(lease))
+	resp, err := r.cfg.Client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(r.key), "=", 0)).
+		Then(put).
+		Else(clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(r.key), "=", lease)},
+			[]clientv3.Op{put},
+			[]clientv3.Op{clientv3.OpGet(r.key)})).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		inner := resp.Responses[0].GetResponseTxn()
+		if !inner.Succeeded {
+			kvs := inner.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 { // deleted between the two compares: try again
+				return fmt.Errorf("registry: %s changed while registering; retrying", r.key)
+			}
+			holder := clientv3.LeaseID(kvs[0].Lease)
+			r.mu.Lock()
+			ours := r.granted[holder]
+			r.mu.Unlock()
+			if !ours {
+				return &DuplicateIDError{Key: r.key, ID: r.cfg.Instance.ID, Lease: kvs[0].Lease}
+			}
+			// Our own record on a lease we gave up on (its keepalive stopped, etcd said it
+			// was gone or about to go): move it to the new lease.
+			resp, err = r.cfg.Client.Txn(ctx).
+				If(clientv3.Compare(clientv3.LeaseValue(r.key), "=", holder)).
+				Then(put).Commit()
+			if err != nil {
+				return err
+			}
+			if !resp.Succeeded {
+				return fmt.Errorf("registry: %s changed while registering; retrying", r.key)
+			}
+		}
+	}
+	r.wrote(resp.Header.Revision)
+	return nil
+}
+
+// wrote records the revision of our latest write of the key, so the keeper's watch of the
+// key can tell our own changes from someone else's.
+func (r *Registrar) wrote(rev int64) {
+	r.mu.Lock()
+	r.rev = max(r.rev, rev)
+	r.mu.Unlock()
 }
 
 // etcdErr turns "etcd did not answer" into ErrEtcdUnavailable, keeps the caller's
@@ -571,6 +689,9 @@ func (r *Registrar) keep(ctx context.Context) {
 		retryC   <-chan time.Time
 	)
 	defer func() { kaCancel() }()
+	watching := make(chan struct{})
+	go func() { defer close(watching); r.watchOwnKey(ctx) }()
+	defer func() { <-watching }()
 	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: min(5*time.Second, r.cfg.TTL)}
 	for {
 		r.mu.Lock()
@@ -620,6 +741,69 @@ func (r *Registrar) keep(ctx context.Context) {
 			} else {
 				r.log.Debug("registry: re-sync failed; retrying", "err", err)
 			}
+		}
+	}
+}
+
+// keyChanged looks at the changes of the key that the keeper's watch saw. A change newer
+// than our latest write, while the instance is meant to be registered, is someone else's: a
+// delete (an operator, a duplicate that stopped, or our lease expiring) or another lease's
+// record. Either way the registration is lost and the keeper re-syncs: it puts the record
+// back if the key is free, and otherwise reports the *DuplicateIDError without overwriting.
+func (r *Registrar) keyChanged(evs []*clientv3.Event) {
+	r.mu.Lock()
+	var cause error
+	for _, ev := range evs {
+		if ev.Kv.ModRevision <= r.rev || !r.want {
+			continue
+		}
+		switch {
+		case ev.Type == clientv3.EventTypeDelete:
+			cause = errRecordDeleted
+		case !r.granted[clientv3.LeaseID(ev.Kv.Lease)]:
+			cause = &DuplicateIDError{Key: r.key, ID: r.cfg.Instance.ID, Lease: ev.Kv.Lease}
+		}
+	}
+	if cause != nil {
+		r.dirty, r.err = true, cause
+	}
+	r.mu.Unlock()
+	if cause != nil {
+		r.setState(StateLost, cause)
+	}
+}
+
+// watchOwnKey runs beside the keeper until ctx ends: it watches the instance's key from
+// our latest write on and hands the changes to keyChanged. When the watch ends (compacted,
+// closed) it marks the Registrar dirty and starts again after the keeper's next successful
+// sync, from that write. (clientv3's Watch may block while etcd is unreachable, so it does
+// not run on the keeper's goroutine.)
+func (r *Registrar) watchOwnKey(ctx context.Context) {
+	for {
+		r.mu.Lock()
+		rev, dirty := r.rev, r.dirty
+		r.mu.Unlock()
+		if rev > 0 && !dirty {
+			wctx, cancel := context.WithCancel(ctx)
+			for resp := range r.cfg.Client.Watch(wctx, r.key, clientv3.WithRev(rev+1)) {
+				if resp.Err() != nil {
+					break
+				}
+				r.keyChanged(resp.Events)
+			}
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			r.mu.Lock()
+			r.dirty = true
+			r.mu.Unlock()
+			r.wake()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.synced:
 		}
 	}
 }
