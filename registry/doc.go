@@ -13,6 +13,17 @@
 // channel and traffic_weight). Deregister deletes the key at once and keeps the lease, so that
 // Register can put it back; Close revokes the lease.
 //
+// Instance ids must be unique within an app. Every write is a transaction that creates the
+// key or replaces this Registrar's own record (one on a lease it was granted); a record of
+// another live instance is never overwritten or deleted: Register returns a
+// *DuplicateIDError (errors.Is ErrDuplicateID) naming the holder's lease, and a registration
+// lost in a partition whose id was taken meanwhile stays StateLost (Registrar.Err says why)
+// until the key is free. The Registrar also watches its own key: if someone else deletes or
+// overwrites the record, it goes to StateLost and puts the record back once the key is free,
+// rather than reporting registered while etcd has no record of it. The record of a process
+// that died without Close lasts until its lease expires, so a restart with the same id
+// within the TTL is refused too.
+//
 // If etcd is unreachable for longer than the TTL, etcd's client gives up on the lease
 // (after the TTL, or after DialTimeout+1 s if no keepalive was ever answered); the Registrar
 // goes to StateLost, and once etcd answers again it reuses the lease if etcd kept it or grants
