@@ -39,6 +39,19 @@
 // counter switchyard.registry.records.skipped, and Watcher.Skipped) while the last good
 // version of that instance stays.
 //
+// Nor does it empty its set because a partition from etcd let leases expire (Eureka's
+// self-preservation, Nacos' protect threshold). The rule: an instance whose record is
+// deleted while its lease lives was deregistered on purpose (Deregister keeps the lease) and
+// leaves at once, however many leave together; an instance whose record vanished with its
+// lease (the lease expired, or was revoked without Deregister: a partition or a crash) is
+// held as a suspect, kept in the set and marked in Update.Held, until it registers again or
+// WatcherConfig.HoldExpired (default 30 s) has passed; past that, suspects stay while no
+// instance of the app is left in etcd. gRPC does not pick an endpoint it cannot connect to,
+// so a held instance that really died costs connection attempts, not calls. This holds the
+// same whether the deletions arrive live or in a burst after a watch gap or a re-list.
+// Instance.Epoch, the key's create revision, tells a new registration from an unchanged
+// record.
+//
 // NewResolverBuilder returns a gRPC resolver for targets switchyard:///<app>, to pass to
 // grpc.NewClient with grpc.WithResolvers. Every change becomes a resolver.State whose
 // Endpoints carry the instance record in their Attributes (InstanceFromEndpoint reads it); an

@@ -65,6 +65,14 @@ type Instance struct {
 	Warmup time.Duration
 	// Metadata is free-form, e.g. {"zone": "a"}.
 	Metadata map[string]string
+	// Epoch identifies one registration: the etcd create revision of the instance's key,
+	// set by the Watcher (and so the resolver) from etcd, not stored in the record. It
+	// changes with every new registration (Register after Deregister, or after a lost
+	// lease), not with Update, so a consumer can tell a new registration from an unchanged
+	// record. Ignored when registering; 0 in a Registrar's own record.
+	Epoch int64
+
+	lease int64 // the lease of the key as the Watcher read it; 0: none or not from a Watcher
 }
 
 // Key is the etcd key of the instance under prefix: <prefix>/services/<app>/<id>.
@@ -78,7 +86,7 @@ func (in Instance) Equal(o Instance) bool {
 	return in.ID == o.ID && in.App == o.App && in.Addr == o.Addr && in.Color == o.Color &&
 		in.Version == o.Version && in.Channel == o.Channel && in.Weight == o.Weight &&
 		in.TrafficWeight == o.TrafficWeight && in.StartTime.Equal(o.StartTime) &&
-		in.Warmup == o.Warmup && maps.Equal(in.Metadata, o.Metadata)
+		in.Warmup == o.Warmup && maps.Equal(in.Metadata, o.Metadata) && in.Epoch == o.Epoch
 }
 
 // ErrInvalidInstance is returned (wrapped, as a *FieldError) when an instance record breaks a

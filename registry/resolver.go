@@ -40,6 +40,11 @@ type ResolverConfig struct {
 	MethodConfig string
 	// RequestTimeout caps each list request. Default DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
+	// HoldExpired is how long an instance whose record vanished with its lease stays in the
+	// resolver's state as a suspect (see WatcherConfig.HoldExpired), so that a partition
+	// from etcd does not take away instances that still serve. Default DefaultHoldExpired
+	// (30 s); negative: none.
+	HoldExpired time.Duration
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 	// MeterProvider, default otel.GetMeterProvider().
@@ -106,6 +111,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		App:            app,
 		OnUpdate:       r.update,
 		RequestTimeout: b.cfg.RequestTimeout,
+		HoldExpired:    b.cfg.HoldExpired,
 		Logger:         b.cfg.Logger,
 		MeterProvider:  b.cfg.MeterProvider,
 	})

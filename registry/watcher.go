@@ -1,10 +1,12 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +41,17 @@ type WatcherConfig struct {
 	// MeterProvider provides the counter switchyard.registry.records.skipped. Default
 	// otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
+	// HoldExpired is how long an instance whose record vanished with its lease (the lease
+	// expired, or was revoked without Deregister) stays in the set as a suspect, unless it
+	// registers again first; past it, suspects leave unless none of the app's instances
+	// would be left. A record deleted while its lease lives (Deregister) leaves at once.
+	// Default DefaultHoldExpired (30 s); negative: no hold, every deletion leaves at once.
+	HoldExpired time.Duration
 }
+
+// DefaultHoldExpired is the default of WatcherConfig.HoldExpired and
+// ResolverConfig.HoldExpired.
+const DefaultHoldExpired = 30 * time.Second
 
 // Update is the complete instance set of one app after a change.
 type Update struct {
@@ -51,6 +63,9 @@ type Update struct {
 	// etcd could not be reached. Once it has a set, outages are ridden out silently with
 	// the last good set.
 	Err error
+	// Held are the IDs, sorted, of the instances in Instances whose record vanished with
+	// its lease and that are kept as suspects (WatcherConfig.HoldExpired).
+	Held []string
 }
 
 // A Watcher follows the instances of one app: it lists them, then watches from the list's
@@ -72,6 +87,20 @@ type Watcher struct {
 
 	mu   sync.Mutex
 	last Update
+
+	// Owned by the watch goroutine (kvwatch's callbacks).
+	cli     *clientv3.Client
+	timeout time.Duration
+	hold    time.Duration
+	live    map[string]Instance // what etcd has, by ID
+	held    map[string]heldInstance
+	timer   *time.Timer // republishes when the earliest hold ends
+}
+
+// heldInstance is an instance kept although its record vanished with its lease.
+type heldInstance struct {
+	in    Instance
+	until time.Time
 }
 
 // NewWatcher checks cfg and starts following the app. The first Update arrives once the
@@ -107,7 +136,15 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: create metric: %w", err)
 	}
+	if cfg.HoldExpired == 0 {
+		cfg.HoldExpired = DefaultHoldExpired
+	}
 	w := &Watcher{
+		cli:     cfg.Client,
+		timeout: cfg.RequestTimeout,
+		hold:    cfg.HoldExpired,
+		live:    map[string]Instance{},
+		held:    map[string]heldInstance{},
 		app:     cfg.App,
 		log:     cfg.Logger.With("app", cfg.App),
 		onUp:    cfg.OnUpdate,
@@ -118,8 +155,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		Client:         cfg.Client,
 		Prefix:         AppPrefix(cfg.Prefix, cfg.App),
 		Decode:         w.decode,
+		Stamp:          func(in Instance, createRev, lease int64) Instance { in.Epoch, in.lease = createRev, lease; return in },
 		Equal:          Instance.Equal,
-		OnChange:       func(in []Instance, rev int64) { w.emit(Update{Instances: in, Revision: rev}) },
+		OnChange:       w.change,
 		OnListError:    func(err error) { w.emit(Update{Err: fmt.Errorf("registry: %w", err)}) },
 		OnSkip:         w.skip,
 		RequestTimeout: cfg.RequestTimeout,
@@ -130,7 +168,12 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 
 // Close stops the Watcher and waits for its goroutine. OnUpdate is not called after Close
 // returns. It is safe to call more than once.
-func (w *Watcher) Close() { w.kv.Close() }
+func (w *Watcher) Close() {
+	w.kv.Close()
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+}
 
 // Last returns the last Update given to OnUpdate (zero before the first).
 func (w *Watcher) Last() Update {
@@ -162,6 +205,74 @@ func (w *Watcher) skip(key string, err error) {
 	w.nSkip.Add(1)
 	w.skipped.Add(context.Background(), 1, w.attrs)
 	w.log.Warn("registry: skipping malformed instance record; keeping the last good version", "key", key, "err", err)
+}
+
+// change receives etcd's set from kvwatch and publishes it with the held suspects.
+//
+// The hold rule: an instance whose record is gone from etcd is held (kept in the set) when
+// its record vanished with its lease, because then nobody deregistered it: its lease
+// expired (etcd or the instance was cut off, or it crashed) or was revoked without
+// Deregister. A record deleted while its lease lives, which is what Deregister does, leaves
+// at once. Held instances leave when they register again (their new record replaces them),
+// or when the hold ends, except that while no instance of the app is left in etcd they all
+// stay: a partition never empties the set. gRPC does not pick an endpoint it cannot connect
+// to, so a held instance that really died costs connection attempts, not calls.
+func (w *Watcher) change(items []Instance, rev int64) {
+	now := time.Now()
+	next := make(map[string]Instance, len(items))
+	for _, in := range items {
+		next[in.ID] = in
+		delete(w.held, in.ID) // registered again
+	}
+	for id, in := range w.live {
+		if _, ok := next[id]; !ok && w.hold > 0 && w.vanishedWithLease(in) {
+			w.held[id] = heldInstance{in: in, until: now.Add(w.hold)}
+			w.log.Warn("registry: instance record vanished with its lease (expired, or revoked without Deregister); keeping the instance as a suspect until it registers again",
+				"instance", id, "hold", w.hold)
+		}
+	}
+	w.live = next
+	var earliest time.Time
+	for id, h := range w.held {
+		switch {
+		case len(next) > 0 && !now.Before(h.until):
+			delete(w.held, id)
+			w.log.Info("registry: suspect instance did not register again within the hold; dropping it", "instance", id)
+		case len(next) > 0 && (earliest.IsZero() || h.until.Before(earliest)):
+			earliest = h.until
+		}
+	}
+	if !earliest.IsZero() {
+		if w.timer == nil {
+			w.timer = time.AfterFunc(earliest.Sub(now), w.kv.Republish)
+		} else {
+			w.timer.Reset(earliest.Sub(now))
+		}
+	}
+	u := Update{Instances: items, Revision: rev}
+	if len(w.held) > 0 {
+		u.Instances = slices.Clone(items)
+		for id, h := range w.held {
+			u.Instances = append(u.Instances, h.in)
+			u.Held = append(u.Held, id)
+		}
+		slices.SortFunc(u.Instances, func(a, b Instance) int { return cmp.Compare(a.ID, b.ID) })
+		slices.Sort(u.Held)
+	}
+	w.emit(u)
+}
+
+// vanishedWithLease reports whether the deleted record of in went with its lease: true if
+// etcd no longer has the lease, or cannot say; false for a record without a lease or whose
+// lease lives (deleted on purpose).
+func (w *Watcher) vanishedWithLease(in Instance) bool {
+	if in.lease == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.timeout)
+	defer cancel()
+	resp, err := w.cli.TimeToLive(ctx, clientv3.LeaseID(in.lease))
+	return err != nil || resp.TTL < 0 // -1: not found; 0 is a live lease's last second
 }
 
 func (w *Watcher) emit(u Update) {

@@ -5,7 +5,8 @@
 // between. When the watch fails (etcd restarted, leader lost, history compacted while it was
 // away) it lists again, with backoff, and carries on; until then it keeps the last good set,
 // so an outage never empties it. A value that does not decode is skipped and reported, and the
-// last good value of that key stays.
+// last good value of that key stays. Config.Stamp gives items their key's create revision and
+// lease; Republish has OnChange called again from the Watcher's goroutine.
 package kvwatch
 
 import (
@@ -38,6 +39,10 @@ type Config[T any] struct {
 	// Decode turns one key (without Prefix) and value into an item. An error skips the value
 	// and keeps the key's last good item. Required.
 	Decode func(name string, value []byte) (T, error)
+	// Stamp, if set, is given every decoded item with its key's create revision (it changes
+	// when the key is deleted and created again) and lease (0: none), and returns the item
+	// to keep. Optional.
+	Stamp func(item T, createRevision, lease int64) T
 	// Equal tells an unchanged item from a changed one. Required.
 	Equal func(a, b T) bool
 	// OnChange receives the whole set after every change, in key order, from the Watcher's
@@ -61,11 +66,13 @@ type Config[T any] struct {
 type Watcher[T any] struct {
 	cfg    Config[T]
 	nudge  chan struct{}
+	again  chan struct{} // Republish
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	set    []entry[T] // sorted by name
 	hasSet bool
+	rev    int64 // of the last OnChange
 }
 
 type entry[T any] struct {
@@ -76,7 +83,7 @@ type entry[T any] struct {
 // New starts following cfg.Prefix.
 func New[T any](cfg Config[T]) *Watcher[T] {
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &Watcher[T]{cfg: cfg, nudge: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	w := &Watcher[T]{cfg: cfg, nudge: make(chan struct{}, 1), again: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
 	go w.run(ctx)
 	return w
 }
@@ -92,6 +99,22 @@ func (w *Watcher[T]) Refresh() {
 	select {
 	case w.nudge <- struct{}{}:
 	default:
+	}
+}
+
+// Republish makes the Watcher call OnChange again with its current set (once it has one),
+// from its goroutine, e.g. because the caller's view of the set depends on time. Safe to
+// call from any goroutine, also after Close (it then does nothing).
+func (w *Watcher[T]) Republish() {
+	select {
+	case w.again <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Watcher[T]) republish() {
+	if w.hasSet {
+		w.publish(w.rev)
 	}
 }
 
@@ -132,13 +155,18 @@ func (w *Watcher[T]) run(ctx context.Context) {
 func (w *Watcher[T]) wait(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-	case <-w.nudge:
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		case <-w.nudge:
+		case <-w.again:
+			w.republish()
+			continue
+		}
+		return true
 	}
-	return true
 }
 
 // list reads the whole prefix and replaces the set, keeping the last good value of keys
@@ -176,7 +204,22 @@ func (w *Watcher[T]) watch(ctx context.Context, rev int64) error {
 	// Require a leader, so a partitioned member ends the watch instead of going silent.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for resp := range w.cfg.Client.Watch(wctx, w.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev)) {
+	wch := w.cfg.Client.Watch(wctx, w.cfg.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+	for {
+		var resp clientv3.WatchResponse
+		select {
+		case <-w.again:
+			w.republish()
+			continue
+		case r, ok := <-wch:
+			if !ok {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return errors.New("watch channel closed")
+			}
+			resp = r
+		}
 		if err := resp.Err(); err != nil {
 			return err
 		}
@@ -200,10 +243,6 @@ func (w *Watcher[T]) watch(ctx context.Context, rev int64) error {
 			w.publish(resp.Header.Revision)
 		}
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return errors.New("watch channel closed")
 }
 
 func (w *Watcher[T]) name(key []byte) string { return strings.TrimPrefix(string(key), w.cfg.Prefix) }
@@ -215,6 +254,9 @@ func (w *Watcher[T]) decode(kv *mvccpb.KeyValue) (T, bool) {
 			w.cfg.OnSkip(string(kv.Key), err)
 		}
 		return v, false
+	}
+	if w.cfg.Stamp != nil {
+		v = w.cfg.Stamp(v, kv.CreateRevision, kv.Lease)
 	}
 	return v, true
 }
@@ -247,6 +289,7 @@ func (w *Watcher[T]) remove(name string) bool {
 }
 
 func (w *Watcher[T]) publish(rev int64) {
+	w.rev = rev
 	items := make([]T, len(w.set))
 	for i, e := range w.set {
 		items[i] = e.v
