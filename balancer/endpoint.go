@@ -16,14 +16,20 @@ type EndpointInfo struct {
 	TrafficWeight float64       // color weight from the channel's rule, 100 = normal
 	StartTime     time.Time     // start of the warmup ramp
 	Warmup        time.Duration // length of the ramp; 0 = none
+	// Epoch identifies the registration (the switchyard resolver sets the etcd create
+	// revision of the instance's key): a new registration of the same instance, even with an
+	// identical record, has a new Epoch, so it clears an offline mark. 0 = unknown.
+	Epoch int64
 }
 
 // Equal compares every field, for gRPC's attributes (so an unchanged record is not a new
-// endpoint) and for offline marks (only a different record clears one).
+// endpoint) and for offline marks (only a different record, or a new registration: another
+// Epoch, clears one).
 func (e EndpointInfo) Equal(o any) bool {
 	p, ok := o.(EndpointInfo)
 	return ok && e.ID == p.ID && e.Color == p.Color && e.Channel == p.Channel && e.Weight == p.Weight &&
-		e.TrafficWeight == p.TrafficWeight && e.StartTime.Equal(p.StartTime) && e.Warmup == p.Warmup
+		e.TrafficWeight == p.TrafficWeight && e.StartTime.Equal(p.StartTime) && e.Warmup == p.Warmup &&
+		e.Epoch == p.Epoch
 }
 
 type infoKey struct{}

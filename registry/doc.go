@@ -50,7 +50,8 @@
 // so a held instance that really died costs connection attempts, not calls. This holds the
 // same whether the deletions arrive live or in a burst after a watch gap or a re-list.
 // Instance.Epoch, the key's create revision, tells a new registration from an unchanged
-// record.
+// record; the resolver passes it on as balancer.EndpointInfo.Epoch, so a new registration
+// (an /offline then /online, seen late by a consumer) clears that consumer's offline mark.
 //
 // NewResolverBuilder returns a gRPC resolver for targets switchyard:///<app>, to pass to
 // grpc.NewClient with grpc.WithResolvers. Every change becomes a resolver.State whose
