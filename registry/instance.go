@@ -30,6 +30,12 @@ func (c Color) Valid() bool { return c == ColorNone || c == ColorBlue || c == Co
 // instance whose app is in no open release channel.
 const DefaultWeight = 100
 
+// MaxWeight bounds Weight and TrafficWeight. A consumer's picker multiplies the two and sums
+// them over an app's endpoints; with both at most 1e6 (10 000 times the default, far beyond
+// any real capacity ratio) the sum stays many orders of magnitude below float64's range and
+// exact enough, where weights near MaxFloat64 overflowed it to +Inf.
+const MaxWeight = 1e6
+
 // SchemaVersion is the "v" field of the instance records this package writes and reads.
 const SchemaVersion = 1
 
@@ -51,11 +57,11 @@ type Instance struct {
 	// Channel is the release channel the app is in, "" when it is in no open channel.
 	// Written by the instance itself from the channel's rule.
 	Channel string
-	// Weight is the operator's base weight (capacity). Finite and >= 0; a Registrar
-	// registers 0 as DefaultWeight (100).
+	// Weight is the operator's base weight (capacity). Finite, >= 0 and <= MaxWeight (1e6);
+	// a Registrar registers 0 as DefaultWeight (100).
 	Weight float64
 	// TrafficWeight is the color weight from the channel's rule (DESIGN.md "The weight
-	// formula"). Finite and >= 0. It only has meaning inside a channel: an instance with an
+	// formula"). Finite, >= 0 and <= MaxWeight (1e6). It only has meaning inside a channel: an instance with an
 	// empty Channel is always written with DefaultWeight.
 	TrafficWeight float64
 	// StartTime is when the instance started; consumers ramp its weight up from here.
@@ -183,8 +189,9 @@ func validateAddr(addr string) error {
 }
 
 func validateWeight(field string, w float64) error {
-	if math.IsNaN(w) || math.IsInf(w, 0) || w < 0 {
-		return &FieldError{Field: field, Value: strconv.FormatFloat(w, 'g', -1, 64), Rule: "must be a finite number >= 0"}
+	if math.IsNaN(w) || w < 0 || w > MaxWeight {
+		return &FieldError{Field: field, Value: strconv.FormatFloat(w, 'g', -1, 64),
+			Rule: "must be a finite number >= 0 and <= 1e+06 (MaxWeight; 100 is normal): consumers sum weights, and larger ones overflow the sum"}
 	}
 	return nil
 }

@@ -177,3 +177,36 @@ func TestMalformedErrorKeepsTheFieldError(t *testing.T) {
 		t.Fatalf("error text\n got %q\nwant %q", err, want)
 	}
 }
+
+// Issue 12 case 7: weights up to MaxFloat64 passed validation, and two at 1e308 overflowed
+// the picker's running total.
+func TestWeightsAreBounded(t *testing.T) {
+	ok := registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001", Weight: 100, TrafficWeight: 100}
+	for _, w := range []float64{0, 1, registry.MaxWeight} {
+		in := ok
+		in.Weight, in.TrafficWeight = w, w
+		if err := in.Validate(); err != nil {
+			t.Errorf("weight %g: %v", w, err)
+		}
+	}
+	for _, tc := range []struct {
+		field string
+		set   func(*registry.Instance, float64)
+	}{
+		{"weight", func(in *registry.Instance, w float64) { in.Weight = w }},
+		{"traffic_weight", func(in *registry.Instance, w float64) { in.TrafficWeight = w }},
+	} {
+		for _, w := range []float64{registry.MaxWeight * 1.5, 1e308, math.MaxFloat64, math.Inf(1), math.NaN(), -1} {
+			in := ok
+			tc.set(&in, w)
+			err := in.Validate()
+			var fe *registry.FieldError
+			if !errors.As(err, &fe) || fe.Field != tc.field || !strings.Contains(err.Error(), "1e+06") {
+				t.Errorf("%s %g: Validate = %v; want a FieldError on %s naming the bound", tc.field, w, err, tc.field)
+			}
+		}
+	}
+	if _, err := registry.Unmarshal([]byte(`{"v":1,"id":"o-1","app":"order","addr":"127.0.0.1:9001","color":"","channel":"","weight":1e308,"traffic_weight":100,"start_time":"2026-01-01T00:00:00Z","warmup_ms":0}`)); !errors.Is(err, registry.ErrMalformedRecord) {
+		t.Errorf("a stored record with weight 1e308 was accepted: %v", err)
+	}
+}
