@@ -121,7 +121,7 @@ var (
 	// holds the record of another live instance (another lease).
 	ErrDuplicateID = errors.New("registry: duplicate instance id")
 	// errRecordDeleted is why a registration whose key someone else deleted is lost.
-	errRecordDeleted = errors.New("registry: the instance's record was deleted by someone else (an operator, or another instance with the same id that stopped); putting it back")
+	errRecordDeleted = errors.New("registry: the instance's record was deleted while registered (by an operator, by another instance with the same id that stopped, or with an expired lease); putting it back")
 )
 
 // DuplicateIDError says that the instance's key is taken: another instance registered the

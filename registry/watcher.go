@@ -55,7 +55,8 @@ const DefaultHoldExpired = 30 * time.Second
 
 // Update is the complete instance set of one app after a change.
 type Update struct {
-	// Instances are every registered instance, sorted by ID. Never nil when Err is nil.
+	// Instances are every registered instance, plus the suspects kept by the hold rule
+	// (Held), sorted by ID. Never nil when Err is nil.
 	Instances []Instance
 	// Revision is the etcd revision the set reflects.
 	Revision int64

@@ -594,3 +594,50 @@ func TestErr(t *testing.T) {
 		}
 	}
 }
+
+// Stamp gives each item its key's create revision and lease, on the list and on the watch;
+// a key deleted and created again gets a new create revision.
+func TestStampGivesTheCreateRevisionAndLease(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	stamp := func(it item, createRev, lease int64) item {
+		it.val += fmt.Sprintf("@%d/%x", createRev, lease)
+		return it
+	}
+	a := put(t, cli, prefix+"a", "1")
+	r, _ := start(t, cli, func(c *kvwatch.Config[item]) { c.Stamp = stamp })
+	r.waitFor(t, fmt.Sprintf("a=1@%d/0", a))
+	g, err := cli.Grant(context.Background(), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Put(context.Background(), prefix+"b", "2", clientv3.WithLease(g.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := resp.Header.Revision
+	r.waitFor(t, fmt.Sprintf("a=1@%d/0 b=2@%d/%x", a, b, g.ID))
+	put(t, cli, prefix+"a", "3") // an update keeps the create revision
+	r.waitFor(t, fmt.Sprintf("a=3@%d/0 b=2@%d/%x", a, b, g.ID))
+	del(t, cli, prefix+"a")
+	a2 := put(t, cli, prefix+"a", "3")
+	r.waitFor(t, fmt.Sprintf("a=3@%d/0 b=2@%d/%x", a2, b, g.ID))
+}
+
+// Republish calls OnChange again with the current set and revision, from the Watcher's
+// goroutine, also while the watch is quiet.
+func TestRepublishReportsTheSetAgain(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	rev := put(t, cli, prefix+"a", "1")
+	r, w := start(t, cli)
+	r.waitFor(t, "a=1")
+	n := len(r.all())
+	w.Republish()
+	testutil.Eventually(t, "the set reported again", func() bool { return len(r.all()) == n+1 })
+	if c, _ := r.last(); c.set != "a=1" || c.rev != rev {
+		t.Fatalf("republished %+v, want a=1 at revision %d", c, rev)
+	}
+}
