@@ -40,13 +40,14 @@
 // version of that instance stays.
 //
 // Nor does it empty its set because a partition from etcd let leases expire (Eureka's
-// self-preservation, Nacos' protect threshold). The rule: an instance whose record is
-// deleted while its lease lives was deregistered on purpose (Deregister keeps the lease) and
-// leaves at once, however many leave together; an instance whose record vanished with its
-// lease (the lease expired, or was revoked without Deregister: a partition or a crash) is
-// held as a suspect, kept in the set and marked in Update.Held, until it registers again or
-// WatcherConfig.HoldExpired (default 30 s) has passed; past that, suspects stay while no
-// instance of the app is left in etcd. gRPC does not pick an endpoint it cannot connect to,
+// self-preservation, Nacos' protect threshold, with a floor of one instance per color).
+// The rule: an instance whose record is deleted while another instance of its color (in the
+// app) remains leaves at once, as does one deleted while its lease lives, which is what
+// Deregister does (it keeps the lease), however many leave together. The last instance of
+// its color whose record vanished with its lease (the lease expired, or was revoked without
+// Deregister: a partition or a crash) is held as a suspect, kept in the set and marked in
+// Update.Held, until it registers again or WatcherConfig.HoldExpired (default 30 s) has
+// passed; past that, suspects stay while no instance of the app is left in etcd. gRPC does not pick an endpoint it cannot connect to,
 // so a held instance that really died costs connection attempts, not calls. This holds the
 // same whether the deletions arrive live or in a burst after a watch gap or a re-list.
 // Instance.Epoch, the key's create revision, tells a new registration from an unchanged

@@ -41,10 +41,11 @@ type WatcherConfig struct {
 	// MeterProvider provides the counter switchyard.registry.records.skipped. Default
 	// otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
-	// HoldExpired is how long an instance whose record vanished with its lease (the lease
-	// expired, or was revoked without Deregister) stays in the set as a suspect, unless it
-	// registers again first; past it, suspects leave unless none of the app's instances
-	// would be left. A record deleted while its lease lives (Deregister) leaves at once.
+	// HoldExpired is how long the last instance of its color (in the app) whose record
+	// vanished with its lease (the lease expired, or was revoked without Deregister) stays
+	// in the set as a suspect, unless it registers again first; past it, suspects leave
+	// unless none of the app's instances would be left. A record deleted while its lease
+	// lives (Deregister), or while another instance of its color remains, leaves at once.
 	// Default DefaultHoldExpired (30 s); negative: no hold, every deletion leaves at once.
 	HoldExpired time.Duration
 }
@@ -210,14 +211,17 @@ func (w *Watcher) skip(key string, err error) {
 
 // change receives etcd's set from kvwatch and publishes it with the held suspects.
 //
-// The hold rule: an instance whose record is gone from etcd is held (kept in the set) when
-// its record vanished with its lease, because then nobody deregistered it: its lease
-// expired (etcd or the instance was cut off, or it crashed) or was revoked without
-// Deregister. A record deleted while its lease lives, which is what Deregister does, leaves
-// at once. Held instances leave when they register again (their new record replaces them),
-// or when the hold ends, except that while no instance of the app is left in etcd they all
-// stay: a partition never empties the set. gRPC does not pick an endpoint it cannot connect
-// to, so a held instance that really died costs connection attempts, not calls.
+// The hold rule: an instance whose record is gone from etcd while another instance of its
+// color (in this app) is still there leaves at once. The last one of its color is held
+// (kept in the set) when its record vanished with its lease, because then nobody
+// deregistered it: its lease expired (etcd or the instance was cut off, or it crashed) or
+// was revoked without Deregister. A record deleted while its lease lives, which is what
+// Deregister does, leaves at once. Held instances leave when they register again (their new
+// record replaces them), or when the hold ends, except that while no instance of the app is
+// left in etcd they all stay: a partition never empties the set. gRPC does not pick an
+// endpoint it cannot connect to, so a held instance that really died costs connection
+// attempts, not calls. Only the last of a color costs a lease lookup (one etcd request)
+// before its removal is published.
 func (w *Watcher) change(items []Instance, rev int64) {
 	now := time.Now()
 	next := make(map[string]Instance, len(items))
@@ -226,7 +230,7 @@ func (w *Watcher) change(items []Instance, rev int64) {
 		delete(w.held, in.ID) // registered again
 	}
 	for id, in := range w.live {
-		if _, ok := next[id]; !ok && w.hold > 0 && w.vanishedWithLease(in) {
+		if _, ok := next[id]; !ok && w.hold > 0 && !colorLeft(next, in.Color) && w.vanishedWithLease(in) {
 			w.held[id] = heldInstance{in: in, until: now.Add(w.hold)}
 			w.log.Warn("registry: instance record vanished with its lease (expired, or revoked without Deregister); keeping the instance as a suspect until it registers again",
 				"instance", id, "hold", w.hold)
@@ -261,6 +265,16 @@ func (w *Watcher) change(items []Instance, rev int64) {
 		slices.Sort(u.Held)
 	}
 	w.emit(u)
+}
+
+// colorLeft reports whether set has an instance of color c.
+func colorLeft(set map[string]Instance, c Color) bool {
+	for _, in := range set {
+		if in.Color == c {
+			return true
+		}
+	}
+	return false
 }
 
 // vanishedWithLease reports whether the deleted record of in went with its lease: true if
