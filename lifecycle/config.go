@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -47,7 +48,10 @@ type Config struct {
 
 	// App is the app this instance provides. Required.
 	App string
-	// ID identifies the instance. Default the host name (the pod name in Kubernetes).
+	// ID identifies the instance; ids are unique per app (registry refuses a second live
+	// instance with the same id). Default "<host name>-<gRPC port>" (the host name is the pod
+	// name in Kubernetes), so two instances on one host do not clash; with ListenAddr port 0,
+	// "<host name>-<process id>".
 	ID string
 	// Color is blue, green or none. Default the SWITCHYARD_COLOR environment variable.
 	Color registry.Color
@@ -110,12 +114,15 @@ func (c *Config) setDefaults() error {
 	if err := registry.ValidateName("app", c.App); err != nil {
 		return fmt.Errorf("lifecycle: Config.App: %w", err)
 	}
+	if c.ListenAddr == "" {
+		c.ListenAddr = DefaultListenAddr
+	}
 	if c.ID == "" {
-		h, err := os.Hostname()
-		if err != nil || registry.ValidateName("id", h) != nil {
-			return fmt.Errorf("lifecycle: Config.ID is empty and the host name %q cannot serve as one; set Config.ID", h)
+		id, err := defaultID(c.ListenAddr)
+		if err != nil {
+			return err
 		}
-		c.ID = h
+		c.ID = id
 	}
 	if c.Color == "" {
 		c.Color = registry.Color(os.Getenv(ColorEnv))
@@ -128,9 +135,6 @@ func (c *Config) setDefaults() error {
 		c.Warmup = DefaultWarmup
 	case c.Warmup < 0:
 		c.Warmup = 0
-	}
-	if c.ListenAddr == "" {
-		c.ListenAddr = DefaultListenAddr
 	}
 	if c.AdminAddr == "" {
 		c.AdminAddr = DefaultAdminAddr
@@ -173,4 +177,22 @@ func (c *Config) advertise(bound net.Addr) (string, error) {
 		return net.JoinHostPort(h, port), nil
 	}
 	return "", fmt.Errorf("lifecycle: gRPC listens on %s, which consumers cannot dial; %s", c.ListenAddr, defaultAdvertiseNote)
+}
+
+// defaultID is "<host name>-<port>" for the port in listenAddr, or "<host name>-<pid>" when
+// the port is chosen at listen time (0): unique on one host, and readable.
+func defaultID(listenAddr string) (string, error) {
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("lifecycle: Config.ID is empty and the host name cannot be read (%v); set Config.ID", err)
+	}
+	suffix := strconv.Itoa(os.Getpid())
+	if _, port, err := net.SplitHostPort(listenAddr); err == nil && port != "" && port != "0" {
+		suffix = port
+	}
+	id := h + "-" + suffix
+	if err := registry.ValidateName("id", id); err != nil {
+		return "", fmt.Errorf("lifecycle: Config.ID is empty and %q (host name and port) cannot serve as one (%v); set Config.ID", id, err)
+	}
+	return id, nil
 }

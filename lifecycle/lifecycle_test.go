@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -511,5 +512,34 @@ func TestOfflineClosesEveryAdminConnection(t *testing.T) {
 	_ = conn.SetReadDeadline(time.Now().Add(testutil.Deadline))
 	if n, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("after Offline the admin connection is still open (read %d bytes, %v); want it closed", n, err)
+	}
+}
+
+// Two instances of an app on one host, neither given an ID, must not share one: the default
+// is the host name plus the gRPC port (or the process id when the port is chosen at listen
+// time), and registry refuses a second live instance with the same id.
+func TestDefaultIDsDoNotClashOnOneHost(t *testing.T) {
+	cli := etcdtest.Start(t).Client(t)
+	host, err := os.Hostname()
+	if err != nil {
+		t.Skipf("no host name here: %v", err)
+	}
+	ids := map[string]string{}
+	for _, listen := range []string{"127.0.0.1:9101", "127.0.0.1:9102", "127.0.0.1:0"} {
+		inst, err := lifecycle.New(lifecycle.Config{Client: cli, App: "greeter", ListenAddr: listen, Logger: testutil.Logger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[listen] = inst.Status().ID
+	}
+	want := map[string]string{
+		"127.0.0.1:9101": host + "-9101",
+		"127.0.0.1:9102": host + "-9102",
+		"127.0.0.1:0":    fmt.Sprintf("%s-%d", host, os.Getpid()),
+	}
+	for listen, id := range ids {
+		if id != want[listen] {
+			t.Errorf("ListenAddr %s: default ID %q, want %q", listen, id, want[listen])
+		}
 	}
 }
