@@ -44,7 +44,10 @@
 // Every pick's Done callback looks for OfflineHeader ("x-switchyard-offline: 1") in the
 // trailer; the first flagged response takes that endpoint out of the picker at once, without
 // waiting for the registry. Only a different registry record for that instance clears the
-// mark; marks of endpoints that leave the resolver state are dropped. If every ready endpoint
+// mark, and a new registration is always a different record: EndpointInfo.Epoch (the key's
+// create revision) changes even when every other field is the same, so /offline then /online
+// clears marks on consumers that saw it late. Marks of endpoints that leave the resolver
+// state are dropped. If every ready endpoint
 // is marked, they are all picked (they still serve); likewise a sticky request picks the
 // marked endpoints of its color when that color has no other ready one.
 //
