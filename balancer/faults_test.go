@@ -150,9 +150,8 @@ func TestUndecidedWaitsForAWeightedEndpointRatherThanPickADrainedOne(t *testing.
 
 	client := c.dial()
 	client.waitRecord("both records", func(in map[string]balancer.EndpointInfo) bool { return len(in) == 2 })
-	client.waitSubConn("blue-1", connectivity.Ready)
 	client.waitSubConn("green-1", connectivity.Connecting)
-	picker, _ := client.obs.latest()
+	picker := client.waitState(connectivity.Ready) // blue-1 READY in the picker
 	wait := "error: " + gbalancer.ErrNoSubConnAvailable.Error()
 	if seen := client.picks(picker, context.Background(), fibRPCs); seen[wait] != fibRPCs {
 		t.Fatalf("drained blue-1 READY, green-1 connecting: picks went to %v; want all to wait (ErrNoSubConnAvailable)", seen)
@@ -219,9 +218,8 @@ func TestHugeWeightsKeepTheirShares(t *testing.T) {
 	cc := testutil.Dial(t, "huge:///greeter", grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(sc))
 	cc.Connect()
 	client := &client{GreeterClient: greeterpb.NewGreeterClient(cc), t: t, obs: obs}
-	client.waitSubConn("a", connectivity.Ready)
-	client.waitSubConn("b", connectivity.Ready)
-	picker, _ := obs.latest()
+	// Both in the picker (before the fix, this already failed: every pick went to b).
+	picker := client.waitReady(context.Background(), "a", "b")
 	seen := client.picks(picker, context.Background(), fibPicks)
 	checkShare(t, "weights 1e308:1e308, picks of a", seen["a"], fibPicks, 0.5)
 	checkShare(t, "weights 1e308:1e308, picks of b", seen["b"], fibPicks, 0.5)

@@ -432,6 +432,7 @@ type observer struct {
 	idOf                 map[string]string                        // address → instance id, from the resolver states
 	scState              map[gbalancer.SubConn]connectivity.State // until it shuts down
 	picker               gbalancer.Picker                         // the last one sent
+	state                connectivity.State                       // the aggregated state it was sent with
 	seq                  int                                      // pickers sent
 	applied              map[string]balancer.EndpointInfo         // the last resolver state it has applied, by id
 }
@@ -467,9 +468,25 @@ func (o *observer) NewSubConn(addrs []resolver.Address, opts gbalancer.NewSubCon
 func (o *observer) UpdateState(s gbalancer.State) {
 	o.ClientConn.UpdateState(s)
 	o.mu.Lock()
-	o.picker = s.Picker
+	o.picker, o.state = s.Picker, s.ConnectivityState
 	o.seq++
 	o.mu.Unlock()
+}
+
+// waitState waits until the balancer's last picker was sent with the aggregated state st
+// (READY: the picker has a READY endpoint to pick), and returns that picker. A SubConn's own
+// READY is not enough: pick_first reports it to the balancer through the health listener,
+// which may come later.
+func (cl *client) waitState(st connectivity.State) gbalancer.Picker {
+	cl.t.Helper()
+	var p gbalancer.Picker
+	testutil.Eventually(cl.t, fmt.Sprintf("a picker sent in state %v", st), func() bool {
+		cl.obs.mu.Lock()
+		defer cl.obs.mu.Unlock()
+		p = cl.obs.picker
+		return p != nil && cl.obs.state == st
+	})
+	return p
 }
 
 // latest returns the last picker the balancer sent and how many it has sent.
