@@ -378,9 +378,24 @@ func TestRepeatedAndConcurrentOfflineThenOnline(t *testing.T) {
 	if a.State() != lifecycle.StateDrained || httpGet(t, a, "/healthz/ready") != http.StatusServiceUnavailable {
 		t.Fatalf("after /offline: state %s", a.State())
 	}
+	// The consumer learns of the drain from its registry watch or from a's offline flag on a
+	// call that still reached it (a serves what reaches it): wait until it has (20 calls in a
+	// row to b; a in the picker would get about half), then a is never picked again.
+	testutil.Eventually(t, "the consumer to stop picking drained a", func() bool {
+		for range 20 {
+			id, err := call(client, false)
+			if err != nil {
+				t.Fatalf("a call failed after the drain: %v", err)
+			}
+			if id == "a" {
+				return false
+			}
+		}
+		return true
+	})
 	for k := 0; k < 50; k++ {
 		if id, err := call(client, false); err != nil || id == "a" {
-			t.Fatalf("drained a still picked or call failed: %q %v", id, err)
+			t.Fatalf("drained a picked again once the consumer had seen the drain, or a call failed: %q %v", id, err)
 		}
 	}
 	if c := httpDo(t, a, http.MethodPost, "/online", ""); c != http.StatusOK {
