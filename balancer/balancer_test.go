@@ -8,9 +8,6 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"go.opentelemetry.io/otel"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	gbalancer "google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -182,12 +179,7 @@ func TestStickyRequestsNeverCrossColors(t *testing.T) {
 }
 
 func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	prev := otel.GetMeterProvider()
-	otel.SetMeterProvider(mp)
-	defer otel.SetMeterProvider(prev)
-	defer mp.Shutdown(context.Background())
+	fallbacks := fallbackMeter(t)
 
 	c := newCluster(t)
 	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
@@ -205,21 +197,7 @@ func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
 	if seen := calls(t, client, ctx, 100, 2); seen["green-1"] != 100 {
 		t.Fatalf("with blue gone, decided-blue requests went to %v; want all on green", seen)
 	}
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	var n int64
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name == "switchyard.balancer.sticky_fallbacks" {
-				for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-					n += dp.Value
-				}
-			}
-		}
-	}
-	if n < 100 {
+	if n := fallbacks(); n < 100 {
 		t.Fatalf("switchyard.balancer.sticky_fallbacks = %d, want at least 100", n)
 	}
 }
