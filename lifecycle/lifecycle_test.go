@@ -115,6 +115,23 @@ func dial(t *testing.T, cli *clientv3.Client) greeterpb.GreeterClient {
 	return testutil.Greeter(t, "switchyard:///greeter", grpc.WithResolvers(rb))
 }
 
+// callsOn makes n calls (waiting for ready) and returns how many the instance id answered;
+// any failed call fails t.
+func callsOn(t *testing.T, c greeterpb.GreeterClient, n int, id string) int {
+	t.Helper()
+	on := 0
+	for range n {
+		got, err := call(c, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == id {
+			on++
+		}
+	}
+	return on
+}
+
 func call(c greeterpb.GreeterClient, wait bool) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
@@ -459,16 +476,7 @@ func TestChannelShiftRePutsTrafficWeightAndTheSplitFollows(t *testing.T) {
 	// The picker spreads picks evenly (a Weyl sequence), so 500 calls land within a few of
 	// their shares.
 	const calls = 500
-	blue := 0
-	for k := 0; k < calls; k++ {
-		id, err := call(client, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if id == "blue-1" {
-			blue++
-		}
-	}
+	blue := callsOn(t, client, calls, "blue-1")
 	t.Logf("at 10%% blue: %d of %d calls went to blue", blue, calls)
 	if blue < 45 || blue > 55 {
 		t.Fatalf("blue got %d of %d calls at 10%%, want 50 ±5 (1 pp)", blue, calls)

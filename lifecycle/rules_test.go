@@ -204,16 +204,7 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 			})
 			// Calls made while blue-2 waits: none may reach it.
 			const calls = 60
-			onBlue2 := 0
-			for k := 0; k < calls; k++ {
-				id, err := call(client, true)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if id == "blue-2" {
-					onBlue2++
-				}
-			}
+			onBlue2 := callsOn(t, client, calls, "blue-2")
 			st := blue2.Status()
 			in, registered := record(t, cli, "blue-2")
 			if st.State != lifecycle.StateStarting || st.Ready || registered || onBlue2 != 0 {
