@@ -273,6 +273,27 @@ func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 }
 
 // silentListener accepts TCP connections and never answers, so gRPC stays CONNECTING.
+// closingListener returns the address of a listener that closes every connection it
+// accepts, so a dial to it fails at once (TRANSIENT_FAILURE). The test keeps the port: a
+// closed port could be taken by another test's server meanwhile and then answer.
+func closingListener(t *testing.T) string {
+	t.Helper()
+	ln := testutil.Listen(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
 func silentListener(t *testing.T) string {
 	t.Helper()
 	ln := testutil.Listen(t)
@@ -327,9 +348,7 @@ func TestStickyWaitsForItsColorToConnectAndFallsBackWhenItFails(t *testing.T) {
 	}
 
 	// Now blue's only instance refuses connections: crossing beats failing.
-	ln := testutil.Listen(t)
-	refused := ln.Addr().String()
-	_ = ln.Close()
+	refused := closingListener(t)
 	c2 := newCluster(t)
 	c2.start(colored("green-1", registry.ColorGreen, 50))
 	client = c2.dial()

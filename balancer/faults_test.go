@@ -183,9 +183,7 @@ func TestUndecidedWaitsForAWeightedEndpointRatherThanPickADrainedOne(t *testing.
 
 	// The weighted endpoint failing (not connecting) is no reason to wait: the drained one
 	// serves rather than fail.
-	ref := testutil.Listen(t)
-	refused := ref.Addr().String()
-	_ = ref.Close()
+	refused := closingListener(t)
 	c2 := newCluster(t)
 	c2.start(colored("blue-1", registry.ColorBlue, 0))
 	g2 := colored("green-1", registry.ColorGreen, 0)
