@@ -20,6 +20,10 @@ type EndpointInfo struct {
 	// revision of the instance's key): a new registration of the same instance, even with an
 	// identical record, has a new Epoch, so it clears an offline mark. 0 = unknown.
 	Epoch int64
+	// Degraded: the instance says it cannot keep requests of its color on its color further
+	// down (registry.Instance.Degraded). Requests decided for its color are not sent to it;
+	// undecided ones are.
+	Degraded bool
 }
 
 // Equal compares every field, for gRPC's attributes (so an unchanged record is not a new
@@ -29,7 +33,7 @@ func (e EndpointInfo) Equal(o any) bool {
 	p, ok := o.(EndpointInfo)
 	return ok && e.ID == p.ID && e.Color == p.Color && e.Channel == p.Channel && e.Weight == p.Weight &&
 		e.TrafficWeight == p.TrafficWeight && e.StartTime.Equal(p.StartTime) && e.Warmup == p.Warmup &&
-		e.Epoch == p.Epoch
+		e.Epoch == p.Epoch && e.Degraded == p.Degraded
 }
 
 type infoKey struct{}

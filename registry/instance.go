@@ -71,6 +71,13 @@ type Instance struct {
 	Warmup time.Duration
 	// Metadata is free-form, e.g. {"zone": "a"}.
 	Metadata map[string]string
+	// Degraded, when not empty, says why the instance cannot keep requests of its color on
+	// its color further down the chain (e.g. "no serving blue instance of inventory"):
+	// lifecycle sets it while an app of its channel that it calls has no serving instance of
+	// its color, and clears it when one serves again. Consumers then send it no request
+	// decided for its color, so the chain's entry routes those to the other color
+	// (DESIGN.md "Faults"). At most MaxDegradedLen bytes.
+	Degraded string
 	// Epoch identifies one registration: the etcd create revision of the instance's key,
 	// set by the Watcher (and so the resolver) from etcd, not stored in the record. It
 	// changes with every new registration (Register after Deregister, or after a lost
@@ -92,7 +99,8 @@ func (in Instance) Equal(o Instance) bool {
 	return in.ID == o.ID && in.App == o.App && in.Addr == o.Addr && in.Color == o.Color &&
 		in.Version == o.Version && in.Channel == o.Channel && in.Weight == o.Weight &&
 		in.TrafficWeight == o.TrafficWeight && in.StartTime.Equal(o.StartTime) &&
-		in.Warmup == o.Warmup && maps.Equal(in.Metadata, o.Metadata) && in.Epoch == o.Epoch
+		in.Warmup == o.Warmup && maps.Equal(in.Metadata, o.Metadata) && in.Epoch == o.Epoch &&
+		in.Degraded == o.Degraded
 }
 
 // ErrInvalidInstance is returned (wrapped, as a *FieldError) when an instance record breaks a
@@ -114,6 +122,9 @@ func (e *FieldError) Error() string {
 func (e *FieldError) Is(target error) bool { return target == ErrInvalidInstance }
 
 const maxNameLen = 128
+
+// MaxDegradedLen bounds Instance.Degraded: a reason for people, not a payload.
+const MaxDegradedLen = 512
 
 // ValidateName checks an app or instance name: 1 to 128 of [A-Za-z0-9._-], not "." or "..".
 // field names the field in the error.
@@ -164,6 +175,10 @@ func (in Instance) Validate() error {
 	if err := validateWeight("traffic_weight", in.TrafficWeight); err != nil {
 		return err
 	}
+	if len(in.Degraded) > MaxDegradedLen {
+		return &FieldError{Field: "degraded", Value: strconv.Quote(in.Degraded[:16] + "…"),
+			Rule: fmt.Sprintf("is %d bytes long; at most %d are allowed", len(in.Degraded), MaxDegradedLen)}
+	}
 	if in.Warmup < 0 {
 		return &FieldError{Field: "warmup_ms", Value: strconv.FormatInt(in.Warmup.Milliseconds(), 10), Rule: "must not be negative"}
 	}
@@ -211,6 +226,7 @@ type record struct {
 	StartTime     time.Time         `json:"start_time"`
 	WarmupMS      int64             `json:"warmup_ms"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
+	Degraded      string            `json:"degraded,omitempty"`
 }
 
 // Marshal validates in and encodes it as the stored JSON record.
@@ -223,6 +239,7 @@ func Marshal(in Instance) ([]byte, error) {
 		V: SchemaVersion, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
 		Version: in.Version, Channel: in.Channel, Weight: &w, TrafficWeight: &tw,
 		StartTime: in.StartTime.UTC(), WarmupMS: in.Warmup.Milliseconds(), Metadata: in.Metadata,
+		Degraded: in.Degraded,
 	})
 }
 
@@ -247,6 +264,7 @@ func Unmarshal(data []byte) (Instance, error) {
 		ID: r.ID, App: r.App, Addr: r.Addr, Color: Color(r.Color), Version: r.Version,
 		Channel: r.Channel, Weight: DefaultWeight, TrafficWeight: DefaultWeight,
 		StartTime: r.StartTime, Warmup: time.Duration(r.WarmupMS) * time.Millisecond, Metadata: r.Metadata,
+		Degraded: r.Degraded,
 	}
 	if r.Weight != nil {
 		in.Weight = *r.Weight

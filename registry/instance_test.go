@@ -42,6 +42,7 @@ func TestValidateNamesTheFieldAndRule(t *testing.T) {
 		{"NaN traffic weight", func(i *registry.Instance) { i.TrafficWeight = math.NaN() }, "traffic_weight", "finite"},
 		{"Inf weight", func(i *registry.Instance) { i.Weight = math.Inf(1) }, "weight", "finite"},
 		{"negative warmup", func(i *registry.Instance) { i.Warmup = -time.Second }, "warmup_ms", "negative"},
+		{"long degraded", func(i *registry.Instance) { i.Degraded = strings.Repeat("x", 513) }, "degraded", "at most 512"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -92,6 +93,16 @@ func TestRecordRoundTripAndDesignExample(t *testing.T) {
 	}
 	if !out.Equal(in) {
 		t.Fatalf("round trip changed the record:\n in %+v\nout %+v", in, out)
+	}
+	if _, ok := fields["degraded"]; ok {
+		t.Errorf("a healthy record stores degraded: %s", data)
+	}
+	in.Degraded = "no serving blue instance of inventory"
+	if data, err = registry.Marshal(in); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = registry.Unmarshal(data); err != nil || !out.Equal(in) {
+		t.Fatalf("degraded did not round trip (%v): %s -> %+v", err, data, out)
 	}
 
 	// The example of DESIGN.md decodes as written.

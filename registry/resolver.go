@@ -191,6 +191,7 @@ func newEndpoint(in Instance) resolver.Endpoint {
 	return swbalancer.SetEndpointInfo(ep, swbalancer.EndpointInfo{
 		ID: in.ID, Color: string(in.Color), Channel: in.Channel, Weight: in.Weight,
 		TrafficWeight: in.TrafficWeight, StartTime: in.StartTime, Warmup: in.Warmup, Epoch: in.Epoch,
+		Degraded: in.Degraded != "",
 	})
 }
 

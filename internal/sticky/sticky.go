@@ -42,3 +42,43 @@ func Lookup(value, channel string) (string, bool) {
 	}
 	return "", false
 }
+
+// Own says that the code serving a request is of Color in the release Channel: lifecycle's
+// server interceptor puts it in the context of a request decided for the instance's own
+// color, and the balancer, picking for a call made under that context, must not cross to the
+// other color of Channel: that would be new code calling old code (DESIGN.md "Faults").
+// Build one per (channel, color) and reuse it: WithOwn then allocates only the context.
+type Own struct {
+	Channel string
+	Color   string
+}
+
+type ownKey struct{}
+
+// WithOwn returns ctx marked as served by o's color.
+func WithOwn(ctx context.Context, o *Own) context.Context {
+	return context.WithValue(ctx, ownKey{}, o)
+}
+
+// OwnOf returns the mark WithOwn put in ctx, or nil.
+func OwnOf(ctx context.Context) *Own {
+	o, _ := ctx.Value(ownKey{}).(*Own)
+	return o
+}
+
+// Index is a color's index in per-color arrays: 0 blue, 1 green (anything else counts as
+// blue; callers check colors first).
+func Index(color string) int {
+	if color == Green {
+		return 1
+	}
+	return 0
+}
+
+// Other is the other color.
+func Other(color string) string {
+	if color == Green {
+		return Blue
+	}
+	return Green
+}
