@@ -31,13 +31,38 @@
 // # Sticky requests
 //
 // If the pick's context carries a decision (package traffic, baggage x-deploy-channel-type)
-// for the endpoints' channel, the pick is restricted to that color, weight-0 endpoints
-// included (weight 0 only means "no new entries"). If every ready endpoint of that color is
-// marked offline (see below), the pick uses those: they still serve what reaches them, and
-// crossing would send a request decided for new code to old code (a canary being replaced).
-// While that color has no ready endpoint but one is connecting, the pick waits for it; if the
-// color has no endpoint, or only failing ones, it falls back to the other color and counts it
-// in switchyard.balancer.sticky_fallbacks (and a debug log line).
+// for the endpoints' channel, the pick is restricted to that color's usable endpoints,
+// weight-0 ones included (weight 0 only means "no new entries"). Usable means READY and not
+// degraded (EndpointInfo.Degraded: the instance says it cannot keep its color's requests on
+// its color further down). If every ready endpoint of that color is marked offline (see
+// below), the pick uses those: they still serve what reaches them, and crossing would send a
+// request decided for new code to old code (a canary being replaced).
+//
+// While the color has no usable endpoint but one is connecting, the pick waits for it, for at
+// most the sticky wait from when that endpoint began connecting: DefaultStickyWait (3 s), or
+// {"stickyWait":"5s"} in the policy's service config. A canary that accepts TCP but never
+// answers would otherwise hold the request for gRPC's 20 s connect timeout.
+//
+// When the color has no usable endpoint (none, all failing, degraded, or connecting past the
+// wait), what happens depends on the caller (DESIGN.md "Faults": new code never calls old
+// code):
+//
+//   - The caller is code of that color (lifecycle's server interceptor marks the context of a
+//     request decided for the instance's own color): the pick fails with UNAVAILABLE, saying
+//     why, and counts it in switchyard.balancer.sticky_refusals. Crossing here could be new
+//     code calling old code.
+//   - Any other caller (the chain's entry, a colorless or other-colored instance): the pick
+//     goes to the other color and re-decides the request for it (an extra baggage header,
+//     which the next hop's server interceptor merges over the first), so the chain below
+//     stays on the color it runs on; counted in switchyard.balancer.sticky_fallbacks (and a
+//     debug log line).
+//
+// Each connection also publishes, on a process-wide board (internal/reach), whether each color
+// of the called app's channel has a usable endpoint (or one connecting within the wait).
+// lifecycle reads it: an instance that cannot reach its own color of an app of its channel
+// marks its record degraded, so the hop above stops sending it requests of its color and the
+// entry re-decides them. A dead canary thus stops receiving decisions within the time to see
+// its connection fail plus one etcd write and watch, not a lease TTL.
 //
 // # Offline marks
 //
@@ -68,7 +93,8 @@
 //
 // # Locking
 //
-// gRPC calls the Balancer methods one at a time; children's state updates, the warmup timer
-// and Done callbacks may come from other goroutines. wBalancer.mu guards its state and is held
-// while a picker is built and sent, so pickers go out in order. Pickers are immutable.
+// gRPC calls the Balancer methods one at a time; children's state updates, the refresh timer
+// (warmup, sticky wait) and Done callbacks may come from other goroutines. wBalancer.mu guards
+// its state and is held while a picker is built and sent, so pickers go out in order; the
+// reach board's lock is taken under it, never the other way round. Pickers are immutable.
 package balancer

@@ -9,6 +9,9 @@ import (
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
@@ -85,8 +88,8 @@ func (s *weightedSet) index(k uint64) int {
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
-	// pending[c]: color c has no ready endpoint yet but one is connecting, so a request
-	// decided for c waits for the next picker instead of crossing to the other color.
+	// pending[c]: color c has no ready endpoint yet but one is connecting (within the sticky
+	// wait), so a request decided for c waits for the next picker.
 	pending [2]bool
 	// waitWeighted: every endpoint in all weighs 0 but one of non-zero weight is connecting,
 	// so a request picked from all waits for the next picker rather than reach a drained one.
@@ -95,29 +98,68 @@ type picker struct {
 	next         *atomic.Uint64 // shared across pickers of one balancer
 
 	fallbacks metric.Int64Counter
+	refusals  metric.Int64Counter
 	fbAttrs   metric.AddOption
 	log       *slog.Logger
+
+	// Built once per picker by prepare, so the rare paths below allocate little:
+	refused   [2]error       // by the decided color: the status of a refused crossing
+	redecided [2]metadata.MD // by the color crossed to: the baggage header of a plain decision
 }
 
-func colorIndex(c string) int {
-	if c == sticky.Green {
-		return 1
+func colorIndex(c string) int { return sticky.Index(c) }
+
+// prepare builds the errors and headers of the crossing paths. app names the target.
+func (p *picker) prepare(app string) {
+	if p.channel == "" {
+		return
 	}
-	return 0
+	for ci, color := range [2]string{sticky.Blue, sticky.Green} {
+		other := sticky.Other(color)
+		p.refused[ci] = status.Errorf(codes.Unavailable,
+			"switchyard balancer: no usable %s instance of %s in channel %s (none ready, or degraded, or connecting for longer than the sticky wait); this %s caller does not cross to %s, since new code must not call old code",
+			color, app, p.channel, color, other)
+		p.redecided[sticky.Index(other)] = decisionHeader(p.channel + "=" + other)
+	}
+}
+
+// decisionHeader is a baggage header carrying one decision value.
+func decisionHeader(value string) metadata.MD {
+	m, err := baggage.NewMemberRaw(sticky.BaggageKey, value)
+	if err != nil {
+		return nil
+	}
+	b, err := baggage.New(m)
+	if err != nil {
+		return nil
+	}
+	return metadata.Pairs("baggage", b.String())
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	set := &p.all
+	var md metadata.MD // set when the request crosses: its new decision
 	if p.channel != "" {
-		if color, ok := sticky.Lookup(baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value(), p.channel); ok {
+		value := baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value()
+		if color, ok := sticky.Lookup(value, p.channel); ok {
 			ci := colorIndex(color)
 			switch cs := &p.byColor[ci]; {
 			case cs.len() > 0:
 				set = cs
 			case p.pending[ci] || p.waitWeighted:
 				return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
-			default: // none of that color, or all failing: cross rather than fail
+			default: // no usable endpoint of that color
+				if own := sticky.OwnOf(info.Ctx); own != nil && own.Channel == p.channel && own.Color == color {
+					p.refuse(info.Ctx, color)
+					return balancer.PickResult{}, p.refused[ci]
+				}
+				// The caller is not code of that color (the entry, or the other color):
+				// cross, and re-decide so the chain below stays on the color it runs on.
 				p.fallback(info.Ctx, color)
+				if os := &p.byColor[1-ci]; os.len() > 0 {
+					set = os
+				}
+				md = p.redecide(value, color)
 			}
 		}
 	}
@@ -129,6 +171,9 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if err != nil {
 		return res, err
 	}
+	if md != nil {
+		res.Metadata = metadata.Join(res.Metadata, md)
+	}
 	if res.Done == nil {
 		res.Done = set.dones[i]
 	} else { // a child with its own callback: call both (allocates; pick_first has none)
@@ -138,11 +183,30 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	return res, nil
 }
 
-// fallback counts a sticky request whose color has no endpoint, or only failing ones: it
-// goes to the other color rather than fail.
+// redecide returns the baggage header that re-decides a request crossing from color to the
+// other: gRPC sends it after the caller's, and the next hop's server interceptor merges
+// baggage headers with later ones winning.
+func (p *picker) redecide(value, color string) metadata.MD {
+	other := sticky.Other(color)
+	if value == p.channel+"="+color {
+		return p.redecided[colorIndex(other)] // built once
+	}
+	return decisionHeader(sticky.Redecide(value, p.channel, other))
+}
+
+// fallback counts a sticky request whose color has no usable endpoint, from a caller that is
+// not code of that color: it goes to the other color rather than fail.
 func (p *picker) fallback(ctx context.Context, color string) {
 	p.fallbacks.Add(ctx, 1, p.fbAttrs)
 	if p.log.Enabled(ctx, slog.LevelDebug) {
-		p.log.DebugContext(ctx, "switchyard balancer: no ready endpoint of the decided color; using the other", "channel", p.channel, "color", color)
+		p.log.DebugContext(ctx, "switchyard balancer: no usable endpoint of the decided color; using the other and re-deciding", "channel", p.channel, "color", color)
+	}
+}
+
+// refuse counts a sticky request failed rather than sent from code of its color to the other.
+func (p *picker) refuse(ctx context.Context, color string) {
+	p.refusals.Add(ctx, 1, p.fbAttrs)
+	if p.log.Enabled(ctx, slog.LevelDebug) {
+		p.log.DebugContext(ctx, "switchyard balancer: no usable endpoint of the caller's own color; failing rather than crossing", "channel", p.channel, "color", color)
 	}
 }

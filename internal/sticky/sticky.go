@@ -82,3 +82,31 @@ func Other(color string) string {
 	}
 	return Green
 }
+
+// Redecide returns value with channel's decision set to color: the first valid pair for
+// channel is replaced and later ones for it dropped; without one, the pair is appended.
+func Redecide(value, channel, color string) string {
+	var b strings.Builder
+	done := false
+	for rest := value; rest != ""; {
+		var pair string
+		pair, rest, _ = strings.Cut(rest, "&")
+		if k, v, ok := strings.Cut(pair, "="); ok && k == channel && (v == Blue || v == Green) {
+			if done {
+				continue
+			}
+			pair, done = channel+"="+color, true
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(pair)
+	}
+	if !done {
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(channel + "=" + color)
+	}
+	return b.String()
+}

@@ -17,3 +17,20 @@ func TestOwn(t *testing.T) {
 		t.Fatal("Index/Other disagree with blue=0, green=1")
 	}
 }
+
+func TestRedecide(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"trade=blue", "trade=green"},
+		{"pay=blue&trade=blue&x", "pay=blue&trade=green&x"},
+		{"trade=red&trade=blue&trade=green", "trade=red&trade=green"},
+		{"pay=blue", "pay=blue&trade=green"},
+		{"", "trade=green"},
+	} {
+		if got := Redecide(c.in, "trade", Green); got != c.want {
+			t.Errorf("Redecide(%q, trade, green) = %q, want %q", c.in, got, c.want)
+		}
+		if got, _ := Lookup(Redecide(c.in, "trade", Green), "trade"); got != Green {
+			t.Errorf("Lookup after Redecide(%q) = %q, want green", c.in, got)
+		}
+	}
+}
