@@ -299,6 +299,7 @@ type instanceJSON struct {
 	TrafficWeight float64 `json:"traffic_weight"`
 	WarmupLeftMS  int64   `json:"warmup_left_ms"`
 	AgeMS         int64   `json:"age_ms"`
+	Degraded      string  `json:"degraded,omitempty"` // why it cannot keep its color's requests on its color
 }
 
 func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, out, errOut io.Writer) error {
@@ -321,7 +322,7 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 		}
 		left := max(0, in.StartTime.Add(in.Warmup).Sub(now))
 		list = append(list, instanceJSON{in.ID, in.Addr, string(in.Color), in.Version, in.Channel, in.Weight, in.TrafficWeight,
-			left.Milliseconds(), now.Sub(in.StartTime).Milliseconds()})
+			left.Milliseconds(), now.Sub(in.StartTime).Milliseconds(), in.Degraded})
 	}
 	if o.output == "json" {
 		if list == nil {
@@ -330,10 +331,10 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 		return json.NewEncoder(out).Encode(list)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tCOLOR\tVERSION\tCHANNEL\tWEIGHT\tTRAFFIC WEIGHT\tWARMUP LEFT\tAGE")
+	fmt.Fprintln(tw, "ID\tADDRESS\tCOLOR\tVERSION\tCHANNEL\tWEIGHT\tTRAFFIC WEIGHT\tWARMUP LEFT\tAGE\tDEGRADED")
 	for _, i := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%.4g\t%v\t%v\n", i.ID, i.Addr, dash(i.Color), dash(i.Version), dash(i.Channel),
-			i.Weight, i.TrafficWeight, time.Duration(i.WarmupLeftMS)*time.Millisecond, (time.Duration(i.AgeMS) * time.Millisecond).Round(time.Second))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%.4g\t%v\t%v\t%s\n", i.ID, i.Addr, dash(i.Color), dash(i.Version), dash(i.Channel),
+			i.Weight, i.TrafficWeight, time.Duration(i.WarmupLeftMS)*time.Millisecond, (time.Duration(i.AgeMS) * time.Millisecond).Round(time.Second), dash(i.Degraded))
 	}
 	return tw.Flush()
 }

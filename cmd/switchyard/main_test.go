@@ -144,6 +144,15 @@ func TestInstancesAndWatch(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &list) != nil || len(list) != 1 || list[0]["warmup_left_ms"].(float64) <= 0 {
 		t.Fatalf("instances -o json: %d %q", code, out)
 	}
+	if _, ok := list[0]["degraded"]; ok {
+		t.Fatalf("instances -o json shows degraded for a healthy instance: %q", out)
+	}
+	if err := reg.Update(context.Background(), func(in *registry.Instance) { in.Degraded = "no serving blue instance of stock" }); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _ := sy(t, e, "instances", "order"); code != 0 || !strings.Contains(out, "DEGRADED") || !strings.Contains(out, "no serving blue instance of stock") {
+		t.Fatalf("instances of a degraded instance: %d %q", code, out)
+	}
 
 	// watch prints events as they happen, until interrupted.
 	ctx, cancel := context.WithCancel(context.Background())
