@@ -27,6 +27,10 @@ type Status struct {
 	// Blocked says why Start waits, while it does: a traffic rule that may decide the app's
 	// weight cannot be read. Empty otherwise.
 	Blocked string `json:"blocked,omitempty"`
+	// Degraded says why the instance cannot keep requests of its color on its color
+	// downstream, while it cannot (registry.Instance.Degraded, as its record carries it):
+	// e.g. "no serving blue instance of inventory". Empty otherwise.
+	Degraded string `json:"degraded,omitempty"`
 }
 
 // Status reports the instance's state.
@@ -39,6 +43,7 @@ func (i *Instance) Status() Status {
 	if reg != nil {
 		in := reg.Instance()
 		s.Registered, s.Channel, s.Weight, s.TrafficWeight = reg.State().String(), in.Channel, in.Weight, in.TrafficWeight
+		s.Degraded = in.Degraded
 	}
 	return s
 }

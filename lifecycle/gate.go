@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -26,13 +27,68 @@ type RulesUser interface {
 	UseRules(rules *traffic.Client, app string, color registry.Color)
 }
 
-// gate counts requests and flags responses while the instance is offline. Everything is
-// atomic: the interceptors take no lock, and allocate nothing while the instance is online.
+// gate counts requests and flags responses while the instance is offline, and marks the
+// requests decided for the instance's own color (sticky.Own). Everything is atomic: the
+// interceptors take no lock, and allocate nothing while the instance is online, except the
+// one context of a marked request.
 type gate struct {
 	offline     atomic.Bool
 	inflight    atomic.Int64
 	lastArrival atomic.Int64 // unix ns
+	// own is the instance's (channel, color) while it has a color and its app is in an open
+	// channel, else nil; swapped whole when the rule changes (setOwn).
+	own atomic.Pointer[sticky.Own]
 }
+
+// setOwn follows the app's channel: own becomes (channel, color), or nil when either is
+// empty. An unchanged pair keeps its *sticky.Own. It reports whether own changed. Callers
+// are serialized (Start, then the rule client's subscriber goroutine).
+func (g *gate) setOwn(channel, color string) bool {
+	cur := g.own.Load()
+	if channel == "" || color == "" {
+		g.own.Store(nil)
+		return cur != nil
+	}
+	if cur != nil && cur.Channel == channel && cur.Color == color {
+		return false
+	}
+	g.own.Store(&sticky.Own{Channel: channel, Color: color})
+	return true
+}
+
+// mark returns ctx marked with the instance's own (channel, color) when the request's
+// decision for that channel is the instance's color: the code serving it is of the decided
+// color, so the balancer must not cross to the other color on its calls (DESIGN.md
+// "Faults"). Other requests get ctx back, at no allocation.
+func (g *gate) mark(ctx context.Context) context.Context {
+	o := g.own.Load()
+	if o == nil {
+		return ctx
+	}
+	if c, ok := sticky.Decision(ctx, o.Channel); ok && c == o.Color {
+		return sticky.WithOwn(ctx, o)
+	}
+	return ctx
+}
+
+func (g *gate) markUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return handler(g.mark(ctx), req)
+}
+
+func (g *gate) markStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx := ss.Context()
+	if m := g.mark(ctx); m != ctx {
+		ss = &markedStream{ServerStream: ss, ctx: m}
+	}
+	return handler(srv, ss)
+}
+
+type markedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *markedStream) Context() context.Context { return s.ctx }
 
 func offlineMD() metadata.MD { return metadata.Pairs(balancer.OfflineHeader, "1") }
 
@@ -71,11 +127,12 @@ func (g *gate) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h
 }
 
 // serverOptions are the interceptors every instance's server needs, outermost first:
-// in-flight accounting and the offline flag, then baggage extraction for stickiness.
+// in-flight accounting and the offline flag, baggage extraction for stickiness, then the
+// own-color mark (which reads the extracted baggage).
 func (g *gate) serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(g.unary, traffic.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(g.stream, traffic.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(g.unary, traffic.UnaryServerInterceptor(), g.markUnary),
+		grpc.ChainStreamInterceptor(g.stream, traffic.StreamServerInterceptor(), g.markStream),
 	}
 }
 

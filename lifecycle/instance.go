@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -70,7 +72,9 @@ type Instance struct {
 	goingOff  chan struct{} // closed when a drain begins; renewed by Online
 	served    chan error    // gRPC Serve's result
 	stopErr   error
-	blocked   string // why Start waits, while it does (Status.Blocked)
+	blocked   string        // why Start waits, while it does (Status.Blocked)
+	reachKick chan struct{} // wakes the degraded-mark goroutine at a rule change (cap 1)
+	reachStop func()        // stops that goroutine and waits for it; nil if not running
 }
 
 // New checks cfg and builds the instance and its gRPC server. Register services on Server()
@@ -80,7 +84,7 @@ func New(cfg Config) (*Instance, error) {
 		return nil, err
 	}
 	i := &Instance{cfg: cfg, health: health.NewServer(), state: StateNew, goingOff: make(chan struct{}),
-		log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID)}
+		reachKick: make(chan struct{}, 1), log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID)}
 	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(i.srv, i.health)
@@ -88,7 +92,8 @@ func New(cfg Config) (*Instance, error) {
 }
 
 // Server is the instance's gRPC server, with the interceptors for the offline flag,
-// in-flight accounting and sticky baggage already installed, and gRPC health registered.
+// in-flight accounting, sticky baggage and the own-color mark already installed, and gRPC
+// health registered.
 func (i *Instance) Server() *grpc.Server { return i.srv }
 
 // Addr is the address registered for consumers (after Start).
@@ -196,11 +201,13 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 		return err
 	}
 	channel, tw := i.trafficOf(rules)
+	i.gate.setOwn(channel, string(i.cfg.Color))
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
 		Instance: registry.Instance{
 			ID: i.cfg.ID, App: i.cfg.App, Addr: addr, Color: i.cfg.Color, Version: i.cfg.Version,
 			Channel: channel, Weight: i.cfg.Weight, TrafficWeight: tw, Warmup: i.cfg.Warmup, Metadata: i.cfg.Metadata,
+			Degraded: i.degradedReason(),
 		},
 		Checks: i.cfg.Checks, RegisterDelay: i.cfg.RegisterDelay, CheckTimeout: i.cfg.StartTimeout,
 	})
@@ -221,6 +228,8 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 		return err
 	}
 	undo = append(undo, reg.Deregister)
+	i.startFollowingReach(reg)
+	undo = append(undo, func(context.Context) error { i.stopFollowingReach(); return nil })
 	undo = append(undo, i.stopComponents) // stops only those that started
 	if err := i.startComponents(ctx); err != nil {
 		return err
@@ -336,6 +345,11 @@ func (i *Instance) onEvent(e traffic.Event) {
 		return
 	}
 	channel, tw := i.trafficOf(rules)
+	i.gate.setOwn(channel, string(i.cfg.Color))
+	select { // the rule changed: the degraded mark is computed again
+	case i.reachKick <- struct{}{}:
+	default:
+	}
 	if channel != cur.Channel || tw != cur.TrafficWeight {
 		ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
 		err := reg.Update(ctx, func(in *registry.Instance) { in.Channel, in.TrafficWeight = channel, tw })
@@ -498,6 +512,7 @@ func (i *Instance) Offline(ctx context.Context) error {
 	admin, unsub, rules, reg := i.admin, i.unsub, i.rules, i.reg
 	i.mu.Unlock()
 	errs = append(errs, stopAdmin(admin))
+	i.stopFollowingReach()
 	unsub()
 	rules.Close()
 	errs = append(errs, reg.Close(ctx))
@@ -543,4 +558,89 @@ func stopAdmin(admin *http.Server) error {
 		}
 	}
 	return nil
+}
+
+// degradedReason is what the record's Degraded should say now: while the instance has a color
+// and its app is in an open channel, the apps of that channel it calls that its color cannot
+// serve while the other color can (reach.Unserved), e.g. "no serving blue instance of
+// inventory"; "" otherwise. The instance's own app does not count: its own mark, seen by a
+// connection of this process to its app, would otherwise keep it marked.
+func (i *Instance) degradedReason() string {
+	o := i.gate.own.Load()
+	if o == nil {
+		return ""
+	}
+	apps := slices.DeleteFunc(reach.Unserved(o.Channel, o.Color), func(a string) bool { return a == i.cfg.App })
+	if len(apps) == 0 {
+		return ""
+	}
+	r := fmt.Sprintf("no serving %s instance of %s", o.Color, strings.Join(apps, ", "))
+	if len(r) > registry.MaxDegradedLen { // names are ASCII (registry.ValidateName)
+		r = r[:registry.MaxDegradedLen-3] + "..."
+	}
+	return r
+}
+
+// startFollowingReach starts the goroutine that keeps the record's Degraded in step with
+// what the process's connections reach (reach.Changed) and with the rule (reachKick), until
+// stopFollowingReach.
+func (i *Instance) startFollowingReach(reg *registry.Registrar) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			changed := reach.Changed() // before reading the board, so no change is missed
+			i.syncDegraded(ctx, reg)
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			case <-i.reachKick:
+			}
+		}
+	}()
+	i.mu.Lock()
+	i.reachStop = func() { cancel(); <-done }
+	i.mu.Unlock()
+}
+
+func (i *Instance) stopFollowingReach() {
+	i.mu.Lock()
+	stop := i.reachStop
+	i.reachStop = nil
+	i.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// syncDegraded writes the record's Degraded when degradedReason differs from it. The write
+// goes through the Registrar, which keeps it and retries in the background if etcd cannot be
+// reached, and which, while the instance is drained, keeps it for the next registration.
+func (i *Instance) syncDegraded(ctx context.Context, reg *registry.Registrar) {
+	want := i.degradedReason()
+	cur := reg.Instance().Degraded
+	if want == cur {
+		return
+	}
+	uctx, cancel := context.WithTimeout(ctx, registry.DefaultRequestTimeout)
+	err := reg.Update(uctx, func(in *registry.Instance) { in.Degraded = want })
+	cancel()
+	if errors.Is(err, registry.ErrClosed) || ctx.Err() != nil {
+		return
+	}
+	switch {
+	case cur == "":
+		i.log.Warn("lifecycle: degraded: this instance cannot keep requests of its color on its color downstream; "+
+			"consumers send it no request decided for its color until it can (the chain's entry decides the other color for them)",
+			"degraded", want)
+	case want == "":
+		i.log.Info("lifecycle: no longer degraded: every app of the channel it calls has a serving instance of its color again")
+	default:
+		i.log.Info("lifecycle: still degraded", "degraded", want)
+	}
+	if err != nil {
+		i.log.Warn("lifecycle: could not write the degraded mark; retried in the background", "err", err)
+	}
 }
