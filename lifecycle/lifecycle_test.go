@@ -29,6 +29,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if env := os.Getenv(instanceProcessEnv); env != "" {
+		os.Exit(runInstanceProcess(env)) // a child process of the chain test
+	}
 	// os/signal starts one goroutine for the life of the process on first use.
 	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("os/signal.loop"))
 }
