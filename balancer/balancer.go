@@ -292,7 +292,7 @@ func (b *wBalancer) sendLocked() {
 		b.ClientConn.UpdateState(b.last)
 		return
 	}
-	p := &picker{next: b.next, fallbacks: b.fallbacks, refusals: b.refusals, fbAttrs: b.fbAttrs, log: b.log}
+	p := &picker{next: b.next, fallbacks: b.fallbacks, refusals: b.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
 	channels := map[string]int{}
 	warmup := time.Duration(0)
 	// Undecided requests go to the live endpoints, or to the marked ones if that is all

@@ -54,6 +54,9 @@ func (d *decisionServer) decisions() []string {
 	return slices.Clone(d.seen)
 }
 
+// blueCallerID names the blue caller on the reach board.
+const blueCallerID = "caller/blue-1"
+
 // decidedBlue returns a context decided blue for channel trade, its baggage also in the
 // outgoing header (as traffic's client interceptor writes it), and the same context marked as
 // served by blue code (what lifecycle's server interceptor does on a blue instance).
@@ -64,7 +67,7 @@ func decidedBlue(t *testing.T) (entry, blueCaller context.Context) {
 		t.Fatal(err)
 	}
 	entry = metadata.AppendToOutgoingContext(entry, "baggage", baggage.FromContext(entry).String())
-	return entry, sticky.WithOwn(entry, &sticky.Own{Channel: "trade", Color: sticky.Blue})
+	return entry, sticky.WithOwn(entry, &sticky.Own{Channel: "trade", Color: sticky.Blue, Instance: blueCallerID})
 }
 
 // wantRefused fails t unless err is the UNAVAILABLE a blue caller gets instead of crossing.
@@ -107,15 +110,20 @@ func TestDeadCanaryBlueCallerFailsEntryCrossesAndRedecides(t *testing.T) {
 
 	blue.srv.Stop() // killed: the record stays, the connection fails
 	client.waitSubConn("blue-1", connectivity.TransientFailure)
-	testutil.Eventually(t, "the reach board to say blue does not serve greeter", func() bool {
-		return slices.Contains(reach.Unserved("trade", sticky.Blue), "greeter")
-	})
 
 	before := len(green.decisions())
 	_, err := client.SayHello(blueCaller, nil)
 	wantRefused(t, "a call decided blue from a blue caller with blue dead", err)
 	if got := green.decisions()[before:]; len(got) != 0 {
 		t.Fatalf("green-1 received %d requests from a blue caller (decisions %v); new code called old code", len(got), got)
+	}
+	// The refused call noted its caller on the reach board: for it, blue does not serve
+	// greeter; for another instance of the process, that connection does not count.
+	testutil.Eventually(t, "the reach board to say blue does not serve greeter for the blue caller", func() bool {
+		return slices.Contains(reach.Unserved("trade", sticky.Blue, blueCallerID), "greeter")
+	})
+	if u := reach.Unserved("trade", sticky.Blue, "other/blue-2"); len(u) != 0 {
+		t.Fatalf("reach board, for an instance that never called through this connection: %v, want nothing", u)
 	}
 
 	seen := calls(t, client, entry, 20, 2)
@@ -149,7 +157,7 @@ func TestStickyWaitIsBounded(t *testing.T) {
 	if seen := client.picks(picker, blueCaller, 100); seen[wait] != 100 {
 		t.Fatalf("blue-1 connecting: picks decided blue went to %v; want all to wait for it", seen)
 	}
-	if u := reach.Unserved("trade", sticky.Blue); slices.Contains(u, "greeter") {
+	if u := reach.Unserved("trade", sticky.Blue, blueCallerID); slices.Contains(u, "greeter") {
 		t.Fatalf("reach board says blue does not serve greeter while blue-1 connects within the wait")
 	}
 
@@ -162,7 +170,7 @@ func TestStickyWaitIsBounded(t *testing.T) {
 	if err != nil || client.obs.id(res.SubConn) != "green-1" || redecided(t, res) != sticky.Green {
 		t.Fatalf("entry pick decided blue after the sticky wait: %v, %v, redecided %q; want green-1, re-decided green", client.obs.id(res.SubConn), err, redecided(t, res))
 	}
-	if !slices.Contains(reach.Unserved("trade", sticky.Blue), "greeter") {
+	if !slices.Contains(reach.Unserved("trade", sticky.Blue, blueCallerID), "greeter") {
 		t.Fatal("reach board still says blue serves greeter after the sticky wait")
 	}
 	// A real call fails now, not after gRPC's connect timeout.
@@ -192,7 +200,7 @@ func TestDegradedEndpointTakesNoRequestOfItsColor(t *testing.T) {
 		_, err := picker.Pick(gbalancer.PickInfo{Ctx: blueCaller})
 		wantRefused(t, "a pick decided blue from a blue caller with the only blue degraded", err)
 	}
-	if !slices.Contains(reach.Unserved("trade", sticky.Blue), "greeter") {
+	if !slices.Contains(reach.Unserved("trade", sticky.Blue, blueCallerID), "greeter") {
 		t.Fatal("reach board says blue serves greeter though its only blue is degraded")
 	}
 
@@ -221,6 +229,29 @@ func TestParseConfigStickyWait(t *testing.T) {
 	} {
 		if _, err := b.ParseConfig(json.RawMessage(js)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseConfig(%s) = %v, want an error saying %q", js, err, want)
+		}
+	}
+}
+
+// Issue 12, case 2, a double fault: the decided color's only instance is degraded and the
+// other color has none. The entry's request goes to what there is, keeping its decision, so
+// the degraded instance (code of that color) refuses further down rather than be handed a
+// request re-decided for the other color, which it would carry to old code.
+func TestCrossingWithNothingToCrossToKeepsTheDecision(t *testing.T) {
+	c := newCluster(t)
+	degraded := colored("blue-1", registry.ColorBlue, 10)
+	degraded.Degraded = "no serving blue instance of inventory"
+	c.start(degraded)
+	client := c.dial()
+	entry, _ := decidedBlue(t)
+	picker := client.waitReady(context.Background(), "blue-1")
+	for range 10 {
+		res, err := picker.Pick(gbalancer.PickInfo{Ctx: entry})
+		if err != nil || client.obs.id(res.SubConn) != "blue-1" {
+			t.Fatalf("entry pick decided blue, only a degraded blue: %v, %v; want blue-1", client.obs.id(res.SubConn), err)
+		}
+		if d := redecided(t, res); d != "" {
+			t.Fatalf("entry pick decided blue, nothing to cross to: re-decided %q; want the decision kept", d)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
 
@@ -101,6 +102,7 @@ type picker struct {
 	refusals  metric.Int64Counter
 	fbAttrs   metric.AddOption
 	log       *slog.Logger
+	reach     *reach.Entry // the connection's place on the reach board: a refusal notes its caller
 
 	// Built once per picker by prepare, so the rare paths below allocate little:
 	refused   [2]error       // by the decided color: the status of a refused crossing
@@ -143,23 +145,34 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		value := baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value()
 		if color, ok := sticky.Lookup(value, p.channel); ok {
 			ci := colorIndex(color)
-			switch cs := &p.byColor[ci]; {
-			case cs.len() > 0:
+			if cs := &p.byColor[ci]; cs.len() > 0 {
 				set = cs
-			case p.pending[ci] || p.waitWeighted:
-				return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
-			default: // no usable endpoint of that color
-				if own := sticky.OwnOf(info.Ctx); own != nil && own.Channel == p.channel && own.Color == color {
+			} else {
+				// No usable endpoint of that color (the rare path). A caller that is code of
+				// that color is noted on the reach board: this connection counts for it.
+				own := sticky.OwnOf(info.Ctx)
+				if own != nil && (own.Channel != p.channel || own.Color != color) {
+					own = nil
+				}
+				if own != nil {
+					p.reach.Use(own.Instance)
+				}
+				switch {
+				case p.pending[ci] || p.waitWeighted:
+					return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
+				case own != nil:
 					p.refuse(info.Ctx, color)
 					return balancer.PickResult{}, p.refused[ci]
 				}
 				// The caller is not code of that color (the entry, or the other color):
-				// cross, and re-decide so the chain below stays on the color it runs on.
+				// cross to the other color, and re-decide so the chain below stays on it.
+				// If that color has no usable endpoint either, pick by weight and keep the
+				// decision: whatever serves it then refuses rather than cross further down.
 				p.fallback(info.Ctx, color)
 				if os := &p.byColor[1-ci]; os.len() > 0 {
 					set = os
+					md = p.redecide(value, color)
 				}
-				md = p.redecide(value, color)
 			}
 		}
 	}

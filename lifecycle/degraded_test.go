@@ -125,11 +125,11 @@ func TestRequestDecidedForTheOwnColorIsMarked(t *testing.T) {
 		}
 		return rec.seen()
 	}
-	if o := unary(decided("mark", "blue")); o == nil || *o != (sticky.Own{Channel: "mark", Color: "blue"}) {
-		t.Fatalf("unary call decided mark=blue on a blue instance of channel mark: mark %+v, want {mark blue}", o)
+	if o := unary(decided("mark", "blue")); o == nil || *o != (sticky.Own{Channel: "mark", Color: "blue", Instance: "greeter/blue-1"}) {
+		t.Fatalf("unary call decided mark=blue on a blue instance of channel mark: mark %+v, want {mark blue greeter/blue-1}", o)
 	}
-	if o := stream(decided("other", "green", "mark", "blue")); o == nil || *o != (sticky.Own{Channel: "mark", Color: "blue"}) {
-		t.Fatalf("stream decided mark=blue on a blue instance: mark %+v, want {mark blue}", o)
+	if o := stream(decided("other", "green", "mark", "blue")); o == nil || *o != (sticky.Own{Channel: "mark", Color: "blue", Instance: "greeter/blue-1"}) {
+		t.Fatalf("stream decided mark=blue on a blue instance: mark %+v, want {mark blue greeter/blue-1}", o)
 	}
 	for name, ctx := range map[string]context.Context{
 		"decided green":           decided("mark", "green"),
@@ -194,9 +194,16 @@ func TestUnreachableOwnColorMarksTheRecordDegraded(t *testing.T) {
 	blueW, _ := traffic.Weights(50)
 	waitRecord(t, cli, "blue-1", channel, blueW)
 
-	inventory, self := new(reach.Entry), new(reach.Entry)
+	inventory, self, others := new(reach.Entry), new(reach.Entry), new(reach.Entry)
 	defer inventory.Close()
 	defer self.Close()
+	defer others.Close()
+	for _, e := range []*reach.Entry{inventory, self} { // connections blue-1's and green-1's own-color calls used
+		e.Use("greeter/blue-1")
+		e.Use("greeter/green-1")
+	}
+	// A connection only another instance of the process used does not count.
+	others.Set(reach.View{App: "stock", Channel: channel, Serving: [2]bool{false, true}})
 	// A connection of this process to its own app sees blue unserved (say, because blue-1 is
 	// degraded): that must not mark blue-1, or it would never clear.
 	self.Set(reach.View{App: "greeter", Channel: channel, Serving: [2]bool{false, true}})

@@ -71,9 +71,11 @@
 // to its own app would otherwise keep it marked). Nothing to configure: the bounded wait for
 // a connecting instance is the balancer's stickyWait (default 3 s).
 //
-// The connections counted are the process's, which is the instance's when a process runs one
-// instance (as in production). Several instances in one process share them: an instance could
-// then be marked by a connection another one made.
+// The connections counted for an instance are those its own-color calls went through: the
+// balancer notes the instance on a connection when a call of its color finds no usable
+// endpoint there (it waits or is refused). Several instances in one process (tests, the demo)
+// therefore do not mark each other. An instance whose color never failed to find an endpoint
+// is not marked; the first of its calls that does is the one that marks it.
 //
 // # Offline
 //

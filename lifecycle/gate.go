@@ -40,10 +40,11 @@ type gate struct {
 	own atomic.Pointer[sticky.Own]
 }
 
-// setOwn follows the app's channel: own becomes (channel, color), or nil when either is
-// empty. An unchanged pair keeps its *sticky.Own. It reports whether own changed. Callers
-// are serialized (Start, then the rule client's subscriber goroutine).
-func (g *gate) setOwn(channel, color string) bool {
+// setOwn follows the app's channel: own becomes (channel, color) of instance ("<app>/<id>",
+// which scopes the reach board to this instance's calls), or nil when channel or color is
+// empty. An unchanged pair keeps its *sticky.Own. It reports whether own changed. Callers are
+// serialized (Start, then the rule client's subscriber goroutine).
+func (g *gate) setOwn(channel, color, instance string) bool {
 	cur := g.own.Load()
 	if channel == "" || color == "" {
 		g.own.Store(nil)
@@ -52,7 +53,7 @@ func (g *gate) setOwn(channel, color string) bool {
 	if cur != nil && cur.Channel == channel && cur.Color == color {
 		return false
 	}
-	g.own.Store(&sticky.Own{Channel: channel, Color: color})
+	g.own.Store(&sticky.Own{Channel: channel, Color: color, Instance: instance})
 	return true
 }
 

@@ -13,7 +13,7 @@ import (
 // instance is online, for a blue instance in an open channel and a request with no decision.
 func BenchmarkGate(b *testing.B) {
 	var g gate
-	g.setOwn("trade", string(registry.ColorBlue))
+	g.setOwn("trade", string(registry.ColorBlue), "order/blue-1")
 	benchGate(b, &g, context.Background())
 }
 
@@ -23,7 +23,7 @@ func BenchmarkGateDecided(b *testing.B) {
 	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
 		b.Run("decided-"+string(color), func(b *testing.B) {
 			var g gate
-			g.setOwn("trade", string(registry.ColorBlue))
+			g.setOwn("trade", string(registry.ColorBlue), "order/blue-1")
 			ctx, err := traffic.WithDecision(context.Background(), "trade", color)
 			if err != nil {
 				b.Fatal(err)

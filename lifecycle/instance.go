@@ -201,7 +201,7 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 		return err
 	}
 	channel, tw := i.trafficOf(rules)
-	i.gate.setOwn(channel, string(i.cfg.Color))
+	i.gate.setOwn(channel, string(i.cfg.Color), i.cfg.App+"/"+i.cfg.ID)
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
 		Instance: registry.Instance{
@@ -345,7 +345,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 		return
 	}
 	channel, tw := i.trafficOf(rules)
-	i.gate.setOwn(channel, string(i.cfg.Color))
+	i.gate.setOwn(channel, string(i.cfg.Color), i.cfg.App+"/"+i.cfg.ID)
 	select { // the rule changed: the degraded mark is computed again
 	case i.reachKick <- struct{}{}:
 	default:
@@ -570,7 +570,7 @@ func (i *Instance) degradedReason() string {
 	if o == nil {
 		return ""
 	}
-	apps := slices.DeleteFunc(reach.Unserved(o.Channel, o.Color), func(a string) bool { return a == i.cfg.App })
+	apps := slices.DeleteFunc(reach.Unserved(o.Channel, o.Color, o.Instance), func(a string) bool { return a == i.cfg.App })
 	if len(apps) == 0 {
 		return ""
 	}

@@ -4,16 +4,23 @@
 // color on its color all the way down, and marks itself degraded when it cannot
 // (DESIGN.md "Faults").
 //
-// The view is process-wide because the balancer, built by gRPC from a service config, has no
-// other way to reach the instance that owns the process. Several connections to one app
-// count together: a color serves if it serves through any of them.
+// The board is process-wide because the balancer, built by gRPC from a service config, has no
+// other way to reach the instance that owns the process. What counts for one instance is
+// scoped by use: a connection counts for an instance once a call of its own color (a request
+// marked with sticky.Own) went through it; the balancer notes that with Entry.Use. So several
+// instances in one process (tests, demos) do not see each other's connections. Several
+// connections one instance uses for an app count together: a color serves if it serves
+// through any of them.
 //
-// Lock rule: mu guards the entries and the change channel; no callback runs under it.
+// Lock rule: board.mu guards the views, the users and the change channel; no callback runs
+// under it. Entry.Use checks its users without the lock first (an immutable slice swapped
+// atomically), so the hot path of a refused call takes no lock once noted.
 package reach
 
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
@@ -26,7 +33,36 @@ type View struct {
 }
 
 // Entry is one connection's place on the board.
-type Entry struct{ _ byte } // not zero-sized: distinct entries need distinct addresses
+type Entry struct {
+	users atomic.Pointer[[]string] // instances whose own-color calls used it; copy on write under board.mu
+}
+
+// Use notes that a call of instance's own color went through this connection: from now on
+// the connection counts for that instance (Unserved).
+func (e *Entry) Use(instance string) {
+	if u := e.users.Load(); u != nil && slices.Contains(*u, instance) {
+		return
+	}
+	board.mu.Lock()
+	defer board.mu.Unlock()
+	var next []string
+	if u := e.users.Load(); u != nil {
+		if slices.Contains(*u, instance) {
+			return
+		}
+		next = slices.Clone(*u)
+	}
+	next = append(next, instance)
+	e.users.Store(&next)
+	if _, ok := board.views[e]; ok {
+		notifyLocked()
+	}
+}
+
+func (e *Entry) usedBy(instance string) bool {
+	u := e.users.Load()
+	return u != nil && slices.Contains(*u, instance)
+}
 
 var board = struct {
 	mu      sync.Mutex
@@ -68,18 +104,19 @@ func Changed() <-chan struct{} {
 	return board.changed
 }
 
-// Unserved returns, sorted, the apps of channel that this process calls and that the color
-// cannot serve while the other color can: no connection to the app has an endpoint of color
-// that takes requests, and some connection has one of the other color. An app neither color
-// serves is not listed (nothing can keep the chain on either color there).
-func Unserved(channel, color string) []string {
+// Unserved returns, sorted, the apps of channel that instance calls (through connections its
+// own-color calls used, see Entry.Use) and that the color cannot serve while the other color
+// can: none of those connections to the app has an endpoint of color that takes requests, and
+// one has an endpoint of the other color. An app neither color serves is not listed (nothing
+// can keep the chain on either color there).
+func Unserved(channel, color, instance string) []string {
 	board.mu.Lock()
 	defer board.mu.Unlock()
 	type both struct{ own, other bool }
 	apps := map[string]both{}
 	ci, oi := sticky.Index(color), sticky.Index(sticky.Other(color))
-	for _, v := range board.views {
-		if v.Channel != channel || channel == "" {
+	for e, v := range board.views {
+		if !e.usedBy(instance) || v.Channel != channel || channel == "" {
 			continue
 		}
 		b := apps[v.App]

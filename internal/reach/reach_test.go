@@ -24,30 +24,33 @@ func waitClosed(t *testing.T, ch <-chan struct{}) {
 func TestUnserved(t *testing.T) {
 	a, b, c := new(Entry), new(Entry), new(Entry)
 	t.Cleanup(func() { a.Close(); b.Close(); c.Close() })
+	for _, e := range []*Entry{a, b, c} {
+		e.Use("order/blue-1")
+	}
 
 	ch := Changed()
 	a.Set(View{App: "inventory", Channel: "trade", Serving: [2]bool{false, true}})
 	waitClosed(t, ch)
-	if got := Unserved("trade", "blue"); !slices.Equal(got, []string{"inventory"}) {
+	if got := Unserved("trade", "blue", "order/blue-1"); !slices.Equal(got, []string{"inventory"}) {
 		t.Fatalf("Unserved(trade, blue) = %v, want [inventory]", got)
 	}
-	if got := Unserved("trade", "green"); len(got) != 0 {
+	if got := Unserved("trade", "green", "order/blue-1"); len(got) != 0 {
 		t.Fatalf("Unserved(trade, green) = %v, want none", got)
 	}
-	if got := Unserved("other", "blue"); len(got) != 0 {
+	if got := Unserved("other", "blue", "order/blue-1"); len(got) != 0 {
 		t.Fatalf("Unserved(other, blue) = %v: views of another channel count", got)
 	}
 
 	// A second connection to the same app that reaches blue: blue serves.
 	b.Set(View{App: "inventory", Channel: "trade", Serving: [2]bool{true, true}})
-	if got := Unserved("trade", "blue"); len(got) != 0 {
+	if got := Unserved("trade", "blue", "order/blue-1"); len(got) != 0 {
 		t.Fatalf("Unserved(trade, blue) = %v with a connection reaching blue", got)
 	}
 	b.Close()
 
 	// An app neither color serves is not the color's fault.
 	c.Set(View{App: "pay", Channel: "trade"})
-	if got := Unserved("trade", "blue"); !slices.Equal(got, []string{"inventory"}) {
+	if got := Unserved("trade", "blue", "order/blue-1"); !slices.Equal(got, []string{"inventory"}) {
 		t.Fatalf("Unserved(trade, blue) = %v, want [inventory] only", got)
 	}
 
@@ -61,7 +64,28 @@ func TestUnserved(t *testing.T) {
 	}
 	a.Close()
 	waitClosed(t, ch)
-	if got := Unserved("trade", "blue"); len(got) != 0 {
+	if got := Unserved("trade", "blue", "order/blue-1"); len(got) != 0 {
 		t.Fatalf("Unserved(trade, blue) = %v after the entry closed", got)
+	}
+}
+
+// A connection counts for an instance only once a call of that instance's own color used it:
+// another instance of the process does not see it.
+func TestUnservedIsScopedByUse(t *testing.T) {
+	e := new(Entry)
+	t.Cleanup(e.Close)
+	e.Set(View{App: "inventory", Channel: "trade", Serving: [2]bool{false, true}})
+	if got := Unserved("trade", "blue", "order/blue-1"); len(got) != 0 {
+		t.Fatalf("Unserved = %v before order/blue-1 used the connection", got)
+	}
+	ch := Changed()
+	e.Use("order/blue-1")
+	waitClosed(t, ch)
+	e.Use("order/blue-1") // again: no change
+	if got := Unserved("trade", "blue", "order/blue-1"); !slices.Equal(got, []string{"inventory"}) {
+		t.Fatalf("Unserved for the user = %v, want [inventory]", got)
+	}
+	if got := Unserved("trade", "blue", "gateway/g-1"); len(got) != 0 {
+		t.Fatalf("Unserved for another instance = %v, want none", got)
 	}
 }

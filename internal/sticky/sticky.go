@@ -51,6 +51,10 @@ func Lookup(value, channel string) (string, bool) {
 type Own struct {
 	Channel string
 	Color   string
+	// Instance names the instance that marks (lifecycle uses "<app>/<id>"): the balancer
+	// notes on the reach board which connections its marked calls used, so what one instance
+	// of a process reaches is told apart from what others do.
+	Instance string
 }
 
 type ownKey struct{}
