@@ -17,6 +17,19 @@
 //	go run ./examples/bluegreen            # ~30 s
 //	go run ./examples/bluegreen -phase 500ms
 //	go run ./examples/bluegreen -naive     # first the same release done naively, for comparison
+//	go run ./examples/bluegreen -fault kill-canary
+//
+// With -fault kill-canary the blue inventory instance, v2 and the canary, is killed at 10 %
+// with no cleanup, as a crashed process or a lost node would be: its gRPC server stops hard
+// and its record stays in etcd until its lease expires (no deregistration, no offline mark).
+// The load keeps running. order@blue, the code of the decided color whose callee died,
+// marks itself degraded, so the gateway's picker sends it no more blue-decided call and
+// decides green for them; a blue order never calls a v1 inventory (it fails the call rather
+// than cross to old code). A new blue inventory then replaces the dead one and the release
+// goes on to the end. The verdict counts the calls lost, all of which must have been at
+// order@blue between the kill and the moment the gateway stopped deciding blue for it, the
+// calls that crossed from v2 to v1 code (must be 0), and how long until new decisions
+// stopped going to blue.
 package main
 
 import (
@@ -55,7 +68,15 @@ func main() {
 	phase := flag.Duration("phase", 3*time.Second, "how long each phase of the release runs under load")
 	workers := flag.Int("workers", 8, "concurrent callers of the gateway (closed loop)")
 	naive := flag.Bool("naive", false, "first do the same release as a plain rolling restart (round_robin, no switchyard lifecycle), for comparison")
+	fault := flag.String("fault", "", "inject a fault mid-release; \"kill-canary\": at 10 % kill the blue (v2, canary) inventory instance with no cleanup\n"+
+		"(its gRPC server stops hard, its record stays in etcd until its lease expires), keep the load running, replace it\n"+
+		"and finish the release; the verdict counts the failed calls against their bound (calls in flight at the dead\n"+
+		"canary's caller), calls from v2 to v1 code (must be 0) and how long until new decisions stopped going to blue")
 	flag.Parse()
+	if *fault != "" && *fault != killCanary {
+		fmt.Fprintf(os.Stderr, "bluegreen: -fault %q is not a fault this demo knows; the one it knows is %q\n", *fault, killCanary)
+		os.Exit(2)
+	}
 	if *naive {
 		failed, total, err := runNaive(os.Stdout, *phase, *workers)
 		if err != nil {
@@ -64,7 +85,7 @@ func main() {
 		}
 		fmt.Printf("naive rolling restart: %d of %d requests failed\n\nnow the same release with switchyard:\n\n", failed, total)
 	}
-	ok, err := run(os.Stdout, *phase, *workers)
+	ok, err := run(os.Stdout, *phase, *workers, *fault)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bluegreen:", err)
 		os.Exit(2)
@@ -77,16 +98,22 @@ func main() {
 // demo is the running system: etcd, the rule client the instances' clients use, and the
 // instances by app and color.
 type demo struct {
+	etcd    *etcdtest.Server
 	cli     *clientv3.Client
 	rules   *traffic.Client
 	log     *slog.Logger
 	nats    *natstest.Server
 	work    *workLog
+	crossed atomic.Int64 // calls from v2 order that reached a v1 inventory: new code calling old code
 	mu      sync.Mutex
 	insts   map[string]*lifecycle.Instance // "order/blue" → instance
+	servers map[string]*server             // "order/blue" → its gRPC service
+	clis    map[string]*clientv3.Client    // "order/blue" → its own etcd client, as its own process would have
 	closers map[string]func()              // what closes its components' connections
 	watched map[string]*watched            // "order/blue" → what its components saw
 	execs   map[string]*watched            // executor ID → its instance's, for the job verdict
+	ids     map[string]bool                // instance IDs used so far
+	dead    sync.WaitGroup                 // what is left of killed instances, ending
 	// For the job verdict: the color drained in the current phase, the rule revision at which
 	// each color's drain ended, and the job's claims by key.
 	drained    string
@@ -97,8 +124,11 @@ type demo struct {
 // server is one instance of gateway, order or inventory.
 type server struct {
 	greeterpb.UnimplementedGreeterServer
-	app, color, version string
-	next                greeterpb.GreeterClient // nil for inventory
+	app, id, color, version string
+	next                    greeterpb.GreeterClient // nil for inventory
+	crossed                 *atomic.Int64           // the demo's count of v2 → v1 calls; nil in the naive mode
+	// SayHello calls taken, failed and in flight, and when the latest one arrived (unix ns).
+	calls, failed, inflight, last atomic.Int64
 }
 
 func (s *server) label() string { return s.app + "@" + s.color + "/" + s.version }
@@ -106,6 +136,18 @@ func (s *server) label() string { return s.app + "@" + s.color + "/" + s.version
 // SayHello: inventory answers; order asks inventory (v2 order through the v2-only method);
 // gateway asks order.
 func (s *server) SayHello(ctx context.Context, _ *greeterpb.HelloRequest) (*greeterpb.HelloReply, error) {
+	s.last.Store(time.Now().UnixNano())
+	s.calls.Add(1)
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	r, err := s.sayHello(ctx)
+	if err != nil {
+		s.failed.Add(1)
+	}
+	return r, err
+}
+
+func (s *server) sayHello(ctx context.Context) (*greeterpb.HelloReply, error) {
 	if s.next == nil {
 		return &greeterpb.HelloReply{Message: s.label()}, nil
 	}
@@ -130,6 +172,9 @@ func (s *server) SayHello(ctx context.Context, _ *greeterpb.HelloRequest) (*gree
 // SayHellos exists only in v2 inventory.
 func (s *server) SayHellos(_ *greeterpb.HelloRequest, st grpc.ServerStreamingServer[greeterpb.HelloReply]) error {
 	if s.app != "inventory" || s.version != "v2" {
+		if s.crossed != nil { // nil in the naive mode
+			s.crossed.Add(1) // only v2 order calls SayHellos
+		}
 		return status.Error(codes.Unimplemented, s.label()+" has no SayHellos")
 	}
 	return st.Send(&greeterpb.HelloReply{Message: s.label()})
@@ -146,35 +191,84 @@ func (d *demo) dial(app string) (*grpc.ClientConn, error) {
 		grpc.WithChainStreamInterceptor(d.rules.StreamClientInterceptor()))
 }
 
-// start runs one instance of app, of color and version, through lifecycle.
+// start runs one instance of app, of color and version, through lifecycle, with its own etcd
+// client. A replacement of a killed instance gets a new ID: the dead one's record holds the
+// old one until its lease expires.
 func (d *demo) start(ctx context.Context, app, color, version string, next *grpc.ClientConn) error {
 	id := app + "-" + color + "-" + version
-	comps, closeComps, err := d.components(app, id, color)
+	d.mu.Lock()
+	for n := 2; d.ids[id]; n++ {
+		id = fmt.Sprintf("%s-%s-%s-%d", app, color, version, n)
+	}
+	d.ids[id] = true
+	d.mu.Unlock()
+	cli, err := d.etcd.NewClient(d.etcd.Endpoints())
 	if err != nil {
 		return err
 	}
+	comps, closeComps, err := d.components(cli, app, id, color)
+	if err != nil {
+		cli.Close()
+		return err
+	}
 	inst, err := lifecycle.New(lifecycle.Config{
-		Client: d.cli, App: app, ID: id, Color: registry.Color(color), Version: version,
+		Client: cli, App: app, ID: id, Color: registry.Color(color), Version: version,
 		Warmup: 500 * time.Millisecond, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		QuietPeriod: 300 * time.Millisecond, MaxDrain: 5 * time.Second, StopTimeout: 5 * time.Second, Logger: d.log,
 		Components: comps,
 	})
 	if err != nil {
+		closeComps()
+		cli.Close()
 		return err
 	}
-	s := &server{app: app, color: color, version: version}
+	s := &server{app: app, id: id, color: color, version: version, crossed: &d.crossed}
 	if next != nil {
 		s.next = greeterpb.NewGreeterClient(next)
 	}
 	greeterpb.RegisterGreeterServer(inst.Server(), s)
 	if err := inst.Start(ctx); err != nil {
+		closeComps()
+		cli.Close()
 		return err
 	}
 	d.mu.Lock()
 	d.insts[app+"/"+color] = inst
+	d.servers[app+"/"+color] = s
+	d.clis[app+"/"+color] = cli
 	d.closers[app+"/"+color] = closeComps
 	d.mu.Unlock()
 	return nil
+}
+
+// kill ends the instance of app and color as a crash would: first its etcd client closes, so
+// nothing of it reaches etcd any more (no deregistration, no offline mark, no lease
+// keepalive: its record stays until the lease expires); then its gRPC server stops hard,
+// failing the calls in flight. What is left of it (admin server, rule client, components,
+// which can no longer reach etcd) is ended in the background, as the process's exit would.
+func (d *demo) kill(app, color string) {
+	key := app + "/" + color
+	d.mu.Lock()
+	inst, cli, closeComps := d.insts[key], d.clis[key], d.closers[key]
+	delete(d.insts, key)
+	delete(d.clis, key)
+	delete(d.closers, key)
+	delete(d.watched, key) // its rule client follows nothing any more
+	d.mu.Unlock()
+	cli.Close()
+	inst.Server().Stop()
+	closeComps()
+	d.dead.Go(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // nothing to wait for: no request can reach it, nothing of it reaches etcd
+		_ = inst.Offline(ctx)
+	})
+}
+
+func (d *demo) server(app, color string) *server {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.servers[app+"/"+color]
 }
 
 // watched is what the demo sees of one instance's MQ consumer or job executor, for the
@@ -295,7 +389,7 @@ func (x *watchedExecutor) HandleEvent(e traffic.Event) {
 
 // components are what an instance runs besides RPCs: order instances consume "orders.events"
 // in group "audit"; inventory instances run the sharded job "reconcile" (4 items, every 100 ms).
-func (d *demo) components(app, id, color string) ([]lifecycle.Component, func(), error) {
+func (d *demo) components(cli *clientv3.Client, app, id, color string) ([]lifecycle.Component, func(), error) {
 	w := &watched{app: app, id: id, color: color}
 	if app == "order" || app == "inventory" {
 		d.mu.Lock()
@@ -327,7 +421,7 @@ func (d *demo) components(app, id, color string) ([]lifecycle.Component, func(),
 		}
 		return []lifecycle.Component{&watchedConsumer{c, w}}, nc.Close, nil
 	case "inventory":
-		ex, err := job.NewExecutor(job.Config{Client: d.cli, ID: id, TTL: 2 * time.Second, Logger: d.log,
+		ex, err := job.NewExecutor(job.Config{Client: cli, ID: id, TTL: 2 * time.Second, Logger: d.log,
 			Job: job.Job{Name: "reconcile", Every: 100 * time.Millisecond, Items: 4,
 				Handler: func(context.Context, int) error { d.work.add("job", color); return nil }}})
 		if err != nil {
@@ -386,15 +480,16 @@ func (w *workLog) summary() (string, int) {
 
 // stop takes the instance of app and color offline, losslessly.
 func (d *demo) stop(ctx context.Context, app, color string) error {
+	key := app + "/" + color
 	d.mu.Lock()
-	inst, closeComps := d.insts[app+"/"+color], d.closers[app+"/"+color]
-	delete(d.insts, app+"/"+color)
-	delete(d.closers, app+"/"+color)
+	inst, cli, closeComps := d.insts[key], d.clis[key], d.closers[key]
+	delete(d.insts, key)
+	delete(d.clis, key)
+	delete(d.closers, key)
 	d.mu.Unlock()
 	err := inst.Offline(ctx)
-	if closeComps != nil {
-		closeComps()
-	}
+	closeComps()
+	cli.Close()
 	return err
 }
 
@@ -455,7 +550,9 @@ func (s *stats) row(name string) string {
 		s.violations, pct(0.5).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond))
 }
 
-func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
+// run performs the release under load and prints the table and the verdict; fault is "" or
+// killCanary.
+func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, error) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	etcd, err := etcdtest.New() // in production: your etcd cluster
@@ -483,14 +580,16 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 	}
 	defer ns.Close()
 	work := &workLog{counts: map[string]int{}}
-	d := &demo{cli: cli, rules: rules, log: log, nats: ns, work: work,
-		insts: map[string]*lifecycle.Instance{}, closers: map[string]func(){},
-		watched: map[string]*watched{}, execs: map[string]*watched{}, undrainRev: map[string]int64{}, claims: map[string]claim{}}
+	d := &demo{etcd: etcd, cli: cli, rules: rules, log: log, nats: ns, work: work,
+		insts: map[string]*lifecycle.Instance{}, servers: map[string]*server{}, clis: map[string]*clientv3.Client{},
+		closers: map[string]func(){}, watched: map[string]*watched{}, execs: map[string]*watched{}, ids: map[string]bool{},
+		undrainRev: map[string]int64{}, claims: map[string]claim{}}
 	defer func() {
 		for key := range d.insts {
 			app, color, _ := strings.Cut(key, "/")
 			_ = d.stop(ctx, app, color)
 		}
+		d.dead.Wait()
 	}()
 
 	toInventory, err := d.dial("inventory")
@@ -559,6 +658,12 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		{"restart green as v2", func() error { return restart("green") }, "green"},
 		{"finish (all v2, 50/50)", func() error { _, err := ctl.Finish(ctx, "trade"); return err }, ""},
 	}
+	canary := canaryKill{workers: workers}
+	if fault == killCanary { // after "10 %"
+		phases = slices.Insert(phases, 6,
+			step{"kill inventory blue (no cleanup)", func() error { return d.killCanary(ctx, &canary) }, ""},
+			step{"replace inventory blue (new v2)", func() error { return d.replaceCanary(ctx, &canary) }, ""})
+	}
 	for k := range phases { // each phase's load begins once its step has taken effect
 		st := phases[k]
 		phases[k].do = func() error {
@@ -576,6 +681,9 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		return false, err
 	}
 	_, drainedWork := work.summary()
+	if fault == killCanary {
+		return canary.verdict(out, &total, d.crossed.Load(), drainedWork, work.reasons()), nil
+	}
 	ok := total.failed == 0 && total.violations == 0 && drainedWork == 0
 	verdict := "LOSSLESS"
 	if !ok {
@@ -587,6 +695,144 @@ func run(out io.Writer, phase time.Duration, workers int) (bool, error) {
 		fmt.Fprintln(out, "   on a drained color:", why)
 	}
 	return ok, nil
+}
+
+// calls is "1 call <what>" or "n calls <what>".
+func calls(n int64, what string) string {
+	if n == 1 {
+		return "1 call " + what
+	}
+	return fmt.Sprintf("%d calls %s", n, what)
+}
+
+// killCanary is the -fault value that kills the canary mid-release.
+const killCanary = "kill-canary"
+
+// maxStopBlue bounds, for the verdict, the time from the kill to the last call decided blue
+// that reached order@blue: seconds, well under the lease TTL (10 s) after which the dead
+// record would leave by itself.
+const maxStopBlue = 2 * time.Second
+
+// degradedWait is how long the kill step waits for order@blue's record to say degraded.
+const degradedWait = 5 * time.Second
+
+// canaryKill is what -fault kill-canary measured at order@blue, the caller of the killed
+// inventory@blue: every call it took after the kill fails (its callee of its color is gone,
+// and it does not cross to v1), until the gateway stops deciding blue for it.
+type canaryKill struct {
+	caller          *server   // order@blue
+	at, degraded    time.Time // the kill; when order@blue's record said degraded
+	inflight        int64     // calls in flight at order@blue at the kill
+	calls0, failed0 int64     // its counters at the kill
+	taken, failed   int64     // calls it took after the kill, and calls it failed since, until the replacement
+	last            time.Time // when the last of them arrived
+	victim          string    // the killed instance's ID
+	recordKept      bool      // its record was still in etcd when order@blue was marked degraded
+	workers         int       // concurrent callers of the gateway
+}
+
+// killCanary kills inventory@blue and returns once order@blue's record says degraded, or
+// after degradedWait without (the verdict then fails and the load goes on).
+func (d *demo) killCanary(ctx context.Context, k *canaryKill) error {
+	k.caller, k.victim = d.server("order", "blue"), d.server("inventory", "blue").id
+	key := registry.Instance{App: "order", ID: k.caller.id}.Key(registry.DefaultPrefix)
+	resp, err := d.cli.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) != 1 {
+		return fmt.Errorf("order@blue is not registered before the kill")
+	}
+	if why := degraded(resp.Kvs[0].Value); why != "" {
+		return fmt.Errorf("order@blue is degraded before the kill (%s)", why)
+	}
+	wctx, cancel := context.WithTimeout(ctx, degradedWait)
+	defer cancel()
+	events := d.cli.Watch(wctx, key, clientv3.WithRev(resp.Header.Revision+1))
+	k.at, k.inflight = time.Now(), k.caller.inflight.Load()
+	k.calls0, k.failed0 = k.caller.calls.Load(), k.caller.failed.Load()
+	d.kill("inventory", "blue")
+watch:
+	for wr := range events {
+		for _, ev := range wr.Events {
+			if degraded(ev.Kv.Value) != "" {
+				k.degraded = time.Now()
+				break watch
+			}
+		}
+	}
+	dead, err := d.cli.Get(ctx, registry.Instance{App: "inventory", ID: k.victim}.Key(registry.DefaultPrefix))
+	k.recordKept = err == nil && len(dead.Kvs) == 1
+	return err
+}
+
+// degraded returns the Degraded of an instance record ("" for a deletion).
+func degraded(record []byte) string {
+	in, err := registry.Unmarshal(record)
+	if err != nil {
+		return ""
+	}
+	return in.Degraded
+}
+
+// replaceCanary closes the kill's accounts, starts a new inventory@blue (v2) and returns once
+// order@blue's record is no longer degraded: blue decisions reach it again.
+func (d *demo) replaceCanary(ctx context.Context, k *canaryKill) error {
+	k.taken, k.failed = k.caller.calls.Load()-k.calls0, k.caller.failed.Load()-k.failed0
+	k.last = time.Unix(0, k.caller.last.Load())
+	if err := d.start(ctx, "inventory", "blue", "v2", nil); err != nil {
+		return err
+	}
+	key := registry.Instance{App: "order", ID: k.caller.id}.Key(registry.DefaultPrefix)
+	return waitFor(ctx, "order@blue to be no longer degraded", func() bool {
+		resp, err := d.cli.Get(ctx, key)
+		return err == nil && len(resp.Kvs) == 1 && degraded(resp.Kvs[0].Value) == ""
+	})
+}
+
+// verdict prints the verdict of a run with the kill: LOSSLESS if no call failed; else the
+// loss is bounded if every failed call was one order@blue had in flight when its callee died
+// or took before the gateway stopped deciding blue for it, and that stopped within
+// maxStopBlue. Either way no call may have gone from v2 code to v1 code.
+func (k *canaryKill) verdict(out io.Writer, total *stats, crossed int64, drainedWork int, reasons []string) bool {
+	bound := k.inflight + k.taken
+	stopped := k.degraded.Sub(k.at)
+	if k.last.After(k.at) {
+		stopped = k.last.Sub(k.at)
+	}
+	ok := int64(total.failed) <= k.failed && k.failed <= bound && !k.degraded.IsZero() && stopped <= maxStopBlue &&
+		crossed == 0 && total.violations == 0 && drainedWork == 0
+	verdict := "LOSSLESS"
+	switch {
+	case !ok:
+		verdict = "NOT LOSSLESS"
+	case total.failed > 0:
+		verdict = "LOSS BOUNDED BY THE CALLS IN FLIGHT"
+	}
+	ms := func(d time.Duration) string { return d.Round(100 * time.Microsecond).String() }
+	fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations; %d messages or job runs on a drained color\n",
+		verdict, total.n, total.failed, total.violations, drainedWork)
+	where := "all at order@blue, the killed canary's caller"
+	if int64(total.failed) > k.failed {
+		where = fmt.Sprintf("only %d of them at order@blue, the killed canary's caller", k.failed)
+	}
+	fmt.Fprintf(out, "   %s, %s (bound: %d = %d it had in flight when inventory@blue died + %d it took before the gateway stopped deciding blue for it; %d callers)\n",
+		calls(int64(total.failed), "failed"), where, bound, k.inflight, k.taken, k.workers)
+	fmt.Fprintf(out, "   %s from new code to old code (v2 order → v1 inventory)\n", calls(crossed, "crossed"))
+	last := "no blue-decided call reached order@blue after the kill"
+	if k.last.After(k.at) {
+		last = "the last blue-decided call reached order@blue " + ms(k.last.Sub(k.at)) + " after the kill"
+	}
+	marked := "order@blue's record said degraded " + ms(k.degraded.Sub(k.at)) + " after it"
+	if k.degraded.IsZero() {
+		marked = fmt.Sprintf("order@blue's record did not say degraded within %v", degradedWait)
+	}
+	fmt.Fprintf(out, "   new decisions stopped going to blue: %s (limit %v); %s\n", last, maxStopBlue, marked)
+	fmt.Fprintf(out, "   %s was killed with no cleanup; its record still in etcd then: %v\n", k.victim, k.recordKept)
+	for _, why := range reasons {
+		fmt.Fprintln(out, "   on a drained color:", why)
+	}
+	return ok
 }
 
 // afterStep waits until a step has taken effect where the verdict looks — every instance's

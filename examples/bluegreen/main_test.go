@@ -16,7 +16,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // run was handled on a drained color (judged from events, see the package doc).
 func TestReleaseIsLossless(t *testing.T) {
 	var out strings.Builder
-	ok, err := run(&out, 150*time.Millisecond, 4) // short phases, 4 callers
+	ok, err := run(&out, 150*time.Millisecond, 4, "") // short phases, 4 callers
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)
@@ -26,6 +26,29 @@ func TestReleaseIsLossless(t *testing.T) {
 	}
 	if strings.Count(out.String(), "\n") < 12 {
 		t.Fatal("the report is missing phases")
+	}
+}
+
+// TestKillCanaryLosesOnlyTheCallsInFlight runs -fault kill-canary with short phases: the blue
+// (v2) inventory dies without cleanup at 10 %, and run reports success only if every failed
+// call was one the dead canary's caller (order@blue) had in flight or took before the gateway
+// stopped deciding blue for it, that stopped within seconds, no call went from v2 order to v1
+// inventory, and the release then finished.
+func TestKillCanaryLosesOnlyTheCallsInFlight(t *testing.T) {
+	var out strings.Builder
+	ok, err := run(&out, 150*time.Millisecond, 4, killCanary)
+	t.Log("\n" + out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok || !strings.Contains(out.String(), " 0 calls crossed from new code to old code") {
+		t.Fatal("the loss was not bounded by the calls in flight at the dead canary's caller, or a call crossed from v2 to v1")
+	}
+	if !strings.Contains(out.String(), "its record still in etcd then: true") {
+		t.Fatal("the killed instance's record left etcd at once: the kill cleaned up")
+	}
+	if !strings.Contains(out.String(), "finish (all v2, 50/50)") {
+		t.Fatal("the release did not finish after the kill")
 	}
 }
 
