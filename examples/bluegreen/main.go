@@ -247,14 +247,7 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 // failing the calls in flight. What is left of it (admin server, rule client, components,
 // which can no longer reach etcd) is ended in the background, as the process's exit would.
 func (d *demo) kill(app, color string) {
-	key := app + "/" + color
-	d.mu.Lock()
-	inst, cli, closeComps := d.insts[key], d.clis[key], d.closers[key]
-	delete(d.insts, key)
-	delete(d.clis, key)
-	delete(d.closers, key)
-	delete(d.watched, key) // its rule client follows nothing any more
-	d.mu.Unlock()
+	inst, cli, closeComps := d.take(app, color, true) // its rule client follows nothing any more
 	cli.Close()
 	inst.Server().Stop()
 	closeComps()
@@ -478,15 +471,25 @@ func (w *workLog) summary() (string, int) {
 	return fmt.Sprintf("%5d/%-5d %5d/%-5d", w.counts["mq/blue"], w.counts["mq/green"], w.counts["job/blue"], w.counts["job/green"]), w.violations
 }
 
-// stop takes the instance of app and color offline, losslessly.
-func (d *demo) stop(ctx context.Context, app, color string) error {
+// take removes the instance of app and color from the demo's tables and returns it with its
+// etcd client and its components' closer; unwatch also forgets its rule client's view.
+func (d *demo) take(app, color string, unwatch bool) (*lifecycle.Instance, *clientv3.Client, func()) {
 	key := app + "/" + color
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	inst, cli, closeComps := d.insts[key], d.clis[key], d.closers[key]
 	delete(d.insts, key)
 	delete(d.clis, key)
 	delete(d.closers, key)
-	d.mu.Unlock()
+	if unwatch {
+		delete(d.watched, key)
+	}
+	return inst, cli, closeComps
+}
+
+// stop takes the instance of app and color offline, losslessly.
+func (d *demo) stop(ctx context.Context, app, color string) error {
+	inst, cli, closeComps := d.take(app, color, false)
 	err := inst.Offline(ctx)
 	closeComps()
 	cli.Close()
