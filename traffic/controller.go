@@ -47,17 +47,27 @@ func NewController(cfg Config) (*Controller, error) {
 
 // Open opens a release in channel for apps, at 50 % (no traffic moves until Shift). The
 // channel's rule is created if it does not exist; its apps are replaced by apps. Refused if
-// the channel is already open or an app is in another open channel.
+// the channel is already open or an app is in another open channel. Because that check spans
+// every rule, Open also refuses while a rule key that may name one of apps cannot be read
+// (see Scan; a key whose apps cannot be read at all may name any app), with an error wrapping
+// ErrMalformedRule that names the key: repair it or remove it with Delete.
 func (c *Controller) Open(ctx context.Context, channel string, apps []string) (Rule, error) {
 	next, err := NewRule(channel, apps, true, EvenSplit)
 	if err != nil {
 		return Rule{}, err
 	}
-	return c.update(ctx, channel, func(cur Rule, exists bool, all []Rule) (Rule, error) {
+	return c.update(ctx, channel, func(cur Rule, exists bool, s scan) (Rule, error) {
 		if exists && cur.Releasing {
 			return Rule{}, fmt.Errorf("%w %q (blue at %g%%); finish it first", ErrAlreadyOpen, channel, cur.BluePercent)
 		}
-		for _, r := range all {
+		for _, u := range s.bad {
+			for _, app := range next.Apps {
+				if u.mayName(app) {
+					return Rule{}, fmt.Errorf("traffic: cannot check that %q is in no other open channel: %w", app, unreadableErr(u))
+				}
+			}
+		}
+		for _, r := range s.all {
 			if r.Channel == channel || !r.Releasing {
 				continue
 			}
@@ -72,12 +82,12 @@ func (c *Controller) Open(ctx context.Context, channel string, apps []string) (R
 }
 
 // Shift sets the blue percent of an open release: 0 drains blue, 100 drains green, 1 is a
-// 1 % canary on blue.
+// 1 % canary on blue. Unreadable keys of other channels do not hold it up.
 func (c *Controller) Shift(ctx context.Context, channel string, bluePercent float64) (Rule, error) {
 	if err := ValidatePercent(bluePercent); err != nil {
 		return Rule{}, err
 	}
-	return c.update(ctx, channel, func(cur Rule, exists bool, _ []Rule) (Rule, error) {
+	return c.update(ctx, channel, func(cur Rule, exists bool, _ scan) (Rule, error) {
 		if err := needOpen(channel, cur, exists); err != nil {
 			return Rule{}, err
 		}
@@ -86,9 +96,10 @@ func (c *Controller) Shift(ctx context.Context, channel string, bluePercent floa
 	})
 }
 
-// Finish closes the release and sets the split back to 50/50.
+// Finish closes the release and sets the split back to 50/50. Unreadable keys of other
+// channels do not hold it up.
 func (c *Controller) Finish(ctx context.Context, channel string) (Rule, error) {
-	return c.update(ctx, channel, func(cur Rule, exists bool, _ []Rule) (Rule, error) {
+	return c.update(ctx, channel, func(cur Rule, exists bool, _ scan) (Rule, error) {
 		if err := needOpen(channel, cur, exists); err != nil {
 			return Rule{}, err
 		}
@@ -107,13 +118,23 @@ func needOpen(channel string, cur Rule, exists bool) error {
 	return nil
 }
 
-// Get reads a channel's rule from etcd.
+// unreadableErr is the error for an operation that needs the unreadable key u: it names the
+// key and what to do, and wraps u.Err (and so ErrMalformedRule).
+func unreadableErr(u Unreadable) error {
+	return fmt.Errorf("rule at %s cannot be read; repair it, or delete it (Controller.Delete; switchyard channel delete %s --yes): %w", u.Key, u.Channel, u.Err)
+}
+
+// Get reads a channel's rule from etcd. It fails with an error wrapping ErrMalformedRule,
+// naming the key, if the channel's own key cannot be read; other keys do not matter.
 func (c *Controller) Get(ctx context.Context, channel string) (Rule, error) {
-	all, _, _, err := c.read(ctx)
+	s, err := c.read(ctx)
 	if err != nil {
 		return Rule{}, err
 	}
-	for _, r := range all {
+	if u, ok := s.unreadable(channel); ok {
+		return Rule{}, fmt.Errorf("traffic: %w", unreadableErr(u))
+	}
+	for _, r := range s.all {
 		if r.Channel == channel {
 			return r, nil
 		}
@@ -121,57 +142,152 @@ func (c *Controller) Get(ctx context.Context, channel string) (Rule, error) {
 	return Rule{}, fmt.Errorf("%w %q", ErrUnknownChannel, channel)
 }
 
-// List reads every rule from etcd, by channel name.
+// List reads every rule from etcd, by channel name. It is strict: if any rule key cannot be
+// read it returns no rules and an error wrapping ErrMalformedRule that names the key. Scan
+// returns the readable rules and the unreadable keys apart.
 func (c *Controller) List(ctx context.Context) ([]Rule, error) {
-	all, _, _, err := c.read(ctx)
-	return all, err
+	s, err := c.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.bad) > 0 {
+		return nil, fmt.Errorf("traffic: %w", unreadableErr(s.bad[0]))
+	}
+	return s.all, nil
 }
 
-// read returns every valid rule, the mod revision of each rule's key, and the revision of
-// the read. A malformed rule is an error here: an operator must see it, not have it skipped.
-func (c *Controller) read(ctx context.Context) ([]Rule, map[string]int64, int64, error) {
+// Scan reads every key under the channels prefix: the rules that can be read, by channel
+// name, and the keys whose value cannot be read (not JSON, a schema version this reader does
+// not know, an invalid rule, or a rule stored under another channel's key), by channel name,
+// each with the apps its value names if they can be read leniently and the reason. It is
+// what an operator looks at during an incident: one broken key hides nothing else.
+// Unreadable.LastGood is always false here (the Controller keeps no history).
+func (c *Controller) Scan(ctx context.Context) ([]Rule, []Unreadable, error) {
+	s, err := c.read(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.all, s.bad, nil
+}
+
+// Delete removes channel's rule key. It is the way out for a key that cannot be read (Open
+// refuses while one may name its apps, and instances of the apps it may name do not start;
+// see Client.UnreadableFor) and for a rule nobody wants any more.
+//
+// Deleting the rule of an open release ends that release at once, without Finish's
+// OnFlowChange to 50 first: its apps leave the channel, every instance goes back to its base
+// weight and sticky decisions for the channel stop being made. So Delete refuses a readable
+// rule with a release open, with an error wrapping ErrAlreadyOpen, unless force is set;
+// Finish it first. An unreadable key or a closed rule is deleted without force.
+//
+// The delete is a compare-and-swap against the key's revision as read, so a key changed in
+// between is not deleted (ErrConflict). A channel without a key gives ErrUnknownChannel. The
+// channel is the part of the key after the channels prefix, exactly; it is not checked as a
+// name, so a key written with an invalid name can be deleted too.
+func (c *Controller) Delete(ctx context.Context, channel string, force bool) error {
+	if channel == "" {
+		return &RuleError{Field: "channel", Value: `""`, Rule: "must not be empty"}
+	}
+	key := Key(c.cfg.Prefix, channel)
+	s, err := c.read(ctx)
+	if err != nil {
+		return err
+	}
+	modRev, exists := s.modRevs[channel]
+	if !exists {
+		return fmt.Errorf("%w %q: no key %s", ErrUnknownChannel, channel, key)
+	}
+	if _, bad := s.unreadable(channel); !bad && !force {
+		for _, r := range s.all {
+			if r.Channel == channel && r.Releasing {
+				return fmt.Errorf("%w %q (blue at %g%%): deleting its rule would end the release abruptly; finish it first, or force the delete",
+					ErrAlreadyOpen, channel, r.BluePercent)
+			}
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := c.cfg.Client.Txn(wctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	if err != nil {
+		return c.etcdErr(ctx, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w (channel %q)", ErrConflict, channel)
+	}
+	return nil
+}
+
+// scan is one read of every key under the channels prefix.
+type scan struct {
+	all     []Rule           // the readable rules, by channel
+	bad     []Unreadable     // the unreadable keys, by channel
+	modRevs map[string]int64 // every key's mod revision, by channel
+	rev     int64            // the read's revision
+}
+
+func (s scan) unreadable(channel string) (Unreadable, bool) {
+	for _, u := range s.bad {
+		if u.Channel == channel {
+			return u, true
+		}
+	}
+	return Unreadable{}, false
+}
+
+// read reads every key under the channels prefix. A key that cannot be read is kept apart
+// in bad, not skipped: each operation decides whether it needs it.
+func (c *Controller) read(ctx context.Context) (scan, error) {
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := c.cfg.Client.Get(rctx, ChannelsPrefix(c.cfg.Prefix), clientv3.WithPrefix())
+	prefix := ChannelsPrefix(c.cfg.Prefix)
+	resp, err := c.cfg.Client.Get(rctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, 0, c.etcdErr(ctx, err)
+		return scan{}, c.etcdErr(ctx, err)
 	}
-	var all []Rule
-	modRevs := make(map[string]int64, len(resp.Kvs))
+	s := scan{modRevs: make(map[string]int64, len(resp.Kvs)), rev: resp.Header.Revision}
 	for _, kv := range resp.Kvs {
-		channel := strings.TrimPrefix(string(kv.Key), ChannelsPrefix(c.cfg.Prefix))
+		channel := strings.TrimPrefix(string(kv.Key), prefix)
+		s.modRevs[channel] = kv.ModRevision
 		r, err := Unmarshal(kv.Value)
 		if err == nil && r.Channel != channel {
-			err = fmt.Errorf("record says channel %q", r.Channel)
+			err = malformed(fmt.Errorf("record says channel %q but is stored under %q", r.Channel, channel))
 		}
 		if err != nil {
-			return nil, nil, 0, fmt.Errorf("traffic: rule at %s is malformed; fix or delete it: %w", kv.Key, err)
+			s.bad = append(s.bad, Unreadable{Key: string(kv.Key), Channel: channel, Apps: lenientApps(kv.Value), Err: err})
+			continue
 		}
-		all = append(all, r)
-		modRevs[channel] = kv.ModRevision
+		s.all = append(s.all, r)
 	}
-	slices.SortFunc(all, func(a, b Rule) int { return strings.Compare(a.Channel, b.Channel) })
-	return all, modRevs, resp.Header.Revision, nil
+	slices.SortFunc(s.all, func(a, b Rule) int { return strings.Compare(a.Channel, b.Channel) })
+	slices.SortFunc(s.bad, func(a, b Unreadable) int { return strings.Compare(a.Channel, b.Channel) })
+	return s, nil
 }
 
 // update reads every rule, lets decide compute the channel's next rule, and writes it only if
-// no rule changed since the read.
-func (c *Controller) update(ctx context.Context, channel string, decide func(cur Rule, exists bool, all []Rule) (Rule, error)) (Rule, error) {
+// no rule changed since the read. An unreadable key of the channel itself refuses every
+// operation (its state is unknown); other unreadable keys are decide's to judge.
+func (c *Controller) update(ctx context.Context, channel string, decide func(cur Rule, exists bool, s scan) (Rule, error)) (Rule, error) {
 	if err := registry.ValidateName("channel", channel); err != nil {
 		return Rule{}, &RuleError{Field: "channel", Value: fmt.Sprintf("%q", channel), Rule: ruleOf(err)}
 	}
-	all, modRevs, rev, err := c.read(ctx)
+	s, err := c.read(ctx)
 	if err != nil {
 		return Rule{}, err
 	}
+	if u, ok := s.unreadable(channel); ok {
+		return Rule{}, fmt.Errorf("traffic: %w", unreadableErr(u))
+	}
 	var cur Rule
 	exists := false
-	for _, r := range all {
+	for _, r := range s.all {
 		if r.Channel == channel {
 			cur, exists = r, true
 		}
 	}
-	next, err := decide(cur, exists, all)
+	next, err := decide(cur, exists, s)
 	if err != nil {
 		return Rule{}, err
 	}
@@ -188,8 +304,8 @@ func (c *Controller) update(ctx context.Context, channel string, decide func(cur
 	// decision.
 	prefix, key := ChannelsPrefix(c.cfg.Prefix), Key(c.cfg.Prefix, channel)
 	resp, err := c.cfg.Client.Txn(wctx).
-		If(clientv3.Compare(clientv3.ModRevision(prefix), "<", rev+1).WithPrefix(),
-			clientv3.Compare(clientv3.ModRevision(key), "=", modRevs[channel])).
+		If(clientv3.Compare(clientv3.ModRevision(prefix), "<", s.rev+1).WithPrefix(),
+			clientv3.Compare(clientv3.ModRevision(key), "=", s.modRevs[channel])).
 		Then(clientv3.OpPut(key, string(val))).
 		Commit()
 	if err != nil {
