@@ -11,7 +11,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
@@ -63,22 +65,11 @@ func NewResolverBuilder(cfg ResolverConfig) (resolver.Builder, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("registry: ResolverConfig.Client is nil; pass a connected *clientv3.Client")
 	}
-	switch {
-	case cfg.ServiceConfig != "" && cfg.MethodConfig != "":
-		return nil, errors.New("registry: set ResolverConfig.ServiceConfig or MethodConfig, not both; put the method configs into ServiceConfig")
-	case cfg.ServiceConfig != "":
-		if !json.Valid([]byte(cfg.ServiceConfig)) {
-			return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig is not valid JSON: %q", cfg.ServiceConfig)
-		}
-	case cfg.MethodConfig != "":
-		var mc []json.RawMessage
-		if err := json.Unmarshal([]byte(cfg.MethodConfig), &mc); err != nil {
-			return nil, fmt.Errorf("registry: ResolverConfig.MethodConfig must be a JSON array of method configs: %w", err)
-		}
-		cfg.ServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}],"methodConfig":` + cfg.MethodConfig + `}`
-	default:
-		cfg.ServiceConfig = DefaultServiceConfig
+	sc, err := serviceConfigOf(cfg.ServiceConfig, cfg.MethodConfig)
+	if err != nil {
+		return nil, err
 	}
+	cfg.ServiceConfig = sc
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
@@ -89,6 +80,42 @@ func NewResolverBuilder(cfg ResolverConfig) (resolver.Builder, error) {
 		cfg.Logger = slog.Default()
 	}
 	return &builder{cfg: cfg}, nil
+}
+
+// serviceConfigOf returns the service config resolvers hand gRPC for ResolverConfig's
+// ServiceConfig and MethodConfig, checked with gRPC's own parser (the one NewClient applies to
+// a default service config), so a mistake is an error here rather than at the first dial.
+func serviceConfigOf(serviceConfig, methodConfig string) (string, error) {
+	var sc string
+	switch {
+	case serviceConfig != "" && methodConfig != "":
+		return "", errors.New("registry: set ResolverConfig.ServiceConfig or MethodConfig, not both; put the method configs into ServiceConfig")
+	case serviceConfig != "":
+		if !json.Valid([]byte(serviceConfig)) {
+			return "", fmt.Errorf("registry: ResolverConfig.ServiceConfig is not valid JSON: %q", serviceConfig)
+		}
+		sc = serviceConfig
+	case methodConfig != "":
+		var mc []json.RawMessage
+		if err := json.Unmarshal([]byte(methodConfig), &mc); err != nil {
+			return "", fmt.Errorf("registry: ResolverConfig.MethodConfig must be a JSON array of method configs: %w", err)
+		}
+		sc = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}],"methodConfig":` + methodConfig + `}`
+	default:
+		return DefaultServiceConfig, nil
+	}
+	// gRPC parses a default service config when the client is created, without connecting.
+	cc, err := grpc.NewClient("passthrough:///service-config-check", grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(sc))
+	if err != nil {
+		field := "ServiceConfig"
+		if methodConfig != "" {
+			field = "MethodConfig"
+		}
+		return "", fmt.Errorf("registry: ResolverConfig.%s rejected by gRPC's service config parser (see https://github.com/grpc/grpc/blob/master/doc/service_config.md): %w", field, err)
+	}
+	_ = cc.Close()
+	return sc, nil
 }
 
 type builder struct{ cfg ResolverConfig }
