@@ -255,3 +255,25 @@ func TestCrossingWithNothingToCrossToKeepsTheDecision(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseConfig: any policy config is refused with an error naming the policy's package, or
+// accepted with a non-negative sticky wait; nothing panics.
+func FuzzParseConfig(f *testing.F) {
+	for _, s := range []string{`{}`, `{"stickyWait":"5s"}`, `{"stickyWait":"0.25s"}`, `{"stickyWait":5}`,
+		`{"stickyWait":"-1s"}`, `{"stickyWait":"9999999999999999s"}`, `{"wait":"1s"}`, `[]`, `null`, ``} {
+		f.Add(s)
+	}
+	b := gbalancer.Get(balancer.Name).(gbalancer.ConfigParser)
+	f.Fuzz(func(t *testing.T, js string) {
+		cfg, err := b.ParseConfig(json.RawMessage(js))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "switchyard balancer: ") {
+				t.Fatalf("ParseConfig(%q): error without the package prefix: %v", js, err)
+			}
+			return
+		}
+		if cfg == nil {
+			t.Fatalf("ParseConfig(%q) accepted it but returned no config", js)
+		}
+	})
+}
