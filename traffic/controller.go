@@ -174,11 +174,13 @@ func (c *Controller) Scan(ctx context.Context) ([]Rule, []Unreadable, error) {
 // refuses while one may name its apps, and instances of the apps it may name do not start;
 // see Client.UnreadableFor) and for a rule nobody wants any more.
 //
-// Deleting the rule of an open release ends that release at once, without Finish's
-// OnFlowChange to 50 first: its apps leave the channel, every instance goes back to its base
-// weight and sticky decisions for the channel stop being made. So Delete refuses a readable
+// Deleting the rule of an open release ends that release at once: traffic goes straight back
+// to 50/50 as with Finish (subscribers get the same events), and in addition its apps leave
+// the channel (their records lose it) and no rule is left to show the release existed. That
+// is rarely what an operator who typed a channel name meant, so Delete refuses a readable
 // rule with a release open, with an error wrapping ErrAlreadyOpen, unless force is set;
-// Finish it first. An unreadable key or a closed rule is deleted without force.
+// drain with Shift and Finish instead. An unreadable key or a closed rule is deleted
+// without force: an unreadable key decides nothing that anyone can read.
 //
 // The delete is a compare-and-swap against the key's revision as read, so a key changed in
 // between is not deleted (ErrConflict). A channel without a key gives ErrUnknownChannel. The

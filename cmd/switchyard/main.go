@@ -5,6 +5,7 @@
 //	switchyard channel finish <channel>
 //	switchyard channel status [<channel>]
 //	switchyard channel list
+//	switchyard channel delete <channel> --yes [--force]
 //	switchyard instances <app>
 //	switchyard watch <channel>
 //
@@ -12,6 +13,15 @@
 // --cert, --key) and auth (--user, --password). -o json on read commands. Exit codes: 0 ok,
 // 1 refused (validation or a concurrent change; the message says why), 2 usage, 3 etcd
 // unreachable.
+//
+// A rule key that cannot be read (garbage, a schema from a newer tool, a rule stored under
+// another channel's key) hides nothing else: list and status show every readable rule and
+// print a warning on stderr per unreadable key, naming it and the command that deletes it;
+// shift and finish of readable channels work; open refuses only apps the key may name.
+// channel delete removes such a key, or a closed rule nobody wants. Without --yes it only
+// says what it would delete and exits 2. A rule with a release open is refused (exit 1)
+// unless --force is given too, because deleting it ends the release at once (traffic goes
+// straight back to 50/50 and its apps leave the channel): drain with shift, then finish.
 package main
 
 import (
@@ -55,6 +65,10 @@ commands:
   channel finish <channel>            close the release (back to 50/50)
   channel status [<channel>]          rules with a bar of the split
   channel list                        every channel
+  channel delete <channel> --yes      delete the channel's rule key: a broken (unreadable) one,
+                                      or a closed rule; without --yes, say what would be deleted
+                                      (exit 2). An open release needs --force too (deleting it
+                                      ends the release at once; prefer finish)
   instances <app>                     the app's registered instances
   watch <channel>                     follow the channel's events until interrupted
 
@@ -64,6 +78,9 @@ flags (anywhere after the command):
   --cacert, --cert, --key, --user, --password   etcd TLS and auth
   --timeout D         per-request timeout (default 5s)
   -o json             machine-readable output (read commands)
+
+A rule key that cannot be read does not stop list, status, shift or finish of the others:
+they warn on stderr, naming the key. open refuses the apps such a key may name.
 `
 
 func main() {
@@ -77,11 +94,17 @@ type opts struct {
 	endpoints, prefix, cacert, cert, key, user, password, output, apps string
 	blue                                                               string
 	timeout                                                            time.Duration
+	yes, force                                                         bool
 }
 
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
+
+// confirmError is a command that needs a confirmation flag: exit 2, without the usage text.
+type confirmError struct{ msg string }
+
+func (e confirmError) Error() string { return e.msg }
 
 // parse reads flags and positional arguments in any order.
 func parse(args []string, getenv func(string) string) (opts, []string, error) {
@@ -99,6 +122,8 @@ func parse(args []string, getenv func(string) string) (opts, []string, error) {
 	fs.StringVar(&o.apps, "apps", "", "")
 	fs.StringVar(&o.blue, "blue", "", "")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "")
+	fs.BoolVar(&o.yes, "yes", false, "")
+	fs.BoolVar(&o.force, "force", false, "")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -150,9 +175,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	cfg := traffic.Config{Client: cli, Prefix: o.prefix, RequestTimeout: o.timeout, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	err = dispatch(ctx, o, pos, cli, cfg, stdout, stderr)
 	var ue usageError
+	var ce confirmError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &ce):
+		fmt.Fprintln(stderr, "switchyard:", err)
+		return exitUsage
 	case errors.As(err, &ue):
 		fmt.Fprintln(stderr, "switchyard:", err)
 		fmt.Fprint(stderr, usage)
@@ -179,7 +208,7 @@ func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, c
 	}
 	switch pos[0] {
 	case "channel":
-		sub, err := arg(1, "channel subcommand (open, shift, finish, status, list)")
+		sub, err := arg(1, "channel subcommand (open, shift, finish, status, list, delete)")
 		if err != nil {
 			return err
 		}
@@ -208,9 +237,16 @@ func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, c
 			if err != nil {
 				return err
 			}
-			return printRules(out, o, []traffic.Rule{r})
+			if err := printRules(out, o, []traffic.Rule{r}); err != nil {
+				return err
+			}
+			// The write is done; the warnings are a courtesy, so a failed read is not reported.
+			if _, bad, err := ctl.Scan(ctx); err == nil {
+				warnUnreadable(errOut, bad)
+			}
+			return nil
 		case "status", "list":
-			rules, err := ctl.List(ctx)
+			rules, bad, err := ctl.Scan(ctx)
 			if err != nil {
 				return err
 			}
@@ -221,7 +257,14 @@ func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, c
 				}
 				rules = []traffic.Rule{r}
 			}
+			warnUnreadable(errOut, bad)
 			return printRules(out, o, rules)
+		case "delete":
+			ch, err := arg(2, "channel name")
+			if err != nil {
+				return err
+			}
+			return deleteRule(ctx, o, cli, ctl, ch, out)
 		}
 		return usageError{fmt.Sprintf("unknown channel subcommand %q", sub)}
 	case "instances":
@@ -253,6 +296,70 @@ func dispatch(ctx context.Context, o opts, pos []string, cli *clientv3.Client, c
 		return nil
 	}
 	return usageError{fmt.Sprintf("unknown command %q", pos[0])}
+}
+
+// warnUnreadable prints a warning per rule key that cannot be read, naming it and the command
+// that deletes it.
+func warnUnreadable(errOut io.Writer, bad []traffic.Unreadable) {
+	for _, u := range bad {
+		apps := "any app (its apps cannot be read)"
+		if u.Apps != nil {
+			apps = strings.Join(u.Apps, ",")
+		}
+		fmt.Fprintf(errOut, "switchyard: warning: rule at %s cannot be read and is not shown (%v); it may name %s: instances of those apps that start now wait until it is repaired or deleted, and open refuses those apps; repair it, or delete it with: switchyard channel delete %s --yes\n",
+			u.Key, u.Err, apps, shellQuote(u.Channel))
+	}
+}
+
+// deleteRule is channel delete: with --yes it deletes the channel's rule key (an open
+// release only with --force too); without, it says what it would delete and asks for --yes.
+func deleteRule(ctx context.Context, o opts, cli *clientv3.Client, ctl *traffic.Controller, ch string, out io.Writer) error {
+	key := traffic.Key(o.prefix, ch)
+	if !o.yes {
+		rctx, cancel := context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+		resp, err := cli.Get(rctx, key)
+		if err != nil {
+			return fmt.Errorf("%w: %w", registry.ErrEtcdUnavailable, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return fmt.Errorf("%w %q: no key %s", traffic.ErrUnknownChannel, ch, key)
+		}
+		val := resp.Kvs[0].Value
+		what := "rule"
+		r, err := traffic.Unmarshal(val)
+		switch {
+		case err != nil:
+			what = fmt.Sprintf("unreadable rule (%v)", err)
+		case r.Channel != ch:
+			what = fmt.Sprintf("misfiled rule (it says channel %q)", r.Channel)
+		case r.Releasing:
+			what = fmt.Sprintf("rule with a release OPEN at blue %g%% (deleting it ends the release at once: traffic goes straight back to 50/50 and its apps leave the channel; finish it instead, or add --force too)", r.BluePercent)
+		default:
+			what = "closed rule, apps " + strings.Join(r.Apps, ",")
+		}
+		shown := string(val)
+		if len(shown) > 200 {
+			shown = shown[:200] + "…"
+		}
+		return confirmError{fmt.Sprintf("channel delete would delete %s: %s, value %q; run it again with --yes to delete it", key, what, shown)}
+	}
+	if err := ctl.Delete(ctx, ch, o.force); err != nil {
+		if errors.Is(err, traffic.ErrAlreadyOpen) {
+			return fmt.Errorf("%w (--force)", err)
+		}
+		return err
+	}
+	fmt.Fprintf(out, "deleted %s\n", key)
+	return nil
+}
+
+// shellQuote quotes a channel name for a command line when it is not a plain name.
+func shellQuote(s string) string {
+	if registry.ValidateName("channel", s) == nil {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 type ruleJSON struct {

@@ -188,3 +188,104 @@ func TestInstancesAndWatch(t *testing.T) {
 		t.Fatalf("watch printed %q, want %q:\n%s", got, want, wout.String())
 	}
 }
+
+// One garbage key under channels/ hides nothing else: list and status show the rest with a
+// warning naming the key, the open release can still be drained and finished, and open
+// refuses only what the key may name, naming it.
+func TestAGarbageRuleDoesNotHideTheRest(t *testing.T) {
+	e := etcdtest.Start(t)
+	if code, out, errs := sy(t, e, "channel", "open", "trade", "--apps", "order"); code != 0 {
+		t.Fatalf("open: %d %q %q", code, out, errs)
+	}
+	if _, err := e.Client(t).Put(context.Background(), "/switchyard/channels/junk", "\x00garbage"); err != nil {
+		t.Fatal(err)
+	}
+	warned := func(errs string) bool {
+		return strings.Contains(errs, "warning") && strings.Contains(errs, "/switchyard/channels/junk") && strings.Contains(errs, "channel delete junk --yes")
+	}
+	for _, args := range [][]string{{"channel", "list"}, {"channel", "status"}, {"channel", "status", "trade"}} {
+		if code, out, errs := sy(t, e, args...); code != 0 || !strings.Contains(out, "trade") || !strings.Contains(out, "releasing") || !warned(errs) {
+			t.Fatalf("%v beside a garbage key: exit %d, stdout %q, stderr %q; want trade shown and a warning naming the key and how to delete it", args, code, out, errs)
+		}
+	}
+	code, out, errs := sy(t, e, "channel", "list", "-o", "json")
+	var rules []map[string]any
+	if code != 0 || json.Unmarshal([]byte(out), &rules) != nil || len(rules) != 1 || rules[0]["channel"] != "trade" || !warned(errs) {
+		t.Fatalf("list -o json beside a garbage key: %d %q %q", code, out, errs)
+	}
+	if code, out, errs := sy(t, e, "channel", "shift", "trade", "--blue", "0"); code != 0 || !strings.Contains(out, "blue   0.0%") || !warned(errs) {
+		t.Fatalf("shift beside a garbage key: %d %q %q", code, out, errs)
+	}
+	if code, out, errs := sy(t, e, "channel", "status", "junk"); code != 1 || !strings.Contains(errs, "/switchyard/channels/junk") {
+		t.Fatalf("status of the garbage key: %d %q %q; want exit 1 naming the key", code, out, errs)
+	}
+	if code, out, errs := sy(t, e, "channel", "open", "pay", "--apps", "wallet"); code != 1 || !strings.Contains(errs, "/switchyard/channels/junk") {
+		t.Fatalf("open beside a key that may name any app: %d %q %q; want exit 1 naming the key", code, out, errs)
+	}
+	if code, out, errs := sy(t, e, "channel", "finish", "trade"); code != 0 || !strings.Contains(out, "closed") {
+		t.Fatalf("finish beside a garbage key: %d %q %q", code, out, errs)
+	}
+}
+
+// channel delete asks for --yes (saying what it would delete), deletes a broken key or a
+// closed rule, and refuses an open release unless --force.
+func TestChannelDelete(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	ctx := context.Background()
+	for _, args := range [][]string{{"channel", "open", "trade", "--apps", "order"}, {"channel", "open", "pay", "--apps", "wallet"}, {"channel", "finish", "pay"}} {
+		if code, out, errs := sy(t, e, args...); code != 0 {
+			t.Fatalf("%v: %d %q %q", args, code, out, errs)
+		}
+	}
+	if _, err := cli.Put(ctx, "/switchyard/channels/junk", "\x00garbage"); err != nil {
+		t.Fatal(err)
+	}
+	exists := func(ch string) bool {
+		t.Helper()
+		resp, err := cli.Get(ctx, "/switchyard/channels/"+ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.Kvs) == 1
+	}
+	for _, c := range []struct {
+		args    []string
+		code    int
+		say     []string
+		deleted bool
+	}{
+		{[]string{"channel", "delete", "junk"}, 2, []string{"would delete /switchyard/channels/junk", "unreadable", `\x00garbage`, "--yes"}, false},
+		{[]string{"channel", "delete", "trade"}, 2, []string{"would delete /switchyard/channels/trade", "OPEN at blue 50%", "--force"}, false},
+		{[]string{"channel", "delete", "trade", "--yes"}, 1, []string{"release already open", "finish it first", "--force"}, false},
+		{[]string{"channel", "delete", "nope", "--yes"}, 1, []string{"unknown channel"}, false},
+		{[]string{"channel", "delete"}, 2, []string{"missing channel name"}, false},
+		{[]string{"channel", "delete", "junk", "--yes"}, 0, nil, true},
+		{[]string{"channel", "delete", "pay", "--yes"}, 0, nil, true},
+		{[]string{"channel", "delete", "--yes", "--force", "trade"}, 0, nil, true},
+	} {
+		code, out, errs := sy(t, e, c.args...)
+		ok := code == c.code
+		for _, s := range c.say {
+			ok = ok && strings.Contains(errs, s)
+		}
+		ch := ""
+		for _, a := range c.args[2:] {
+			if !strings.HasPrefix(a, "--") {
+				ch = a
+			}
+		}
+		if c.deleted {
+			ok = ok && strings.Contains(out, "deleted /switchyard/channels/"+ch)
+		}
+		if !ok {
+			t.Fatalf("%v: exit %d, stdout %q, stderr %q; want exit %d, stderr mentioning %q", c.args, code, out, errs, c.code, c.say)
+		}
+		if ch != "" && ch != "nope" && exists(ch) == c.deleted {
+			t.Fatalf("%v: key exists=%v after exit %d", c.args, exists(ch), code)
+		}
+	}
+	if code, out, errs := sy(t, e, "channel", "list"); code != 0 || out != "" || errs != "" {
+		t.Fatalf("list after deleting every key: %d %q %q", code, out, errs)
+	}
+}
