@@ -7,7 +7,7 @@
 // as handler(ctx, item). Keys, under <prefix>/jobs/<job>/:
 //
 //	executors/<id>        each executor, on its session lease (TTL default 10 s)
-//	leader                the election (etcd concurrency); leadership ends with the session
+//	leader/<lease>        the election (etcd concurrency's layout); leadership ends with the session
 //	assignment            {"v":1,"version":N,"items":{"<id>":[0,4],…}}, written by the
 //	                      leader only while its election key is still its own
 //	runs/<item>/<trigger> one claim per item and trigger
@@ -24,11 +24,28 @@
 // Misfires: with RunOnce (the default), an executor whose assignment changes runs its items
 // for the last trigger that passed, where nobody did; with Skip it waits for the next one.
 //
-// Executor is a lifecycle component: Stop waits for runs in progress (at most StopTimeout),
-// then closes its session, so its registration and leadership go at once and the leader
-// reassigns its items now rather than after the TTL. An executor that dies without stopping
-// loses its items when its lease expires. One that was cut off from etcd for longer than its
-// TTL makes a new session and registers again by itself once etcd answers.
+// Executor is a lifecycle component and keeps the Stop contract of switchyard's components
+// (mq's consumers keep it too): work in progress finishes, or its ctx is cancelled at Stop's
+// deadline; Stop returns by its ctx's deadline, whatever etcd does; nothing leaks. For an
+// executor: Stop starts no run from the moment it is called, waits for the runs in progress
+// until they finish, StopTimeout (default 10 s) passes or its ctx ends, whichever comes
+// first, then cancels the ctx of those still running and waits no longer (a handler that
+// ignores its ctx keeps only its own goroutine, until it returns). Then it revokes its
+// session, so its registration and leadership go at once and the leader reassigns its items
+// now rather than after the TTL. If etcd does not answer (an outage) by ctx's end or within
+// RequestTimeout, Stop returns anyway, with an error saying its registration goes when the
+// TTL runs out. A ctx of StopTimeout + RequestTimeout or more leaves time for both. An
+// executor that dies without stopping loses its items when its lease expires. One that was
+// cut off from etcd for longer than its TTL makes a new session and registers again by itself
+// once etcd answers.
+//
+// Every etcd request of an executor carries a ctx capped by Config.RequestTimeout (default
+// 5 s) and by the call or loop that makes it, which Stop ends first: Start gives up by its
+// ctx's end or after RequestTimeout per request, leaving in etcd only leases that expire, and
+// nothing waits for etcd beyond that. (Its sessions and election are its own, not etcd's
+// concurrency package's, whose lease grant, revoke and resignation ran on the client's
+// context: Stop with a 2 s ctx while etcd was cut off took 12 s with a 10 s TTL, and waited
+// for etcd to come back with a longer one; it takes 2 s now.)
 //
 // The schedule's time comes from Config.Clock (default the real clock); leases are etcd's
 // time whatever the clock. The tests move a fake clock from trigger to trigger and check, in
@@ -39,5 +56,8 @@
 // undrain; a leader's Stop removes its registration and election key at once; a killed
 // executor's items run on the others once its lease expires, for the trigger that passed
 // while they had no owner (RunOnce) and after; every item runs again once etcd is back from
-// a restart, or a partition, longer than the TTL; no item runs twice for one trigger.
+// a restart, or a partition, longer than the TTL; no item runs twice for one trigger. Stop
+// while etcd is cut off returns by its ctx's deadline, with the runs in progress cancelled;
+// runs that finish in time finish with their ctx alive; Start while etcd is cut off gives up
+// by its ctx's deadline or RequestTimeout.
 package job

@@ -15,7 +15,6 @@ import (
 
 	"github.com/robfig/cron/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/switchyard-go/switchyard/internal/backoff"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
@@ -33,8 +32,12 @@ const claimTTL = 120
 // versioned assignment, guarded by its election key. At each trigger an executor claims
 // (item, trigger) in etcd with a transaction that also checks the assignment it acts on is
 // still current, so it never starts an item it no longer owns and no item runs twice for one
-// trigger. It is a lifecycle component: Stop waits for runs in progress (at most StopTimeout)
-// and deregisters, so the leader reassigns its items at once.
+// trigger. It is a lifecycle component: Stop waits for runs in progress (at most StopTimeout
+// and Stop's ctx, then cancels them) and deregisters, so the leader reassigns its items at
+// once.
+//
+// Every etcd request is capped by Config.RequestTimeout and by the ctx of the loop or call
+// that makes it, which Stop ends first: nothing the executor does waits for etcd beyond those.
 //
 // Locking: mu guards the fields below it; it is never held while a handler runs or across an
 // etcd request.
@@ -47,16 +50,19 @@ type Executor struct {
 	nRun  atomic.Int64
 	kick  chan struct{} // wakes the leader: a drain changed who may run
 
-	mu       sync.Mutex
-	started  bool
-	cancel   context.CancelFunc
-	loops    sync.WaitGroup
-	assign   assignment
-	assignRv int64 // revision the assignment is known at
-	last     time.Time
-	execs    []executorRecord
-	sess     *concurrency.Session
-	claims   *concurrency.Session
+	mu        sync.Mutex
+	started   bool
+	ctx       context.Context // the loops'; ends when Stop begins
+	cancel    context.CancelFunc
+	runCtx    context.Context // the runs'; ends at Stop's deadline
+	runCancel context.CancelFunc
+	loops     sync.WaitGroup
+	assign    assignment
+	assignRv  int64 // revision the assignment is known at
+	last      time.Time
+	execs     []executorRecord
+	sess      *session
+	claims    *session
 }
 
 // NewExecutor checks cfg.
@@ -110,7 +116,31 @@ func (e *Executor) drained(c string) bool {
 	return (c == string(registry.ColorBlue) && p == 0) || (c == string(registry.ColorGreen) && p == 100)
 }
 
-// Start registers the executor and starts following the assignment and the schedule.
+// request is ctx capped by RequestTimeout, for one etcd request.
+func (e *Executor) request(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.cfg.RequestTimeout)
+}
+
+// failed says what failed and why: etcd not answering within RequestTimeout, ctx ending, or
+// etcd's own error.
+func (e *Executor) failed(ctx context.Context, what string, err error) error {
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("job: %s: etcd did not answer within Config.RequestTimeout (%v); check that etcd is running and reachable at the client's endpoints: %w", what, e.cfg.RequestTimeout, err)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("job: %s: gave up when the caller's ctx ended: %w", what, ctx.Err())
+	}
+	return fmt.Errorf("job: %s: %w", what, kvwatch.Err(ctx, err))
+}
+
+func (e *Executor) record() string {
+	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.cfg.Color)})
+	return string(val)
+}
+
+// Start registers the executor and starts following the assignment and the schedule. It
+// gives up when ctx ends or etcd does not answer within RequestTimeout, leaving nothing
+// behind in etcd but leases that expire.
 func (e *Executor) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -118,30 +148,35 @@ func (e *Executor) Start(ctx context.Context) error {
 		return nil
 	}
 	// The sessions live until Stop, not until ctx (lifecycle cancels Start's ctx on return).
-	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))))
+	sess, err := e.grant(ctx, e.cfg.TTL)
 	if err != nil {
-		return fmt.Errorf("job: session: %w", err)
+		return e.failed(ctx, "grant the session lease", err)
 	}
-	claims, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(claimTTL))
+	claims, err := e.grant(ctx, claimTTL*time.Second)
 	if err != nil {
-		_ = sess.Close()
-		return fmt.Errorf("job: claims session: %w", err)
+		_ = e.revoke(ctx, sess)
+		return e.failed(ctx, "grant the claims lease", err)
 	}
-	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.cfg.Color)})
-	if _, err := e.cfg.Client.Put(ctx, e.keys.exec, string(val), clientv3.WithLease(sess.Lease())); err != nil {
-		_ = sess.Close()
-		claims.Orphan()
-		return fmt.Errorf("job: register executor: %w", err)
+	rctx, cancel := e.request(ctx)
+	_, err = e.cfg.Client.Put(rctx, e.keys.exec, e.record(), clientv3.WithLease(sess.id))
+	cancel()
+	if err != nil {
+		_ = e.revoke(ctx, sess)
+		_ = e.revoke(ctx, claims)
+		return e.failed(ctx, "register executor", err)
 	}
-	lctx, cancel := context.WithCancel(context.Background())
-	e.sess, e.claims, e.cancel, e.started = sess, claims, cancel, true
+	lctx, lcancel := context.WithCancel(context.Background())
+	rnctx, rncancel := context.WithCancel(context.Background())
+	e.sess, e.claims, e.started = sess, claims, true
+	e.ctx, e.cancel, e.runCtx, e.runCancel = lctx, lcancel, rnctx, rncancel
 	assignW := kvwatch.New(kvwatch.Config[assignment]{
 		Client: e.cfg.Client, Prefix: e.keys.assignment, Decode: decodeAssignment,
 		// Every write is news, even of the same bytes (a leader that took over with a stale
 		// view rewrites what its predecessor wrote): claims check the revision, so a view
 		// left at the old one would have every claim refused from then on.
 		Equal: func(a, b assignment) bool { return false }, PerEvent: true,
-		OnChange: e.onAssignment, RequestTimeout: 5 * time.Second, Logger: e.log,
+		OnChange: e.onAssignment, RequestTimeout: e.cfg.RequestTimeout, Logger: e.log,
+		OnSkip: func(key string, err error) { e.log.Warn("job: ignoring the assignment", "key", key, "err", err) },
 	})
 	execW := kvwatch.New(kvwatch.Config[executorRecord]{
 		Client: e.cfg.Client, Prefix: e.keys.executors, Decode: decodeExecutor,
@@ -152,7 +187,8 @@ func (e *Executor) Start(ctx context.Context) error {
 			e.mu.Unlock()
 			e.HandleEvent(traffic.Event{})
 		},
-		RequestTimeout: 5 * time.Second, Logger: e.log,
+		OnSkip:         func(key string, err error) { e.log.Warn("job: ignoring an executor record", "key", key, "err", err) },
+		RequestTimeout: e.cfg.RequestTimeout, Logger: e.log,
 	})
 	e.loops.Add(3)
 	go func() { defer e.loops.Done(); <-lctx.Done(); assignW.Close(); execW.Close() }()
@@ -165,61 +201,78 @@ func (e *Executor) Start(ctx context.Context) error {
 // the TTL and the session ended, makes a new one (with backoff) and registers again.
 func (e *Executor) keep(ctx context.Context) {
 	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
-	for {
+	for ctx.Err() == nil {
 		e.mu.Lock()
 		sess := e.sess
 		e.mu.Unlock()
-		e.campaign(ctx, sess)
-		if ctx.Err() != nil {
-			return
-		}
-		for ctx.Err() == nil {
-			if err := e.renew(ctx); err == nil {
-				e.log.Info("job: session renewed; registered again")
-				bo.Reset()
-				break
-			} else {
-				e.log.Warn("job: cannot renew the session yet", "err", err)
+		select {
+		case <-sess.done:
+			if err := e.renew(ctx); err != nil {
+				if ctx.Err() == nil {
+					e.log.Warn("job: cannot renew the session yet", "err", err)
+				}
+				sleep(ctx, bo.Next())
+				continue
 			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(bo.Next()):
-			}
+			e.log.Info("job: session renewed; registered again")
+			bo.Reset()
+			continue
+		default:
 		}
+		if err := e.campaign(ctx, sess); err != nil && ctx.Err() == nil {
+			e.log.Warn("job: campaign failed; trying again", "err", err)
+			sleep(ctx, bo.Next())
+		}
+	}
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 
 // renew replaces a lost session (and a lost claims session) and re-registers.
 func (e *Executor) renew(ctx context.Context) error {
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	sess, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(int(max(1, e.cfg.TTL/time.Second))))
-	if err != nil {
-		return err
-	}
-	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.cfg.Color)})
-	if _, err := e.cfg.Client.Put(rctx, e.keys.exec, string(val), clientv3.WithLease(sess.Lease())); err != nil {
-		sess.Orphan()
-		return err
-	}
 	e.mu.Lock()
 	claims := e.claims
 	e.mu.Unlock()
 	select {
-	case <-claims.Done():
-		if c, err := concurrency.NewSession(e.cfg.Client, concurrency.WithTTL(claimTTL)); err == nil {
-			claims = c
+	case <-claims.done:
+		c, err := e.grant(ctx, claimTTL*time.Second)
+		if err != nil {
+			return e.failed(ctx, "grant the claims lease", err)
 		}
+		e.mu.Lock()
+		e.claims = c
+		e.mu.Unlock()
 	default:
 	}
+	sess, err := e.grant(ctx, e.cfg.TTL)
+	if err != nil {
+		return e.failed(ctx, "grant the session lease", err)
+	}
+	rctx, cancel := e.request(ctx)
+	defer cancel()
+	if _, err := e.cfg.Client.Put(rctx, e.keys.exec, e.record(), clientv3.WithLease(sess.id)); err != nil {
+		sess.orphan() // its lease expires with the TTL
+		return e.failed(ctx, "register executor", err)
+	}
 	e.mu.Lock()
-	e.sess, e.claims = sess, claims
+	e.sess = sess
 	e.mu.Unlock()
 	return nil
 }
 
-// Stop stops scheduling, waits for runs in progress (at most StopTimeout), then leaves: its
-// registration and leadership go at once, so the leader reassigns its items now.
+// Stop stops scheduling and waits for runs in progress to finish, at most StopTimeout and
+// until ctx ends, whichever comes first; then it cancels the ctx of the runs still in
+// progress. Then it leaves: its session is revoked, so its registration and leadership go at
+// once and the leader reassigns its items now. It returns by ctx's deadline whatever etcd
+// does: if ctx ends before the revocation is done, they go when the TTL runs out instead.
 func (e *Executor) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	if !e.started {
@@ -227,22 +280,30 @@ func (e *Executor) Stop(ctx context.Context) error {
 		return nil
 	}
 	e.started = false
-	cancel, sess, claims := e.cancel, e.sess, e.claims
+	cancel, runCancel, sess, claims := e.cancel, e.runCancel, e.sess, e.claims
 	e.mu.Unlock()
-	cancel()
-	e.loops.Wait()
+	cancel() // the loops end, and their etcd requests with them
 	done := make(chan struct{})
-	go func() { e.runs.Wait(); close(done) }()
+	go func() {
+		e.loops.Wait() // no run starts after the loops ended
+		e.runs.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(e.cfg.StopTimeout)
+	defer t.Stop()
 	var errs []error
 	select {
 	case <-done:
-	case <-time.After(e.cfg.StopTimeout):
-		errs = append(errs, fmt.Errorf("job: runs still in progress after %v", e.cfg.StopTimeout))
+	case <-t.C:
+		errs = append(errs, fmt.Errorf("job: runs still in progress after StopTimeout (%v); their ctx is cancelled", e.cfg.StopTimeout))
 	case <-ctx.Done():
-		errs = append(errs, ctx.Err())
+		errs = append(errs, fmt.Errorf("job: runs still in progress when Stop's ctx ended; their ctx is cancelled: %w", ctx.Err()))
 	}
-	errs = append(errs, sess.Close()) // revokes: registration and leadership go now
-	claims.Orphan()                   // claims outlive us, for the next owner's misfire check
+	runCancel()
+	if err := e.revoke(ctx, sess); err != nil {
+		errs = append(errs, fmt.Errorf("job: could not revoke the session, so the registration and leadership go only when its TTL (%v) runs out: %w", e.cfg.TTL, kvwatch.Err(ctx, err)))
+	}
+	claims.orphan() // claims outlive us, for the next owner's misfire check
 	return errors.Join(errs...)
 }
 
@@ -315,20 +376,22 @@ func (e *Executor) tryRun(item int, trigger time.Time, rev int64) {
 		return
 	}
 	e.mu.Lock()
-	claims, started := e.claims, e.started
+	claims, started, lctx, runCtx := e.claims, e.started, e.ctx, e.runCtx
 	e.mu.Unlock()
 	if !started || rev == 0 {
 		return
 	}
 	key := e.keys.runs + strconv.Itoa(item) + "/" + strconv.FormatInt(trigger.UnixMilli(), 10)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := e.request(lctx)
 	resp, err := e.cfg.Client.Txn(ctx).If(
 		clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
 		clientv3.Compare(clientv3.ModRevision(e.keys.assignment), "<", rev+1),
-	).Then(clientv3.OpPut(key, e.cfg.ID, clientv3.WithLease(claims.Lease()))).Commit()
+	).Then(clientv3.OpPut(key, e.cfg.ID, clientv3.WithLease(claims.id))).Commit()
 	cancel()
 	if err != nil {
-		e.log.Warn("job: could not claim a run; skipping it", "item", item, "trigger", trigger, "err", err)
+		if lctx.Err() == nil {
+			e.log.Warn("job: could not claim a run; skipping it", "item", item, "trigger", trigger, "err", e.failed(lctx, "claim", err))
+		}
 		return
 	}
 	if !resp.Succeeded {
@@ -338,7 +401,7 @@ func (e *Executor) tryRun(item int, trigger time.Time, rev int64) {
 	e.runs.Add(1)
 	go func() {
 		defer e.runs.Done()
-		rctx, cancel := context.Background(), context.CancelFunc(func() {})
+		rctx, cancel := runCtx, context.CancelFunc(func() {})
 		if e.cfg.Job.Timeout > 0 {
 			rctx, cancel = context.WithTimeout(rctx, e.cfg.Job.Timeout)
 		}
@@ -349,21 +412,25 @@ func (e *Executor) tryRun(item int, trigger time.Time, rev int64) {
 	}()
 }
 
-// campaign runs for leadership for as long as the executor runs; as leader, it keeps the
-// assignment right.
-func (e *Executor) campaign(ctx context.Context, sess *concurrency.Session) {
+// campaign runs for leadership with sess for as long as the executor runs and sess lives;
+// as leader, it keeps the assignment right. It returns nil when ctx ends or sess is lost,
+// and the error of a failed election request otherwise.
+func (e *Executor) campaign(ctx context.Context, sess *session) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() { // a lost session ends the campaign too
 		select {
-		case <-sess.Done():
+		case <-sess.done:
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
-	el := concurrency.NewElection(sess, e.keys.election)
-	if err := el.Campaign(ctx, e.cfg.ID); err != nil {
-		return // ctx ended or the session is gone
+	key, rev, err := e.elect(ctx, sess)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
 	}
 	e.log.Info("job: leading")
 	t := time.NewTicker(time.Second)
@@ -372,13 +439,13 @@ func (e *Executor) campaign(ctx context.Context, sess *concurrency.Session) {
 	written := e.assign // what is in etcd as far as we know; then what we wrote
 	e.mu.Unlock()
 	for {
-		e.reassign(ctx, el, &written)
+		e.reassign(ctx, key, rev, &written)
 		select {
 		case <-ctx.Done():
-			return
-		case <-sess.Done():
+			return nil
+		case <-sess.done:
 			e.log.Warn("job: session lost; no longer leading")
-			return
+			return nil
 		case <-e.kick:
 		case <-t.C:
 		}
@@ -386,8 +453,9 @@ func (e *Executor) campaign(ctx context.Context, sess *concurrency.Session) {
 }
 
 // reassign writes the assignment the current executors and drains call for, if it differs
-// from the one last written (cur).
-func (e *Executor) reassign(ctx context.Context, el *concurrency.Election, cur *assignment) {
+// from the one last written (cur), provided that the election key key still has create
+// revision rev: this executor still leads.
+func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *assignment) {
 	e.mu.Lock()
 	execs := slices.Clone(e.execs)
 	if e.assign.Version > cur.Version { // another leader wrote since
@@ -410,12 +478,17 @@ func (e *Executor) reassign(ctx context.Context, el *concurrency.Election, cur *
 		return
 	}
 	val, _ := json.Marshal(next)
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	wctx, cancel := e.request(ctx)
 	defer cancel()
-	resp, err := e.cfg.Client.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())).
+	resp, err := e.cfg.Client.Txn(wctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
 		Then(clientv3.OpPut(e.keys.assignment, string(val))).Commit()
 	if err != nil || !resp.Succeeded {
-		e.log.Warn("job: assignment not written (leadership lost or etcd unreachable)", "err", err)
+		if ctx.Err() == nil {
+			if err != nil {
+				err = e.failed(ctx, "write the assignment", err)
+			}
+			e.log.Warn("job: assignment not written (leadership lost or etcd unreachable)", "err", err)
+		}
 		return
 	}
 	*cur = next

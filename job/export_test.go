@@ -5,13 +5,14 @@ package job
 func (e *Executor) Kill() {
 	e.mu.Lock()
 	e.started = false
-	cancel, sess, claims := e.cancel, e.sess, e.claims
+	cancel, runCancel, sess, claims := e.cancel, e.runCancel, e.sess, e.claims
 	e.mu.Unlock()
 	cancel()
 	e.loops.Wait()
 	e.runs.Wait()
-	sess.Orphan()
-	claims.Orphan()
+	runCancel()
+	sess.orphan()
+	claims.orphan()
 }
 
 // SessionDone is closed when the executor's current session ends (its lease expired or was
@@ -19,5 +20,5 @@ func (e *Executor) Kill() {
 func (e *Executor) SessionDone() <-chan struct{} {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.sess.Done()
+	return e.sess.done
 }

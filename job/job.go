@@ -16,6 +16,9 @@ import (
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
+// DefaultRequestTimeout is Config.RequestTimeout's default.
+const DefaultRequestTimeout = 5 * time.Second
+
 // MisfirePolicy says what an executor does with a trigger that passed while an item it has
 // just been given had no owner (during a reassignment).
 type MisfirePolicy int
@@ -40,8 +43,10 @@ type Job struct {
 	Every time.Duration
 	// Items is the number of shard items, 0..Items-1. Required, > 0.
 	Items int
-	// Handler runs one item for one trigger. Its ctx ends at Timeout or when the executor
-	// stops beyond StopTimeout. Required.
+	// Handler runs one item for one trigger. Its ctx ends at Timeout, or when the executor's
+	// Stop gives up waiting (StopTimeout after Stop began, or Stop's ctx ending, whichever is
+	// first). A handler should return soon after its ctx ends: Stop does not wait for it any
+	// longer. Required.
 	Handler func(ctx context.Context, item int) error
 	// Timeout caps one run. Default: none.
 	Timeout time.Duration
@@ -67,8 +72,13 @@ type Config struct {
 	// TTL is the executor's session TTL: a dead executor's items move after at most this.
 	// Default 10 s.
 	TTL time.Duration
-	// StopTimeout caps how long Stop waits for runs in progress. Default 10 s.
+	// StopTimeout caps how long Stop waits for runs in progress before it cancels their ctx.
+	// Stop's ctx caps it too. Default 10 s.
 	StopTimeout time.Duration
+	// RequestTimeout caps every etcd request of the executor (granting and revoking leases,
+	// registering, campaigning, claiming runs, writing and listing the assignment), each also
+	// bounded by the ctx of the call that makes it. Default 5 s.
+	RequestTimeout time.Duration
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 	// Clock tells the schedule's time: when triggers fire and how long ago the last one
@@ -114,6 +124,9 @@ func (c *Config) setDefaults() (cron.Schedule, error) {
 	}
 	if c.StopTimeout <= 0 {
 		c.StopTimeout = 10 * time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

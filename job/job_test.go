@@ -56,6 +56,12 @@ type env struct {
 	live   int  // executors whose schedule runs: the clock's waiters between triggers
 	lostOK bool // accounted allows claims that never ran (etcd was stopped)
 
+	// hold, if set, is called by the handler after it counted the call: a test holds runs in
+	// progress with it. Set it before starting executors.
+	hold func(ctx context.Context, id string, item int)
+	// tweak, if set, changes each executor's Config before NewExecutor.
+	tweak func(*job.Config)
+
 	mu    sync.Mutex // guards calls
 	calls map[call]int
 }
@@ -83,16 +89,23 @@ func colorOf(id string) registry.Color { return registry.Color(id[:strings.Index
 // Start's ctx ctx.
 func (v *env) start(ctx context.Context, id string, ttl time.Duration) *job.Executor {
 	v.t.Helper()
-	ex, err := job.NewExecutor(job.Config{
+	cfg := job.Config{
 		Client: v.cli, ID: id, TTL: ttl, Logger: testutil.Logger(v.t), Clock: v.clk,
 		Job: job.Job{Name: "settle", Every: every, Items: items,
-			Handler: func(_ context.Context, item int) error {
+			Handler: func(ctx context.Context, item int) error {
 				v.mu.Lock()
 				v.calls[call{id, item}]++
 				v.mu.Unlock()
+				if v.hold != nil {
+					v.hold(ctx, id, item)
+				}
 				return nil
 			}},
-	})
+	}
+	if v.tweak != nil {
+		v.tweak(&cfg)
+	}
+	ex, err := job.NewExecutor(cfg)
 	if err != nil {
 		v.t.Fatal(err)
 	}
