@@ -8,7 +8,162 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 )
+
+// The admin HTTP server's limits. They are constants, not Config fields: they bound what a
+// client that reaches the admin port can hold, and no legitimate client (kubelet's probes, a
+// preStop hook, an operator's curl) comes near them.
+const (
+	// AdminReadHeaderTimeout is how long a connection may take to send a request's headers,
+	// its first request's included: a connection that opens and sends nothing is closed then.
+	AdminReadHeaderTimeout = 5 * time.Second
+	// AdminIdleTimeout is how long a keep-alive connection may stay idle between requests
+	// before the server closes it. kubelet opens a connection per probe, so this only ends
+	// connections that other clients leave open.
+	AdminIdleTimeout = 30 * time.Second
+	// AdminMaxConns caps the connections the admin server holds at once. When a connection
+	// arrives with the cap reached, the connection idle the longest is closed to make room,
+	// so a flood of idle keep-alive connections cannot keep the probes out; if none is idle,
+	// the new connection waits (unanswered) until one closes.
+	AdminMaxConns = 64
+)
+
+// adminLimits are the admin server's limits: the constants above, except in tests, which
+// shorten them through adminLimitsKnob.
+type adminLimits struct {
+	readHeader, idle time.Duration
+	maxConns         int
+}
+
+// adminLimitsKnob, when set, replaces the admin server's limits for the instances started
+// after. Only tests set it.
+var adminLimitsKnob atomic.Pointer[adminLimits]
+
+// serveAdmin serves the admin handler on lis within the admin limits (AdminReadHeaderTimeout,
+// AdminIdleTimeout, AdminMaxConns) until the returned server is shut down.
+func (i *Instance) serveAdmin(lis net.Listener) *http.Server {
+	lim := adminLimits{readHeader: AdminReadHeaderTimeout, idle: AdminIdleTimeout, maxConns: AdminMaxConns}
+	if k := adminLimitsKnob.Load(); k != nil {
+		lim = *k
+	}
+	ll := newLimitListener(lis, lim.maxConns)
+	srv := &http.Server{Handler: i.adminHandler(), ReadHeaderTimeout: lim.readHeader, IdleTimeout: lim.idle, ConnState: ll.connState}
+	go func() { _ = srv.Serve(ll) }()
+	return srv
+}
+
+// limitListener holds at most max connections open at once (see AdminMaxConns): Accept
+// makes room for a connection beyond the cap by closing the connection idle the longest, or
+// waits, without handing it over, until one closes.
+type limitListener struct {
+	net.Listener
+	max       int
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	freed     chan struct{} // a token per connection closed, for an Accept that waits (cap 1)
+
+	mu   sync.Mutex
+	open int                      // connections handed out and not yet closed
+	idle map[*limitConn]time.Time // those idle between requests (the server's ConnState), since when
+}
+
+func newLimitListener(l net.Listener, max int) *limitListener {
+	return &limitListener{Listener: l, max: max, done: make(chan struct{}), freed: make(chan struct{}, 1),
+		idle: make(map[*limitConn]time.Time)}
+}
+
+// Accept waits for a connection and for room for it.
+func (l *limitListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	for {
+		l.mu.Lock()
+		if l.open < l.max {
+			l.open++
+			l.mu.Unlock()
+			return &limitConn{Conn: c, l: l}, nil
+		}
+		oldest := l.idlestLocked()
+		if oldest != nil {
+			delete(l.idle, oldest)
+		}
+		l.mu.Unlock()
+		if oldest != nil {
+			_ = oldest.Close() // frees its place: taken on the next turn
+			continue
+		}
+		select {
+		case <-l.freed:
+		case <-l.done:
+			_ = c.Close()
+			return nil, net.ErrClosed
+		}
+	}
+}
+
+func (l *limitListener) idlestLocked() *limitConn {
+	var oldest *limitConn
+	var since time.Time
+	for c, t := range l.idle {
+		if oldest == nil || t.Before(since) {
+			oldest, since = c, t
+		}
+	}
+	return oldest
+}
+
+// connState is the server's ConnState hook: it keeps track of which connections are idle.
+func (l *limitListener) connState(c net.Conn, s http.ConnState) {
+	lc, ok := c.(*limitConn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s == http.StateIdle && !lc.closed {
+		l.idle[lc] = time.Now()
+		return
+	}
+	delete(l.idle, lc)
+}
+
+// Close stops Accept, a waiting one included, and closes the listener.
+func (l *limitListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// limitConn gives its place back when closed, once.
+type limitConn struct {
+	net.Conn
+	l      *limitListener
+	closed bool // guarded by l.mu
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	l := c.l
+	l.mu.Lock()
+	first := !c.closed
+	if first {
+		c.closed = true
+		l.open--
+		delete(l.idle, c)
+	}
+	l.mu.Unlock()
+	if first {
+		select {
+		case l.freed <- struct{}{}:
+		default: // a token is already waiting; the waiter re-checks open anyway
+		}
+	}
+	return err
+}
 
 // Status is what GET /status returns (as JSON).
 type Status struct {
@@ -97,11 +252,16 @@ func (i *Instance) adminHandler() http.Handler {
 }
 
 // guard lets a mutating request through only from loopback, or, when AdminToken is set,
-// only with "Authorization: Bearer <token>" (from anywhere). Everything else gets 403.
+// only with "Authorization: Bearer <token>" (from anywhere; the scheme is case-insensitive,
+// RFC 7235). Everything else gets 403.
+//
+// Loopback is not proof that the caller is on the instance's host when a sidecar proxy (a
+// service mesh such as Istio or Linkerd) sits in front of the admin port: the proxy forwards
+// remote requests from 127.0.0.1 (or 127.0.0.6). AdminToken must be set there.
 func (i *Instance) guard(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if tok := i.cfg.AdminToken; tok != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			got, ok := bearerToken(r.Header.Get("Authorization"))
 			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(tok)) != 1 {
 				http.Error(w, "forbidden: send the admin token as 'Authorization: Bearer <token>'", http.StatusForbidden)
 				return
@@ -112,6 +272,17 @@ func (i *Instance) guard(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
+}
+
+// bearerToken returns the token of an Authorization header value of the Bearer scheme: the
+// scheme in any case, then one or more spaces (RFC 7235 credentials), then the token.
+func bearerToken(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimLeft(tok, " ")
+	return tok, tok != ""
 }
 
 func fromLoopback(r *http.Request) bool {

@@ -185,8 +185,7 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("lifecycle: listen for admin HTTP on %s: %w", i.cfg.AdminAddr, err)
 	}
-	admin := &http.Server{Handler: i.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = admin.Serve(adminLis) }()
+	admin := i.serveAdmin(adminLis)
 	i.mu.Lock()
 	i.admin, i.adminAddr = admin, adminLis.Addr().String()
 	i.mu.Unlock()
