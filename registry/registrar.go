@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/switchyard-go/switchyard/internal/backoff"
 	"github.com/switchyard-go/switchyard/internal/dispatch"
@@ -121,7 +124,8 @@ var (
 	// holds the record of another live instance (another lease).
 	ErrDuplicateID = errors.New("registry: duplicate instance id")
 	// errRecordDeleted is why a registration whose key someone else deleted is lost.
-	errRecordDeleted = errors.New("registry: the instance's record was deleted while registered (by an operator, by another instance with the same id that stopped, or with an expired lease); putting it back")
+	errKeepaliveStopped = errors.New("registry: lease keepalive stopped: etcd did not answer within the TTL")
+	errRecordDeleted    = errors.New("registry: the instance's record was deleted while registered (by an operator, by another instance with the same id that stopped, or with an expired lease); putting it back")
 )
 
 // DuplicateIDError says that the instance's key is taken: another instance registered the
@@ -160,10 +164,13 @@ func (e *ReadinessError) Unwrap() []error { return []error{ErrNotReady, e.Err} }
 
 // A Registrar keeps one instance registered in etcd under a lease.
 //
-// Locking: opMu serializes every etcd write of the record and of the lease (Register, Update,
-// Deregister, the background re-registration, Close); it is held across etcd requests, each
-// bounded by RequestTimeout, and never while calling user code. mu guards the fields below
-// it and is never held across I/O or a callback.
+// Locking: op (a one-slot semaphore, so that waiting for it respects a ctx) serializes every
+// etcd write of the record and of the lease (Register, Update, Deregister, the background
+// re-registration, Close); it is held across etcd requests, each bounded by RequestTimeout,
+// and never while calling user code (Update's func runs before it is taken). mu guards the
+// fields below it and is never held across I/O or a callback; a state change is made and
+// pushed to the OnStateChange queue (which never blocks) under mu, so the changes are
+// delivered in the order they were made and the last one delivered is State().
 type Registrar struct {
 	cfg    Config
 	key    string
@@ -171,10 +178,11 @@ type Registrar struct {
 	log    *slog.Logger
 	notify *dispatch.Queue[StateChange] // nil without Config.OnStateChange
 
-	opMu sync.Mutex
+	op chan struct{} // holds a token while an operation writes to etcd
 
 	mu      sync.Mutex
 	inst    Instance                  // the record to write (latest Update)
+	ver     uint64                    // bumped at every change of inst or want
 	lease   clientv3.LeaseID          // 0: none granted, or known to be gone
 	granted map[clientv3.LeaseID]bool // every lease this Registrar was granted: a record on one is ours
 	rev     int64                     // etcd revision of our latest write of the key (put or delete)
@@ -237,6 +245,7 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 		ttlSec: int64((cfg.TTL + time.Second - 1) / time.Second),
 		log:    cfg.Logger.With("app", inst.App, "instance", inst.ID),
 		inst:   inst,
+		op:     make(chan struct{}, 1),
 		kick:   make(chan struct{}, 1),
 		synced: make(chan struct{}, 1),
 		done:   make(chan struct{}),
@@ -317,24 +326,38 @@ func (r *Registrar) Register(ctx context.Context) error {
 		}
 	}
 
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
+	if err := r.lockOp(ctx); err != nil {
+		return fmt.Errorf("registry: register %s: %w", r.key, err)
+	}
+	defer r.unlockOp()
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return ErrClosed
 	}
-	wanted := r.want
+	wanted, keeping := r.want, r.keeper != nil
 	r.want = true
+	r.ver++
 	if r.inst.StartTime.IsZero() {
 		r.inst.StartTime = time.Now().UTC().Truncate(time.Millisecond)
 	}
 	r.mu.Unlock()
+	if !keeping {
+		// The keeper, which keeps etcd's connection from idling in gRPC's backoff while it
+		// is down, is not running yet: do it for this first registration.
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); r.reconnect(rctx) }()
+		defer func() { stop(); <-done }()
+	}
 	if err := r.syncLocked(ctx); err != nil {
 		// As it was before: a lost registration stays wanted (the keeper re-registers
 		// it), any other stays unregistered.
 		r.mu.Lock()
-		r.want = wanted
+		if r.want != wanted {
+			r.want = wanted
+			r.ver++
+		}
 		r.mu.Unlock()
 		return fmt.Errorf("registry: register %s: %w", r.key, err)
 	}
@@ -382,37 +405,56 @@ func (r *Registrar) waitReady(ctx context.Context) error {
 }
 
 // Update applies fn to a copy of the record and re-puts it under the same lease (e.g. a new
-// traffic_weight). fn must not change ID, App or Addr. If the instance is not registered,
-// the new record is kept for the next registration. If etcd cannot be reached, Update
-// returns the error, keeps the new record, and the Registrar writes it by itself once etcd
-// is back.
+// traffic_weight). fn must not change ID, App or Addr. It runs outside the Registrar's locks
+// (it may call the Registrar), and runs again on the new record if another Update changed
+// the record meanwhile, so it should only set fields. If the instance is not registered,
+// the new record is kept for the next registration. If etcd cannot be reached (or ctx ends
+// first), Update returns the error, keeps the new record, and the Registrar writes it by
+// itself once etcd is back.
 func (r *Registrar) Update(ctx context.Context, fn func(*Instance)) error {
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
-	r.mu.Lock()
-	if r.closed {
+	var want bool
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return ErrClosed
+		}
+		cur, ver := r.inst, r.ver
 		r.mu.Unlock()
-		return ErrClosed
-	}
-	cur := r.inst
-	r.mu.Unlock()
 
-	next := cur.withDefaults() // clones Metadata, so fn cannot touch the stored map
-	fn(&next)
-	if next.ID != cur.ID || next.App != cur.App || next.Addr != cur.Addr {
-		return errors.New("registry: Update may not change id, app or addr; register a new instance for that")
+		next := cur.withDefaults() // clones Metadata, so fn cannot touch the stored map
+		fn(&next)
+		if next.ID != cur.ID || next.App != cur.App || next.Addr != cur.Addr {
+			return errors.New("registry: Update may not change id, app or addr; register a new instance for that")
+		}
+		next = next.withDefaults()
+		if err := next.Validate(); err != nil {
+			return err
+		}
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return ErrClosed
+		}
+		if r.ver != ver { // the record changed meanwhile: apply fn to the new one
+			r.mu.Unlock()
+			continue
+		}
+		r.inst, r.ver, want = next, ver+1, r.want
+		r.mu.Unlock()
+		break
 	}
-	next = next.withDefaults()
-	if err := next.Validate(); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.inst = next
-	want := r.want
-	r.mu.Unlock()
 	if !want {
 		return nil
 	}
+	if err := r.lockOp(ctx); err != nil {
+		r.mu.Lock()
+		r.dirty = true // the keeper writes it
+		r.mu.Unlock()
+		r.wake()
+		return fmt.Errorf("registry: update %s (kept; written in the background): %w", r.key, err)
+	}
+	defer r.unlockOp()
 	if err := r.syncLocked(ctx); err != nil {
 		return fmt.Errorf("registry: update %s (kept; retried in the background): %w", r.key, err)
 	}
@@ -423,14 +465,24 @@ func (r *Registrar) Update(ctx context.Context, fn func(*Instance)) error {
 // lease and record so that Register can register it again. If etcd cannot be reached it
 // returns the error and keeps trying in the background.
 func (r *Registrar) Deregister(ctx context.Context) error {
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
+	if err := r.lockOp(ctx); err != nil {
+		r.mu.Lock()
+		if !r.closed {
+			r.want, r.dirty = false, true // the keeper deletes it
+			r.ver++
+		}
+		r.mu.Unlock()
+		r.wake()
+		return fmt.Errorf("registry: deregister %s (retried in the background): %w", r.key, err)
+	}
+	defer r.unlockOp()
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return ErrClosed
 	}
 	r.want = false
+	r.ver++
 	r.mu.Unlock()
 	if err := r.syncLocked(ctx); err != nil {
 		return fmt.Errorf("registry: deregister %s (retried in the background): %w", r.key, err)
@@ -454,49 +506,79 @@ func (r *Registrar) Close(ctx context.Context) error {
 		<-r.done
 	}
 
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
-	r.mu.Lock()
-	lease := r.lease
-	r.lease = 0
-	r.mu.Unlock()
 	var err error
-	if lease != 0 {
-		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-		_, err = r.cfg.Client.Revoke(rctx, lease)
-		cancel()
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			err = nil
+	if lerr := r.lockOp(ctx); lerr != nil {
+		err = fmt.Errorf("registry: close %s: gave up waiting for a write in progress (%w); its lease expires by itself within %v", r.key, lerr, r.cfg.TTL)
+	} else {
+		r.mu.Lock()
+		lease := r.lease
+		r.lease = 0
+		r.mu.Unlock()
+		if lease != 0 {
+			rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+			_, err = r.cfg.Client.Revoke(rctx, lease)
+			cancel()
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				err = nil
+			}
+			if err != nil {
+				err = fmt.Errorf("registry: revoke lease of %s (it expires by itself within %v): %w", r.key, r.cfg.TTL, err)
+			}
 		}
-		if err != nil {
-			err = fmt.Errorf("registry: revoke lease of %s (it expires by itself within %v): %w", r.key, r.cfg.TTL, err)
-		}
+		r.unlockOp()
 	}
-	r.setState(StateClosed, err)
+	r.mu.Lock()
+	tr := r.setStateLocked(StateClosed, err)
+	r.mu.Unlock()
+	r.logTransition(tr)
 	if r.notify != nil {
 		r.notify.Close()
 	}
 	return err
 }
 
+// lockOp takes the operation lock, or returns ctx.Err() if ctx ends first.
+func (r *Registrar) lockOp(ctx context.Context) error {
+	select {
+	case r.op <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case r.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Registrar) unlockOp() { <-r.op }
+
 // syncLocked makes etcd match what is wanted: the record under a live lease, or no key.
-// It needs opMu held. On failure it marks the Registrar dirty so the keeper retries.
+// It needs the operation lock held. On failure, or if what is wanted changed meanwhile, it
+// marks the Registrar dirty so the keeper retries.
 func (r *Registrar) syncLocked(ctx context.Context) error {
-	err := r.trySyncLocked(ctx)
+	want, ver, err := r.trySyncLocked(ctx)
 	r.mu.Lock()
-	r.dirty, r.err = err != nil, err
-	want := r.want
-	r.mu.Unlock()
+	// The keepalive of the lease just written stopped while writing: the lease may be gone.
+	lost := err == nil && want && r.suspect
+	r.dirty, r.err = err != nil || lost || r.ver != ver, err
+	var tr *transition
 	switch {
+	case lost:
+		r.err = errKeepaliveStopped
+		tr = r.setStateLocked(StateLost, errKeepaliveStopped)
 	case err == nil && want:
-		r.setState(StateRegistered, nil)
+		tr = r.setStateLocked(StateRegistered, nil)
 	case err == nil:
-		r.setState(StateUnregistered, nil)
-	case want && r.State() != StateUnregistered:
-		r.setState(StateLost, err)
+		tr = r.setStateLocked(StateUnregistered, nil)
+	case want && r.state != StateUnregistered:
+		tr = r.setStateLocked(StateLost, err)
 	}
 	// A failed Register of an unregistered instance stays unregistered: nothing was lost,
 	// and Register reports the failure.
+	r.mu.Unlock()
+	r.logTransition(tr)
 	r.wake()
 	if err == nil {
 		select {
@@ -507,11 +589,39 @@ func (r *Registrar) syncLocked(ctx context.Context) error {
 	return err
 }
 
-func (r *Registrar) trySyncLocked(ctx context.Context) error {
+// trySyncLocked writes what is wanted now and returns it (want, and the version of want and
+// the record it wrote).
+func (r *Registrar) trySyncLocked(ctx context.Context) (want bool, ver uint64, err error) {
 	r.mu.Lock()
-	want, inst, lease, suspect := r.want, r.inst, r.lease, r.suspect
+	want, ver = r.want, r.ver
+	inst, lease, suspect := r.inst, r.lease, r.suspect
 	r.mu.Unlock()
+	return want, ver, r.write(ctx, want, inst, lease, suspect)
+}
 
+func (r *Registrar) write(ctx context.Context, want bool, inst Instance, lease clientv3.LeaseID, suspect bool) error {
+	if !want && lease != 0 && suspect {
+		// Keep a lease etcd kept, so Register can use it again (the keeper renews it once
+		// it is no longer suspect); forget one that is gone, which took the key with it.
+		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+		resp, err := r.cfg.Client.TimeToLive(rctx, lease)
+		cancel()
+		if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return etcdErr(ctx, err)
+		}
+		gone := err != nil || resp.TTL <= 0
+		r.mu.Lock()
+		if r.lease == lease {
+			r.suspect = false
+			if gone {
+				r.lease = 0
+			}
+		}
+		r.mu.Unlock()
+		if gone {
+			return nil
+		}
+	}
 	if !want {
 		if lease == 0 {
 			return nil // never written, or its lease is gone and took the key with it
@@ -644,24 +754,36 @@ func (r *Registrar) wake() {
 	}
 }
 
-func (r *Registrar) setState(to State, err error) {
-	r.mu.Lock()
+// transition is a state change made under mu, logged once mu is released.
+type transition struct {
+	from, to State
+	err      error
+}
+
+// setStateLocked changes the state and queues the change for OnStateChange, with mu held, so
+// that changes are delivered in the order they are made (Push never blocks). Closed is
+// final. It returns the change to log, or nil.
+func (r *Registrar) setStateLocked(to State, err error) *transition {
 	from := r.state
+	if from == to || from == StateClosed {
+		return nil
+	}
 	r.state = to
-	r.mu.Unlock()
-	if from == to {
-		return
-	}
-	switch {
-	case to == StateLost:
-		r.log.Warn("registry: registration lost; re-registering when etcd is back", "err", err)
-	case err != nil:
-		r.log.Warn("registry: state changed", "from", from, "to", to, "err", err)
-	default:
-		r.log.Info("registry: state changed", "from", from, "to", to)
-	}
 	if r.notify != nil {
 		r.notify.Push(StateChange{From: from, To: to, Err: err})
+	}
+	return &transition{from: from, to: to, err: err}
+}
+
+func (r *Registrar) logTransition(t *transition) {
+	switch {
+	case t == nil:
+	case t.to == StateLost:
+		r.log.Warn("registry: registration lost; re-registering when etcd is back", "err", t.err)
+	case t.err != nil:
+		r.log.Warn("registry: state changed", "from", t.from, "to", t.to, "err", t.err)
+	default:
+		r.log.Info("registry: state changed", "from", t.from, "to", t.to)
 	}
 }
 
@@ -692,7 +814,14 @@ func (r *Registrar) keep(ctx context.Context) {
 	watching := make(chan struct{})
 	go func() { defer close(watching); r.watchOwnKey(ctx) }()
 	defer func() { <-watching }()
+	reconnecting := make(chan struct{})
+	go func() { defer close(reconnecting); r.reconnect(ctx) }()
+	defer func() { <-reconnecting }()
 	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: min(5*time.Second, r.cfg.TTL)}
+	var (
+		lastErr   error     // of the last re-sync
+		lastBegan time.Time // when it began
+	)
 	for {
 		r.mu.Lock()
 		lease, dirty, suspect := r.lease, r.dirty, r.suspect
@@ -712,6 +841,13 @@ func (r *Registrar) keep(ctx context.Context) {
 		}
 		if dirty && retryC == nil {
 			d := bo.Next()
+			if errors.Is(lastErr, ErrEtcdUnavailable) {
+				// etcd did not answer: the attempt waited for it (up to RequestTimeout) while
+				// reconnect kept the connection trying, so try again at once after a long
+				// attempt, and every reconnectEvery after quick ones.
+				d = min(d, reconnectEvery) - time.Since(lastBegan)
+			}
+			d = max(d, time.Millisecond)
 			if retry == nil {
 				retry = time.NewTimer(d)
 			} else {
@@ -729,17 +865,20 @@ func (r *Registrar) keep(ctx context.Context) {
 		case _, ok := <-kaCh:
 			if !ok {
 				kaCh = nil
-				r.leaseLost(lease, errors.New("lease keepalive stopped: etcd did not answer within the TTL"))
+				r.leaseLost(lease, errKeepaliveStopped)
 			}
 		case <-retryC:
 			retryC = nil
-			r.opMu.Lock()
-			err := r.syncLocked(ctx)
-			r.opMu.Unlock()
-			if err == nil {
+			if r.lockOp(ctx) != nil {
+				return
+			}
+			lastBegan = time.Now()
+			lastErr = r.syncLocked(ctx)
+			r.unlockOp()
+			if lastErr == nil {
 				bo.Reset()
 			} else {
-				r.log.Debug("registry: re-sync failed; retrying", "err", err)
+				r.log.Debug("registry: re-sync failed; retrying", "err", lastErr)
 			}
 		}
 	}
@@ -764,13 +903,13 @@ func (r *Registrar) keyChanged(evs []*clientv3.Event) {
 			cause = &DuplicateIDError{Key: r.key, ID: r.cfg.Instance.ID, Lease: ev.Kv.Lease}
 		}
 	}
+	var tr *transition
 	if cause != nil {
 		r.dirty, r.err = true, cause
+		tr = r.setStateLocked(StateLost, cause)
 	}
 	r.mu.Unlock()
-	if cause != nil {
-		r.setState(StateLost, cause)
-	}
+	r.logTransition(tr)
 }
 
 // watchOwnKey runs beside the keeper until ctx ends: it watches the instance's key from
@@ -823,9 +962,50 @@ func (r *Registrar) leaseLost(lease clientv3.LeaseID, err error) {
 		return
 	}
 	r.suspect, r.dirty = true, true
-	want := r.want
+	var tr *transition
+	if r.want {
+		tr = r.setStateLocked(StateLost, err)
+	}
 	r.mu.Unlock()
-	if want {
-		r.setState(StateLost, err)
+	r.logTransition(tr)
+}
+
+// reconnectEvery is how often, while etcd's connection is down (gRPC's TRANSIENT_FAILURE),
+// reconnect resets the connection's reconnect backoff (±20 %).
+const reconnectEvery = 300 * time.Millisecond
+
+// reconnect runs beside the keeper (and beside a first Register) until ctx ends: while the
+// etcd client's gRPC connection is down it resets the connection's reconnect backoff every
+// reconnectEvery, so the client tries etcd again that often instead of waiting out gRPC's
+// default backoff (1 s growing to 120 s), and the Registrar re-registers within about that
+// much of etcd answering. While the connection is up it waits for a change and costs nothing.
+func (r *Registrar) reconnect(ctx context.Context) {
+	conn := r.cfg.Client.ActiveConnection()
+	if conn == nil {
+		return
+	}
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
+	var next time.Time // no reset before this
+	for {
+		s := conn.GetState()
+		if s != connectivity.TransientFailure {
+			if !conn.WaitForStateChange(ctx, s) {
+				return
+			}
+			continue
+		}
+		if wait := time.Until(next); wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		conn.ResetConnectBackoff()
+		next = time.Now().Add(time.Duration(float64(reconnectEvery) * (0.8 + 0.4*rand.Float64())))
 	}
 }
