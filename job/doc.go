@@ -21,6 +21,16 @@
 // the moment it hears of the drain. A run in progress finishes, or is cancelled at
 // Job.Timeout.
 //
+// What is under the prefix is outside input: anyone who may write there can put anything.
+// An executor refuses an assignment no leader writes (another schema, a version below 1, an
+// invalid executor id, an item outside 0..Items-1 — so a handler only ever sees items of its
+// job, and all executors of a job must have the same Items — or an item given twice) and an
+// executor record whose id is not its key's or whose color is not blue, green or none; it
+// logs what was wrong and keeps the last good one. Claims check the assignment's revision, so
+// nothing runs on a refused or deleted assignment: the leader sees it and writes its own again
+// at once. FuzzDecodeAssignment and FuzzDecodeExecutor check both decoders (their seeds run in
+// the normal suite).
+//
 // Misfires: with RunOnce (the default), an executor whose assignment changes runs its items
 // for the last trigger that passed, where nobody did; with Skip it waits for the next one.
 //
@@ -59,5 +69,6 @@
 // a restart, or a partition, longer than the TTL; no item runs twice for one trigger. Stop
 // while etcd is cut off returns by its ctx's deadline, with the runs in progress cancelled;
 // runs that finish in time finish with their ctx alive; Start while etcd is cut off gives up
-// by its ctx's deadline or RequestTimeout.
+// by its ctx's deadline or RequestTimeout; a garbage, out-of-range or deleted assignment
+// written by someone else is replaced by the leader and every item keeps running.
 package job

@@ -59,6 +59,7 @@ type Executor struct {
 	loops     sync.WaitGroup
 	assign    assignment
 	assignRv  int64 // revision the assignment is known at
+	assignBad bool  // the assignment key holds what no leader writes (refused since assign)
 	last      time.Time
 	execs     []executorRecord
 	sess      *session
@@ -170,13 +171,21 @@ func (e *Executor) Start(ctx context.Context) error {
 	e.sess, e.claims, e.started = sess, claims, true
 	e.ctx, e.cancel, e.runCtx, e.runCancel = lctx, lcancel, rnctx, rncancel
 	assignW := kvwatch.New(kvwatch.Config[assignment]{
-		Client: e.cfg.Client, Prefix: e.keys.assignment, Decode: decodeAssignment,
+		Client: e.cfg.Client, Prefix: e.keys.assignment, Decode: func(name string, val []byte) (assignment, error) { return decodeAssignment(name, val, e.cfg.Job.Items) },
 		// Every write is news, even of the same bytes (a leader that took over with a stale
 		// view rewrites what its predecessor wrote): claims check the revision, so a view
 		// left at the old one would have every claim refused from then on.
 		Equal: func(a, b assignment) bool { return false }, PerEvent: true,
 		OnChange: e.onAssignment, RequestTimeout: e.cfg.RequestTimeout, Logger: e.log,
-		OnSkip: func(key string, err error) { e.log.Warn("job: ignoring the assignment", "key", key, "err", err) },
+		OnSkip: func(key string, err error) {
+			e.log.Warn("job: ignoring the assignment", "key", key, "err", err)
+			if key == e.keys.assignment {
+				e.mu.Lock()
+				e.assignBad = true
+				e.mu.Unlock()
+				e.HandleEvent(traffic.Event{}) // the leader writes its own again
+			}
+		},
 	})
 	execW := kvwatch.New(kvwatch.Config[executorRecord]{
 		Client: e.cfg.Client, Prefix: e.keys.executors, Decode: decodeExecutor,
@@ -313,10 +322,11 @@ func (e *Executor) onAssignment(as []assignment, rev int64) {
 		a = as[0]
 	}
 	e.mu.Lock()
-	e.assign, e.assignRv = a, rev
+	e.assign, e.assignRv, e.assignBad = a, rev, false
 	last, started := e.last, e.started
 	items := slices.Clone(a.Items[e.cfg.ID])
 	e.mu.Unlock()
+	e.HandleEvent(traffic.Event{}) // the leader checks it is its own
 	// RunOnce: the last trigger may have passed while these items had no owner, or while this
 	// executor's view was stale and its claims were refused. Claims make this safe: whatever
 	// already ran for that trigger is not run again.
@@ -436,10 +446,11 @@ func (e *Executor) campaign(ctx context.Context, sess *session) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	e.mu.Lock()
-	written := e.assign // what is in etcd as far as we know; then what we wrote
+	// What is in etcd as far as we know, then what we wrote, and the revision of that.
+	written, writtenRv := e.assign, e.assignRv
 	e.mu.Unlock()
 	for {
-		e.reassign(ctx, key, rev, &written)
+		e.reassign(ctx, key, rev, &written, &writtenRv)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -453,15 +464,21 @@ func (e *Executor) campaign(ctx context.Context, sess *session) error {
 }
 
 // reassign writes the assignment the current executors and drains call for, if it differs
-// from the one last written (cur), provided that the election key key still has create
-// revision rev: this executor still leads.
-func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *assignment) {
+// from the one last written (cur, at revision curRv) or if what etcd holds since is not a
+// leader's (deleted, or refused by decodeAssignment), provided that the election key key
+// still has create revision rev: this executor still leads.
+func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *assignment, curRv *int64) {
 	e.mu.Lock()
 	execs := slices.Clone(e.execs)
-	if e.assign.Version > cur.Version { // another leader wrote since
-		*cur = e.assign
-	}
+	seen, seenRv, bad := e.assign, e.assignRv, e.assignBad
 	e.mu.Unlock()
+	if seen.Version > cur.Version { // another leader wrote since
+		*cur, *curRv = seen, seenRv
+	}
+	// Someone else's write since ours: a deletion, or a value refused (the last good one is
+	// then kept, so seen may still look like ours). Executors' claims check the revision of
+	// the key, so until a leader writes again nothing runs.
+	foreign := bad || (seenRv > *curRv && !sameItems(seen.Items, cur.Items))
 	var eligible []string
 	for _, x := range execs {
 		if !e.drained(x.Color) {
@@ -474,7 +491,7 @@ func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *ass
 		id := eligible[it%len(eligible)]
 		next.Items[id] = append(next.Items[id], it)
 	}
-	if reflect.DeepEqual(next.Items, cur.Items) || (len(next.Items) == 0 && len(cur.Items) == 0) {
+	if !foreign && sameItems(next.Items, cur.Items) {
 		return
 	}
 	val, _ := json.Marshal(next)
@@ -491,6 +508,13 @@ func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *ass
 		}
 		return
 	}
-	*cur = next
+	*cur, *curRv = next, resp.Header.Revision
+	if foreign {
+		e.log.Warn("job: the assignment in etcd was not a leader's; wrote it again", "version", next.Version)
+	}
 	e.log.Info("job: assigned", "version", next.Version, "executors", eligible)
+}
+
+func sameItems(a, b map[string][]int) bool {
+	return (len(a) == 0 && len(b) == 0) || reflect.DeepEqual(a, b)
 }

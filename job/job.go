@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -158,21 +161,76 @@ type assignment struct {
 	Items   map[string][]int `json:"items"` // executor id → its items
 }
 
-func decodeAssignment(_ string, val []byte) (assignment, error) {
+// decodeAssignment decodes the value of the assignment key (name is what follows that key:
+// "" for the key itself) for a job of n items. It refuses what no leader writes: another
+// schema, a version below 1, an executor id that is not a valid name, an item outside
+// 0..n-1 (a handler is promised only those) or one given to two executors. An assignment
+// refused is skipped: the executor keeps the last good one, whose revision its claims then
+// check, so it runs nothing on a refused one.
+func decodeAssignment(name string, val []byte, n int) (assignment, error) {
+	if name != "" {
+		return assignment{}, fmt.Errorf("job: key %q next to the assignment is not the assignment; only <prefix>/jobs/<job>/assignment is read", "assignment"+name)
+	}
 	var a assignment
 	if err := json.Unmarshal(val, &a); err != nil {
-		return assignment{}, fmt.Errorf("job: malformed assignment: %w", err)
+		return assignment{}, fmt.Errorf("job: malformed assignment %s: %w; the leader writes {\"v\":1,\"version\":N,\"items\":{\"<id>\":[0,4],…}}", snippet(val), err)
 	}
 	if a.V != 1 {
-		return assignment{}, fmt.Errorf("job: assignment schema %d, this reader knows 1", a.V)
+		return assignment{}, fmt.Errorf("job: assignment schema %d, this reader knows 1; is a newer switchyard's executor leading?", a.V)
+	}
+	if a.Version < 1 {
+		return assignment{}, fmt.Errorf("job: assignment version %d; a leader writes versions from 1", a.Version)
+	}
+	owner := make(map[int]string, n)
+	for _, id := range slices.Sorted(maps.Keys(a.Items)) {
+		if err := registry.ValidateName("id", id); err != nil {
+			return assignment{}, fmt.Errorf("job: assignment names an invalid executor id %s", badName(err))
+		}
+		for _, it := range a.Items[id] {
+			if it < 0 || it >= n {
+				return assignment{}, fmt.Errorf("job: assignment gives item %d to %s; this job has items 0..%d (do all its executors have the same Job.Items?)", it, id, n-1)
+			}
+			if other, ok := owner[it]; ok {
+				return assignment{}, fmt.Errorf("job: assignment gives item %d to both %s and %s", it, other, id)
+			}
+			owner[it] = id
+		}
 	}
 	return a, nil
 }
 
+// decodeExecutor decodes the record at executors/<id>; id is the key's last segment.
 func decodeExecutor(id string, val []byte) (executorRecord, error) {
 	var r executorRecord
-	if err := json.Unmarshal(val, &r); err != nil || r.ID != id {
-		return executorRecord{}, fmt.Errorf("job: malformed executor record at %s", id)
+	if err := json.Unmarshal(val, &r); err != nil {
+		return executorRecord{}, fmt.Errorf("job: malformed executor record at executors/%s %s: %w; executors write {\"id\":\"<id>\",\"color\":\"blue\"|\"green\"|\"\"}", id, snippet(val), err)
+	}
+	if r.ID != id {
+		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s names executor %q; an executor's id is its key's last segment", id, r.ID)
+	}
+	if err := registry.ValidateName("id", r.ID); err != nil {
+		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s: invalid executor id %s", id, badName(err))
+	}
+	if !registry.Color(r.Color).Valid() {
+		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s has color %q; want \"blue\", \"green\" or \"\"", id, r.Color)
 	}
 	return r, nil
+}
+
+// badName says what is wrong with a name registry.ValidateName refused.
+func badName(err error) string {
+	var fe *registry.FieldError
+	if errors.As(err, &fe) {
+		return fe.Value + " (it " + fe.Rule + ")"
+	}
+	return err.Error()
+}
+
+// snippet quotes the start of a value for an error message.
+func snippet(val []byte) string {
+	const max = 64
+	if len(val) > max {
+		return strconv.Quote(string(val[:max])) + "…"
+	}
+	return strconv.Quote(string(val))
 }

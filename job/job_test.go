@@ -270,7 +270,7 @@ func (v *env) assigned(ids ...string) map[int]string {
 		}
 		var a struct{ Items map[string][]int }
 		if err := json.Unmarshal(resp.Kvs[0].Value, &a); err != nil {
-			v.t.Fatalf("assignment %s: %v", resp.Kvs[0].Value, err)
+			return false // not the leader's (TestTheLeaderReplacesAForeignAssignment)
 		}
 		owners = map[int]string{}
 		for id, its := range a.Items {
@@ -556,4 +556,40 @@ func TestStartContextEndingDoesNotStopTheExecutor(t *testing.T) {
 		t.Fatalf("the executor's registration moved to lease %x from its session's %x", got, lease)
 	}
 	v.stop("green-1")
+}
+
+// Anyone who can write under the prefix can overwrite or delete the assignment. Executors
+// refuse what no leader writes, and the leader writes its own again at once, so the job keeps
+// running: every item at every trigger.
+func TestTheLeaderReplacesAForeignAssignment(t *testing.T) {
+	t.Parallel()
+	v := newEnv(t)
+	v.startAll(long, "green-1", "green-2")
+	v.assigned("green-1", "green-2")
+	v.ran(v.trigger())
+	for _, foreign := range []string{
+		`not json`,
+		`{"v":1,"version":1000,"items":{"green-1":[0,1,2,3,4,5,6,7,8,9,10],"green-2":[-1]}}`,
+		"", // deleted
+	} {
+		if foreign == "" {
+			_, err := v.direct.Delete(context.Background(), keys+"assignment")
+			if err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := v.direct.Put(context.Background(), keys+"assignment", foreign); err != nil {
+			t.Fatal(err)
+		}
+		v.assigned("green-1", "green-2")
+		for range 2 {
+			v.ran(v.trigger())
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for c := range v.calls {
+		if c.item < 0 || c.item >= items {
+			t.Fatalf("%s ran item %d of a job of %d items", c.executor, c.item, items)
+		}
+	}
 }
