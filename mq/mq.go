@@ -43,8 +43,11 @@ type Broker interface {
 
 // Subscription is one membership of a group.
 type Subscription interface {
-	// Stop stops fetching, lets the calls of fn in progress finish and acknowledges them,
-	// and returns once no more calls will be made.
+	// Stop keeps the package's Stop contract (see the package doc): it stops fetching, hands
+	// back the messages fetched but not started, lets the calls of fn in progress finish and
+	// acknowledges them, and returns nil once no more calls will be made. If ctx ends first,
+	// it cancels the ctx of the calls in progress, releases what it holds (in the background
+	// if it must), and returns an error wrapping ctx's error, by ctx's deadline.
 	Stop(ctx context.Context) error
 }
 
@@ -150,7 +153,9 @@ func (c *Consumer) Start(ctx context.Context) error {
 	return c.reconcileLocked(ctx)
 }
 
-// Stop leaves every group, after the messages in flight.
+// Stop leaves every group at once, after the handler calls in progress, under the package's
+// Stop contract: calls still running when ctx ends have their ctx cancelled, and Stop returns
+// by ctx's deadline with an error naming the groups concerned.
 func (c *Consumer) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -220,16 +225,28 @@ func (c *Consumer) wantedLocked() map[string]string {
 
 func (c *Consumer) reconcileLocked(ctx context.Context) error {
 	want := c.wantedLocked()
-	var errs []error
-	for name, sub := range c.subs { // leave first: a drained instance stops before others start
+	// Leave first: a drained instance stops before others start. The groups left stop
+	// together, so that none goes on handling while another finishes its call in progress.
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		errs  []error
+	)
+	for name, sub := range c.subs {
 		if _, ok := want[name]; !ok {
-			if err := sub.Stop(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("mq: leave group %s: %w", name, err))
-			}
+			wg.Go(func() {
+				err := sub.Stop(ctx)
+				if err != nil {
+					errMu.Lock()
+					errs = append(errs, fmt.Errorf("mq: leave group %s: %w", name, err))
+					errMu.Unlock()
+				}
+				c.cfg.Logger.Info("mq: left group", "group", name, "color", c.cfg.Color, "err", err)
+			})
 			delete(c.subs, name)
-			c.cfg.Logger.Info("mq: left group", "group", name, "color", c.cfg.Color)
 		}
 	}
+	wg.Wait()
 	for name, color := range want {
 		if _, ok := c.subs[name]; ok {
 			continue

@@ -64,23 +64,28 @@ func (b *Broker) Subscribe(ctx context.Context, topic, group string, fn func(con
 		return nil, fmt.Errorf("kafka: consumer %q on %q: %w", group, topic, err)
 	}
 	s.cl = cl
-	var pctx context.Context
-	pctx, s.cancel = context.WithCancel(context.Background())
-	go s.run(pctx, topic, group, fn, b.log)
+	var pctx, hctx context.Context
+	pctx, s.stop = context.WithCancel(context.Background())
+	hctx, s.cancelHandler = context.WithCancel(context.Background())
+	go s.run(pctx, hctx, topic, group, fn, b.log)
 	return s, nil
 }
 
+// subscription is one member. run polls and handles until stop is called (pctx ends);
+// cancelHandler ends the handler's ctx (hctx), at Stop's deadline at the latest; done
+// closes when run returns.
 type subscription struct {
-	cl     *kgo.Client
-	cancel context.CancelFunc
-	done   chan struct{}
+	cl            *kgo.Client
+	stop          context.CancelFunc
+	cancelHandler context.CancelFunc
+	done          chan struct{}
 }
 
-func (s *subscription) run(ctx context.Context, topic, group string, fn func(context.Context, mq.Message) error, log *slog.Logger) {
+func (s *subscription) run(pctx, hctx context.Context, topic, group string, fn func(context.Context, mq.Message) error, log *slog.Logger) {
 	defer close(s.done)
-	for ctx.Err() == nil {
-		fetches := s.cl.PollFetches(ctx)
-		if ctx.Err() != nil {
+	for pctx.Err() == nil {
+		fetches := s.cl.PollFetches(pctx)
+		if pctx.Err() != nil {
 			s.cl.AllowRebalance()
 			return // a poll cut short by Stop holds nothing handled yet
 		}
@@ -89,27 +94,34 @@ func (s *subscription) run(ctx context.Context, topic, group string, fn func(con
 		})
 		var handled []*kgo.Record
 		fetches.EachRecord(func(r *kgo.Record) {
-			if ctx.Err() != nil {
-				return
+			if pctx.Err() != nil {
+				return // stopping: not started, left uncommitted for the next owner
 			}
 			m := mq.Message{Topic: topic, Key: r.Key, Value: r.Value, Headers: map[string]string{}}
 			for _, h := range r.Headers {
 				m.Headers[h.Key] = string(h.Value)
 			}
 			bo := backoff.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second}
-			for ctx.Err() == nil {
-				if err := fn(ctx, m); err == nil {
+			for {
+				// The call gets hctx, not pctx: Stop lets a call in progress finish.
+				if err := fn(hctx, m); err == nil {
 					handled = append(handled, r)
 					return
 				}
+				t := time.NewTimer(bo.Next())
 				select {
-				case <-ctx.Done():
-				case <-time.After(bo.Next()):
+				case <-pctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+				if pctx.Err() != nil {
+					return
 				}
 			}
 		})
-		if len(handled) > 0 {
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if len(handled) > 0 && hctx.Err() == nil {
+			// Bounded by Stop's deadline too (hctx), after which the client closes.
+			cctx, cancel := context.WithTimeout(hctx, 10*time.Second)
 			if err := s.cl.CommitRecords(cctx, handled...); err != nil {
 				log.Warn("kafka: commit failed; those records may be delivered again", "group", group, "err", err)
 			}
@@ -119,15 +131,24 @@ func (s *subscription) run(ctx context.Context, topic, group string, fn func(con
 	}
 }
 
-// Stop ends polling after the records being handled, commits them, leaves the group and
-// closes the client.
+// Stop implements mq.Subscription's contract (see package mq): it stops polling, leaves the
+// fetched records not started uncommitted for the next owner, lets the call in progress
+// finish, commits what was handled, leaves the group and closes the client. If ctx ends
+// first, it cancels the call's ctx, starts leaving the group and closing the client (they
+// finish in the background within about a second, and run's goroutine ends when the
+// handler returns), and returns ctx's error.
 func (s *subscription) Stop(ctx context.Context) error {
-	s.cancel()
+	s.stop()
 	select {
 	case <-s.done:
 	case <-ctx.Done():
-		return errors.Join(errors.New("kafka: stop: records in flight not finished"), ctx.Err())
+		s.cancelHandler()
+		s.cl.AllowRebalance()           // run may still be in the handler; Close must not wait for it
+		_ = s.cl.LeaveGroupContext(ctx) // ctx is done: starts the leave without waiting for it
+		go s.cl.Close()
+		return errors.Join(errors.New("kafka: stop: the handler call in progress did not finish before Stop's ctx ended; its ctx is cancelled and its record will be delivered again"), ctx.Err())
 	}
+	defer s.cancelHandler()
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	err := s.cl.LeaveGroupContext(lctx)

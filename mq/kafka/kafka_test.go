@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var topics = []string{"orders.created", "orders.paid", "bench.plain", "bench.colored"}
+var topics = []string{"orders.created", "orders.paid", mqtest.StopTopic, "bench.plain", "bench.colored"}
 
 const partitions = 4
 
@@ -166,4 +166,9 @@ func TestBrokerOutage(t *testing.T) {
 		o.begin(t)
 		testutil.Eventually(t, "every group member refused by the broker", o.noticed)
 	}, func() { o.down.Store(false) })
+}
+
+func TestStopContract(t *testing.T) {
+	seeds, _, _ := cluster(t)
+	mqtest.TestStopContract(t, brokers(seeds))
 }

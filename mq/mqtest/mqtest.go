@@ -8,12 +8,15 @@ package mqtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -276,12 +279,19 @@ type options struct{ settled SettledFunc }
 // end-of-test markers alone do not show that no late duplicate can come.
 func Settled(f SettledFunc) Option { return func(o *options) { o.settled = f } }
 
+// DrainGrace is how long after a drain (the rule stored) a consumer of the drained color may
+// still handle messages in TestIsolationAcrossADrain: the time to see the rule and finish the
+// calls in progress. Messages it has fetched but not started must go back to the broker at
+// once, for the other color, rather than be handled late.
+const DrainGrace = 300 * time.Millisecond
+
 // TestIsolationAcrossADrain: 2 blue and 2 green instances, 3,000 messages from blue, green
 // and untagged producers; blue is drained in the middle, while a blue handler is still busy
 // with a message, and then undrained. Every message is processed, by an instance of the
-// group of its color, and none by a blue instance between the end of its drain and the
-// undrain. At the end it waits until no handling can still come (settle) before it judges:
-// end-of-test markers, and the adapter's Settled check if given.
+// group of its color, none by a blue instance between the end of its drain and the
+// undrain, and none by blue later than DrainGrace after the drain was stored. At the end it
+// waits until no handling can still come (settle) before it judges: end-of-test markers, and
+// the adapter's Settled check if given.
 func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option) {
 	var o options
 	for _, opt := range opts {
@@ -302,6 +312,7 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 	if _, err := r.ctl.Shift(ctx, "trade", 0); err != nil { // drain blue
 		t.Fatal(err)
 	}
+	drainAt := time.Now() // the drain event: the rule is stored
 	testutil.Eventually(t, "the rule client shows blue drained", func() bool {
 		rule, ok := r.rules.ChannelOf("orders")
 		return ok && traffic.EffectivePercent(rule) == 0
@@ -324,13 +335,20 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 
 	r.proc.mu.Lock()
 	defer r.proc.mu.Unlock()
-	dups, byBlueWhileDrained, wrongGroup := 0, 0, 0
+	dups, byBlueWhileDrained, byBlueAfterGrace, wrongGroup := 0, 0, 0, 0
+	var lastBlue time.Duration // the last handling by blue after the drain, relative to it
 	for id, hs := range r.proc.seen {
 		dups += len(hs) - 1
 		tag := id[len(id)-1] // '0' blue, '1' green, '2' untagged
 		for _, h := range hs {
 			if h.color == registry.ColorBlue && h.at.After(drained) && h.at.Before(undrain) {
 				byBlueWhileDrained++
+			}
+			if h.color == registry.ColorBlue && h.at.Before(undrain) {
+				if h.at.After(drainAt.Add(DrainGrace)) {
+					byBlueAfterGrace++
+				}
+				lastBlue = max(lastBlue, h.at.Sub(drainAt))
 			}
 			// green-tagged messages belong to billing-green, which only green instances run
 			// here; blue ones to billing-blue (blue instances, or green ones while blue is
@@ -345,8 +363,14 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 		redeliveries += in.consumer.Redeliveries()
 	}
 	t.Logf("%d messages, %d handlings: %d duplicates, %d redeliveries counted by the consumers", len(r.proc.seen), r.proc.n, dups, redeliveries)
+	t.Logf("drain of blue: %d messages handled by blue later than %v after it, the last %v after it; blue out of every group %v after it",
+		byBlueAfterGrace, DrainGrace, lastBlue.Round(time.Millisecond), drained.Sub(drainAt).Round(time.Millisecond))
 	if len(r.proc.seen) != total {
 		t.Fatalf("%d of %d messages processed", len(r.proc.seen), total)
+	}
+	if byBlueAfterGrace != 0 {
+		t.Fatalf("%d messages were handled by blue later than %v after its drain (the last %v after it): a drained consumer must hand back what it has not started",
+			byBlueAfterGrace, DrainGrace, lastBlue.Round(time.Millisecond))
 	}
 	if byBlueWhileDrained != 0 {
 		t.Fatalf("%d messages were processed by a blue instance after its drain completed", byBlueWhileDrained)
@@ -382,3 +406,161 @@ func TestBrokerOutage(t *testing.T, newBroker NewBroker, stop, start func()) {
 	r.waitProcessed(1200)
 	t.Logf("after the outage: %d messages, %d handlings", r.proc.distinct(), r.proc.n)
 }
+
+// StopTopic is the topic TestStopContract uses.
+const StopTopic = "orders.stopped"
+
+// stopWatch is a Stop ctx that reports when Stop first waits on it: by then Stop has done
+// what it does first (stop fetching, and cancel the handlers' ctx, if it wrongly does).
+type stopWatch struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func (w *stopWatch) Done() <-chan struct{} {
+	w.once.Do(func() { w.waiting <- struct{}{} })
+	return w.Context.Done()
+}
+
+// TestStopContract checks mq.Subscription's Stop contract on one group member:
+//
+//   - "finish": a handler call in progress when Stop begins keeps a live ctx and finishes;
+//     its message is acknowledged (a member joining the group afterwards does not get it
+//     again, and the adapter's Settled check, if given, shows nothing outstanding) and Stop
+//     returns nil;
+//   - "deadline": a call still in progress when Stop's ctx expires has its ctx cancelled
+//     then, not before; Stop returns by the deadline (a little slack for a loaded machine)
+//     with an error wrapping ctx's; and once the handler has returned, no goroutine of the
+//     subscription is left (goleak) within 5 s: what Stop leaves to finish in the background
+//     (a client closing) is bounded.
+func TestStopContract(t *testing.T, newBroker NewBroker, opts ...Option) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ctx := context.Background()
+	publish := func(b mq.Broker, value string) {
+		t.Helper()
+		pctx, cancel := context.WithTimeout(ctx, testutil.Deadline)
+		defer cancel()
+		// one key: one partition (Kafka), so a redelivery would come before what follows
+		if err := b.Publish(pctx, StopTopic, mq.Message{Key: []byte("stop"), Value: []byte(value)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t.Run("finish", func(t *testing.T) {
+		b := newBroker(t)
+		publish(b, "a")
+		started, release, ctxAtRelease := make(chan struct{}, 1), make(chan struct{}), make(chan error, 1)
+		sub, err := b.Subscribe(ctx, StopTopic, "stop-finish", func(hctx context.Context, m mq.Message) error {
+			if string(m.Value) != "a" {
+				return nil
+			}
+			started <- struct{}{}
+			<-release
+			ctxAtRelease <- hctx.Err()
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.Receive(t, "the handler called with a", started)
+		sctx, cancel := context.WithTimeout(ctx, testutil.Deadline)
+		defer cancel()
+		w := &stopWatch{Context: sctx, waiting: make(chan struct{}, 1)}
+		stopped := make(chan error, 1)
+		go func() { stopped <- sub.Stop(w) }()
+		testutil.Receive(t, "Stop waiting for the call in progress", w.waiting)
+		close(release)
+		if err := testutil.Receive(t, "the handler's ctx at its release", ctxAtRelease); err != nil {
+			t.Fatalf("the handler's ctx was cancelled while Stop's ctx was live (%v): a call in progress must be let finish", err)
+		}
+		if err := testutil.Receive(t, "Stop to return", stopped); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+
+		var mu sync.Mutex
+		got := map[string]int{}
+		sub2, err := b.Subscribe(ctx, StopTopic, "stop-finish", func(_ context.Context, m mq.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got[string(m.Value)]++
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = sub2.Stop(ctx) })
+		publish(b, "b")
+		testutil.Eventually(t, "b handled by the next member", func() bool { mu.Lock(); defer mu.Unlock(); return got["b"] > 0 })
+		if o.settled != nil {
+			testutil.EventuallyNoError(t, "the broker settled for stop-finish", func() error {
+				return o.settled(ctx, StopTopic, []string{"stop-finish"})
+			})
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if got["a"] != 0 {
+			t.Fatalf("a was delivered again after its call finished during Stop: it was not acknowledged")
+		}
+	})
+
+	t.Run("deadline", func(t *testing.T) {
+		b := newBroker(t)
+		// A member joins and leaves first, so that what the broker itself runs for the group
+		// (an in-process server's goroutines) exists before the goroutines are counted.
+		sub0, err := b.Subscribe(ctx, StopTopic, "stop-deadline", func(context.Context, mq.Message) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sub0.Stop(ctx); err != nil {
+			t.Fatal(err)
+		}
+		publish(b, "c")
+		before := goleak.IgnoreCurrent()
+		started, late := make(chan struct{}, 1), make(chan struct{})
+		cancelledAt := make(chan time.Time, 1)
+		sub, err := b.Subscribe(ctx, StopTopic, "stop-deadline", func(hctx context.Context, m mq.Message) error {
+			if string(m.Value) != "c" {
+				return nil
+			}
+			started <- struct{}{}
+			<-hctx.Done()
+			cancelledAt <- time.Now()
+			<-late // a handler that takes a moment to return once cancelled
+			return hctx.Err()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.Receive(t, "the handler called with c", started)
+		const timeout = 300 * time.Millisecond
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		deadline, _ := sctx.Deadline()
+		err = sub.Stop(sctx)
+		over := time.Since(deadline)
+		close(late)
+		t.Logf("Stop with a %v ctx and a call in progress returned %v after its deadline: %v", timeout, over.Round(time.Millisecond), err)
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Stop returned %v with a call still in progress at its deadline; want an error wrapping %v", err, context.DeadlineExceeded)
+		}
+		if at := testutil.Receive(t, "the handler's ctx cancelled", cancelledAt); at.Before(deadline) {
+			t.Errorf("the handler's ctx was cancelled %v before Stop's deadline", deadline.Sub(at))
+		}
+		if over > stopSlack {
+			t.Errorf("Stop returned %v after its ctx's deadline (slack %v)", over, stopSlack)
+		}
+		// What Stop left to finish in the background (a client closing) must end, soon.
+		var left error
+		if err := testutil.Poll(ctx, 5*time.Second, func() bool { left = goleak.Find(before); return left == nil }); err != nil {
+			t.Fatalf("goroutines left 5s after Stop's ctx expired and the handler returned: %v", left)
+		}
+		t.Logf("no goroutine of the subscription left %v after Stop's deadline", time.Since(deadline).Round(time.Millisecond))
+	})
+}
+
+// stopSlack is how late after its ctx's deadline Stop may return on a loaded machine.
+const stopSlack = 250 * time.Millisecond

@@ -5,6 +5,13 @@
 // what it has not finished. Tested against a real nats-server run in process
 // (internal/natstest), including a server restart.
 //
+// What a member holds is bounded: it fetches at most Options.PullBatch messages (default 16)
+// ahead of its handler, and a group has at most Options.MaxAckPending (default 256)
+// unacknowledged. On Stop (a drain, a shutdown) a member NAKs without delay every fetched
+// message it has not started, so another member — of the other color after a drain — gets
+// it at once instead of after AckWait, and lets the call in progress finish and acknowledge
+// (package mq's Stop contract).
+//
 //	nc, _ := nats.Connect(url, nats.MaxReconnects(-1))
 //	broker, _ := natsjs.New(nc, natsjs.Options{})
 //	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",

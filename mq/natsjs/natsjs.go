@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,8 +20,15 @@ type Options struct {
 	// AckWait is how long the server waits for an acknowledgement before redelivering.
 	// Default 30 s.
 	AckWait time.Duration
-	// MaxAckPending caps unacknowledged messages per group. Default 1,000.
+	// MaxAckPending caps the unacknowledged messages of a group, over all its members (in
+	// their handlers and fetched ahead). Default 256. Keep it at least PullBatch × the
+	// group's members, or members wait for each other.
 	MaxAckPending int
+	// PullBatch caps what one member fetches ahead of its handler (JetStream's
+	// PullMaxMessages; it refetches when half is used). Default 16, against the jetstream
+	// library's 500: a member holds these messages from the rest of its group while it
+	// works, and hands back those it has not started when it stops.
+	PullBatch int
 }
 
 // Broker implements mq.Broker over JetStream. streams caches the streams it has made sure
@@ -43,7 +51,10 @@ func New(nc *nats.Conn, opts Options) (*Broker, error) {
 		opts.AckWait = 30 * time.Second
 	}
 	if opts.MaxAckPending <= 0 {
-		opts.MaxAckPending = 1000
+		opts.MaxAckPending = 256
+	}
+	if opts.PullBatch <= 0 {
+		opts.PullBatch = 16
 	}
 	return &Broker{js: js, opts: opts, streams: map[string]bool{}}, nil
 }
@@ -88,7 +99,10 @@ func (b *Broker) Publish(ctx context.Context, topic string, m mq.Message) error 
 	return nil
 }
 
-// Subscribe implements mq.Broker with a durable pull consumer named group.
+// Subscribe implements mq.Broker with a durable pull consumer named group, fetching up to
+// Options.PullBatch messages ahead of the handler. Once Stop began, a fetched message whose
+// handling has not started is handed back with a NAK without delay, so that another member
+// of the group (of the other color, after a drain) gets it at once.
 func (b *Broker) Subscribe(ctx context.Context, topic, group string, fn func(context.Context, mq.Message) error) (mq.Subscription, error) {
 	stream, err := b.ensureStream(ctx, topic)
 	if err != nil {
@@ -102,7 +116,12 @@ func (b *Broker) Subscribe(ctx context.Context, topic, group string, fn func(con
 		return nil, fmt.Errorf("natsjs: consumer %q on %q: %w", group, topic, err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
+	s := &subscription{cancel: cancel}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		if s.stopping.Load() {
+			_ = msg.Nak() // not started: back to the group now, not after AckWait
+			return
+		}
 		m := mq.Message{Topic: topic, Value: msg.Data(), Headers: map[string]string{}}
 		for k, v := range msg.Headers() {
 			if len(v) > 0 {
@@ -125,28 +144,38 @@ func (b *Broker) Subscribe(ctx context.Context, topic, group string, fn func(con
 		actx, acancel := context.WithTimeout(hctx, 5*time.Second)
 		_ = msg.DoubleAck(actx)
 		acancel()
-	})
+	}, jetstream.PullMaxMessages(b.opts.PullBatch),
+		// A pull request lost to a server restart is noticed by its missing heartbeats (2 of
+		// them) and sent again: within 2 s rather than the library's default 30 s.
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("natsjs: consume %q on %q: %w", group, topic, err)
 	}
-	return &subscription{cc: cc, cancel: cancel}, nil
+	s.cc = cc
+	return s, nil
 }
 
+// subscription is one member. stopping, set by Stop, makes the callback hand back what it
+// has not started; cancel ends the handler's ctx.
 type subscription struct {
-	cc     jetstream.ConsumeContext
-	cancel context.CancelFunc
+	cc       jetstream.ConsumeContext
+	stopping atomic.Bool
+	cancel   context.CancelFunc
 }
 
-// Stop drains: messages already fetched are handled and acknowledged, then it returns.
+// Stop implements mq.Subscription's contract (see package mq): it stops fetching, hands
+// back (NAK) the fetched messages not started, and lets the call in progress finish and be
+// acknowledged. If ctx ends first, it cancels the call's ctx and returns ctx's error; the
+// consume goroutines end as soon as the handler returns.
 func (s *subscription) Stop(ctx context.Context) error {
-	s.cc.Drain()
+	s.stopping.Store(true)
+	s.cc.Drain() // the buffer and what the server still sends go through the callback: NAK
 	defer s.cancel()
 	select {
 	case <-s.cc.Closed():
 		return nil
 	case <-ctx.Done():
-		s.cc.Stop()
-		return errors.Join(errors.New("natsjs: stop: messages in flight not finished"), ctx.Err())
+		return errors.Join(errors.New("natsjs: stop: the handler call in progress did not finish before Stop's ctx ended; its ctx is cancelled and its message will be delivered again"), ctx.Err())
 	}
 }

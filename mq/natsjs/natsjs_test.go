@@ -102,3 +102,9 @@ func TestBrokerOutage(t *testing.T) {
 		}
 	})
 }
+
+func TestStopContract(t *testing.T) {
+	s := natstest.Start(t)
+	c := &clients{s: s}
+	mqtest.TestStopContract(t, c.broker, mqtest.Settled(settled(t, s)))
+}
