@@ -66,8 +66,34 @@
 // handler's context, so a handler that calls on with its own context carries the decision.
 // Decision reads it without allocating.
 //
+// # Baggage limits
+//
+// On the wire, baggage keeps the W3C limits (MaxBaggageMembers 64 members, MaxBaggageBytes
+// 8192 bytes, MaxBaggageMemberBytes 4096 bytes a member, counted as OpenTelemetry writes
+// them), and the decision member has priority over every other. The server interceptors read
+// all the `baggage` headers of a request as one list (after what otelgrpc extracted): a
+// member OpenTelemetry would reject or of more than 4096 bytes is skipped, the last legal
+// decision member is kept, and the other members are taken in order until the next would
+// break a limit; the rest is dropped and the request goes on. The client interceptors do the
+// same when they write the header, so the caller's own baggage at or over the limits (64
+// members, or 8 KB) never pushes the decision out; when something of it must go they keep
+// its members in key order, always the same, and the context they pass on (to otelgrpc,
+// which writes the header again) holds what the header says. In the process, as in
+// OpenTelemetry, baggage is not limited: WithDecision adds the decision whatever the size.
+//
+// A request over the limits is served, not refused with InvalidArgument: baggage is added by
+// proxies, meshes and client libraries that the called service's owner does not control,
+// W3C lets a receiver drop members to meet the limits, and refusing would turn a telemetry
+// side channel into failed calls on every instance, while dropping keeps the one member
+// routing depends on. Refusing would not save the work either: the headers must be read to
+// know they are over. The merge reads each header byte a bounded number of times and
+// allocates only its result, so a request of 400 headers of 64 members costs under a
+// millisecond and 34 KB in 88 allocations, as much as the largest legal baggage (it cost
+// 100 s and 43 GB of allocation before the limits).
+//
 // Costs, measured with the benchmarks in this package on 2 cores: a call to an app in no open
 // channel without baggage, 24 ns and no allocation; a call carrying a decision, 0.5 µs and 6
 // allocations (writing the outgoing header); a call that decides, 1.5 µs and 17 allocations;
-// the server interceptor, 50 ns and none without baggage, 1.1 µs and 9 with it.
+// the server interceptor, 50 ns and none without baggage, 1.1 µs and 6 with it; the largest
+// legal baggage (64 members, 8 KB) or any hostile one, 0.2–0.9 ms and 88 (BenchmarkServerBaggage).
 package traffic

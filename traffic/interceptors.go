@@ -62,35 +62,30 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 }
 
 // withBaggageHeader sets the outgoing `baggage` header to b, merged over any baggage header
-// the caller had set by hand.
+// the caller had set by hand, within the W3C limits with the decision member first
+// (limitBaggage). When that is not b as it stands (b over the limits, or a header to merge),
+// the returned context's baggage is what the header says, so an OpenTelemetry propagator
+// (otelgrpc) that writes the header again from it writes the same.
 func withBaggageHeader(ctx context.Context, b baggage.Baggage) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy
-	if prev := md.Get(baggageHeader); len(prev) > 0 {
-		merged := mergeHeaders(baggage.Baggage{}, prev)
-		for _, m := range b.Members() {
-			merged, _ = merged.SetMember(m)
+	prev := md.Get(baggageHeader)
+	header := b.String()
+	if len(prev) > 0 || b.Len() > MaxBaggageMembers || len(header) > MaxBaggageMemberBytes {
+		own := []string{header}
+		if b.Len() > MaxBaggageMembers || len(header) > MaxBaggageBytes {
+			own = sortedMembers(b) // something of b's must go: always the same
 		}
-		b = merged
+		if limited, _ := limitBaggage(prev, own); limited != header {
+			header = limited
+			nb, _ := baggage.Parse(header) // within the limits: all of it
+			ctx = baggage.ContextWithBaggage(ctx, nb)
+		}
 	}
 	if md == nil {
 		md = metadata.MD{}
 	}
-	md.Set(baggageHeader, b.String())
+	md.Set(baggageHeader, header)
 	return metadata.NewOutgoingContext(ctx, md)
-}
-
-// mergeHeaders adds the members of every baggage header value to b, later values winning.
-// Malformed members are dropped; the rest of the value is kept.
-func mergeHeaders(b baggage.Baggage, values []string) baggage.Baggage {
-	for _, v := range values {
-		parsed, _ := baggage.Parse(v) // a partial result on error
-		for _, m := range parsed.Members() {
-			if nb, err := b.SetMember(m); err == nil {
-				b = nb
-			}
-		}
-	}
-	return b
 }
 
 // appOf returns the app of a switchyard:///<app> (or switchyard://authority/<app>) target.
@@ -112,7 +107,11 @@ func appOf(target string) (string, bool) {
 // UnaryServerInterceptor puts the baggage of the incoming `baggage` headers (all of them,
 // merged in order, over whatever an otelgrpc server handler already extracted from the first
 // one) into the handler's context, so the next hop's client interceptor finds the decision.
-// A call without a baggage header is passed through untouched.
+// The merge keeps the W3C limits (MaxBaggageMembers, MaxBaggageBytes, MaxBaggageMemberBytes):
+// the last legal decision member always stays, the other members are taken in order until
+// the next would break a limit, and the rest is dropped; the request goes on. Its cost is
+// linear in the size of the headers and its allocations bounded by the limits, however many
+// headers a request carries. A call without a baggage header is passed through untouched.
 func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		return handler(extract(ctx), req)
@@ -142,5 +141,11 @@ func extract(ctx context.Context) context.Context {
 	if len(values) == 0 {
 		return ctx
 	}
-	return baggage.ContextWithBaggage(ctx, mergeHeaders(baggage.FromContext(ctx), values))
+	var prior []string
+	if b := baggage.FromContext(ctx); b.Len() > 0 {
+		prior = sortedMembers(b)
+	}
+	header, _ := limitBaggage(prior, values)
+	b, _ := baggage.Parse(header) // within the limits: all of it
+	return baggage.ContextWithBaggage(ctx, b)
 }

@@ -25,15 +25,19 @@ import (
 // headers it received, and calls the next hop (if any) with the handler's context.
 type hop struct {
 	greeterpb.UnimplementedGreeterServer
-	name    string
-	next    greeterpb.GreeterClient
-	headers atomic.Int64 // calls that arrived with more than one baggage header
+	name      string
+	next      greeterpb.GreeterClient
+	headers   atomic.Int64 // calls that arrived with more than one baggage header
+	overLimit atomic.Int64 // calls whose baggage headers broke the W3C limits
 }
 
 func (h *hop) SayHello(ctx context.Context, req *greeterpb.HelloRequest) (*greeterpb.HelloReply, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	if len(md.Get("baggage")) > 1 {
 		h.headers.Add(1)
+	}
+	if overLimits(md.Get("baggage")) != "" {
+		h.overLimit.Add(1)
 	}
 	color, ok := traffic.Decision(ctx, "trade")
 	seen := fmt.Sprintf("%s:%s", h.name, color)
@@ -79,7 +83,7 @@ func newChain(t testing.TB, withOtel bool) *chain {
 
 var propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
-func serve(t testing.TB, cli *clientv3.Client, app string, h *hop, withOtel bool) {
+func serve(t testing.TB, cli *clientv3.Client, app string, h greeterpb.GreeterServer, withOtel bool) {
 	t.Helper()
 	ln := testutil.Listen(t)
 	opts := []grpc.ServerOption{grpc.ChainUnaryInterceptor(traffic.UnaryServerInterceptor())}
