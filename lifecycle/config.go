@@ -18,22 +18,24 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultListenAddr    = ":9000"
-	DefaultAdminAddr     = ":8081"
-	DefaultWarmup        = 30 * time.Second
-	DefaultQuietPeriod   = time.Second
-	DefaultMaxDrain      = 20 * time.Second
-	DefaultStopTimeout   = 10 * time.Second
-	DefaultStartTimeout  = 2 * time.Minute
-	ColorEnv             = "SWITCHYARD_COLOR"
-	AdvertiseHostEnv     = "POD_IP"
-	defaultAdvertiseNote = "set Config.AdvertiseAddr, or the POD_IP environment variable (Kubernetes: fieldRef status.podIP)"
+	DefaultListenAddr     = ":9000"
+	DefaultAdminAddr      = ":8081"
+	DefaultWarmup         = 30 * time.Second
+	DefaultQuietPeriod    = time.Second
+	DefaultMaxDrain       = 20 * time.Second
+	DefaultStopTimeout    = 10 * time.Second
+	DefaultStartTimeout   = 2 * time.Minute
+	DefaultRequestTimeout = 5 * time.Second
+	ColorEnv              = "SWITCHYARD_COLOR"
+	AdvertiseHostEnv      = "POD_IP"
+	defaultAdvertiseNote  = "set Config.AdvertiseAddr, or the POD_IP environment variable (Kubernetes: fieldRef status.podIP)"
 )
 
 // Component is a part of the instance that consumes work other than RPCs (an MQ consumer, a
 // job executor): started in order once the instance is registered, stopped in reverse while
-// it drains, after its in-flight work. If it also implements EventHandler it receives the
-// rule events of the app's channel (drains).
+// it drains, after its in-flight work. Stop's ctx ends when the drain's time is up (MaxDrain
+// after it began); Stop must return by then. If it also implements EventHandler it receives
+// the rule events of the app's channel (drains).
 type Component interface {
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
@@ -85,18 +87,29 @@ type Config struct {
 	Checks []registry.Check
 	// RegisterDelay is waited after the checks pass. Default 0.
 	RegisterDelay time.Duration
-	// StartTimeout caps Start (readiness checks included, and the wait for an unreadable
-	// traffic rule of the app's channel). Default 2 min.
+	// StartTimeout caps Start (readiness checks included, the wait for an unreadable
+	// traffic rule of the app's channel, and the wait for etcd: while etcd does not answer,
+	// Start tries again every RequestTimeout, logging a warning per attempt, until
+	// StartTimeout). Default 2 min.
 	StartTimeout time.Duration
 	// TTL is the registration lease TTL. Default 10 s.
 	TTL time.Duration
+	// RequestTimeout caps each etcd request of the instance: loading the rules, registering,
+	// re-putting the record, deregistering, revoking the lease. It is also how long one
+	// attempt of Start to reach etcd lasts, and counts once in Offline's bound (OfflineTimeout).
+	// Default 5 s.
+	RequestTimeout time.Duration
 
 	// QuietPeriod: the drain waits until no request has arrived for this long and none is
 	// in flight. Default 1 s.
 	QuietPeriod time.Duration
-	// MaxDrain caps that wait. Default 20 s.
+	// MaxDrain caps the whole drain: the deregistration, the components' Stop (their ctx
+	// ends then) and the wait for quiet. Default 20 s.
 	MaxDrain time.Duration
 	// StopTimeout caps gRPC's GracefulStop, after which Stop cuts what is left. Default 10 s.
+	// Offline takes at most MaxDrain + StopTimeout + RequestTimeout + 1 s (OfflineTimeout;
+	// 36 s by default), whether etcd answers or not: terminationGracePeriodSeconds must
+	// cover it.
 	StopTimeout time.Duration
 
 	// Components are started in order after registration and stopped in reverse when
@@ -142,6 +155,9 @@ func (c *Config) setDefaults() error {
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = DefaultStartTimeout
 	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
 	if c.QuietPeriod <= 0 {
 		c.QuietPeriod = DefaultQuietPeriod
 	}
@@ -155,6 +171,23 @@ func (c *Config) setDefaults() error {
 		c.Logger = slog.Default()
 	}
 	return nil
+}
+
+// OfflineTimeout is the most Offline takes with this config: MaxDrain + StopTimeout +
+// RequestTimeout + 1 s (the admin server's shutdown), with the defaults filled in. Set the
+// pod's terminationGracePeriodSeconds above it (36 s with the defaults: e.g. 40); a preStop
+// hook that runs POST /offline spends the drain part of it, and Offline then skips the drain.
+func (c Config) OfflineTimeout() time.Duration {
+	if c.MaxDrain <= 0 {
+		c.MaxDrain = DefaultMaxDrain
+	}
+	if c.StopTimeout <= 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+	return c.MaxDrain + c.StopTimeout + c.RequestTimeout + adminStopTimeout
 }
 
 // advertise returns the address to register for a listener bound at bound.

@@ -15,6 +15,16 @@
 // health SERVING and /healthz/ready 200. A failure stops what started, in reverse, and returns
 // the joined errors.
 //
+// A start does not give up because etcd does not answer: while loading the rules or
+// registering fails for want of etcd (registry.ErrEtcdUnavailable), Start tries that step
+// again, an attempt per Config.RequestTimeout (default 5 s; an attempt lasts that long while
+// etcd is down), with a Warn line per attempt ("lifecycle: etcd did not answer; trying again
+// until StartTimeout", with the step, the attempt, the time waited and the error), until
+// StartTimeout (default 2 min); then it fails with an error saying so. Each attempt resets the
+// etcd connection's reconnect backoff, so it reaches etcd as soon as etcd answers; in the tests
+// the instance started within 100 ms of etcd coming back. Every etcd request of the instance
+// is bounded by Config.RequestTimeout.
+//
 // A start fails closed when it cannot read its channel: if a rule key that may decide the
 // app's traffic exists but cannot be read (garbage, or "v":2 from a newer tool) and the
 // process has no earlier version of it (traffic.Client.UnreadableFor), the instance does not
@@ -87,6 +97,19 @@
 // Online (POST /online) undoes it. Offline — what SIGTERM, SIGINT or a returning Run does —
 // drains if needed, then GracefulStop, capped by StopTimeout (default 10 s), then Stop, and
 // revokes the lease. All are idempotent and safe to call concurrently.
+//
+// Deadlines. The whole drain — deregistration, the components' Stop (their ctx ends with it)
+// and the wait for quiet — takes at most MaxDrain. Offline takes at most
+// Config.OfflineTimeout: MaxDrain + StopTimeout + RequestTimeout (the lease's revocation) +
+// 1 s (the admin server's shutdown), 36 s with the defaults, whether etcd answers or not; each
+// etcd request is bounded by RequestTimeout, and a request still waiting for etcd when the
+// drain's time is up is abandoned (the registrar keeps deregistering in the background until
+// the lease is revoked or expires, and the offline flag has told callers meanwhile). During an
+// etcd outage, with the defaults, Offline takes about 10 s (one RequestTimeout to deregister,
+// one to revoke; less with a smaller RequestTimeout: 0.6 s in the tests with 300 ms). Under
+// Kubernetes, terminationGracePeriodSeconds must cover OfflineTimeout (with the defaults: 40 s
+// rather than Kubernetes' default 30 s, or lower MaxDrain); a preStop hook that runs POST
+// /offline does the drain part of it, and Offline then skips the drain.
 //
 // DESIGN.md lists one offline sequence ending in GracefulStop and also says /online undoes a
 // manual offline, which a stopped server cannot; so the sequence is split in two: Drain (what

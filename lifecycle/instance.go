@@ -75,6 +75,11 @@ type Instance struct {
 	blocked   string        // why Start waits, while it does (Status.Blocked)
 	reachKick chan struct{} // wakes the degraded-mark goroutine at a rule change (cap 1)
 	reachStop func()        // stops that goroutine and waits for it; nil if not running
+
+	// bg is the ctx of the etcd writes made on the instance's behalf (the rule handler's
+	// re-puts); Offline cancels it before it waits for them.
+	bg       context.Context
+	bgCancel context.CancelFunc
 }
 
 // New checks cfg and builds the instance and its gRPC server. Register services on Server()
@@ -85,6 +90,7 @@ func New(cfg Config) (*Instance, error) {
 	}
 	i := &Instance{cfg: cfg, health: health.NewServer(), state: StateNew, goingOff: make(chan struct{}),
 		reachKick: make(chan struct{}, 1), log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID)}
+	i.bg, i.bgCancel = context.WithCancel(context.Background())
 	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(i.srv, i.health)
@@ -143,6 +149,10 @@ func (i *Instance) setState(s State) {
 // and what to do at every change of the rules and every RuleRetryLog, reports the reason in
 // Status.Blocked and the readiness probe's body, and goes on once the key is repaired or
 // deleted; when StartTimeout passes first it fails with an error naming the key.
+//
+// While etcd does not answer (ErrEtcdUnavailable), Start tries the step again (loading the
+// rules, registering), an attempt per RequestTimeout at most, logging a warning per attempt,
+// until StartTimeout; then it fails with the last error.
 func (i *Instance) Start(ctx context.Context) (err error) {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
@@ -180,6 +190,9 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.lis, i.addr, i.served = lis, addr, served
 	i.mu.Unlock()
 	undo = append(undo, func(context.Context) error { i.srv.Stop(); return nil })
+	// Nothing is left running if Start fails; the undo steps' etcd requests (deregister,
+	// revoke) are bounded by RequestTimeout.
+	undo = append(undo, func(context.Context) error { i.bgCancel(); return nil })
 
 	adminLis, err := net.Listen("tcp", i.cfg.AdminAddr)
 	if err != nil {
@@ -191,7 +204,12 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.mu.Unlock()
 	undo = append(undo, func(context.Context) error { return stopAdmin(admin) })
 
-	rules, err := traffic.NewClient(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix, Logger: i.cfg.Logger})
+	var rules *traffic.Client
+	err = i.untilEtcdAnswers(ctx, "load the traffic rules", func() (err error) {
+		rules, err = traffic.NewClient(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix,
+			RequestTimeout: i.cfg.RequestTimeout, Logger: i.cfg.Logger})
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -209,11 +227,16 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 			Degraded: i.degradedReason(),
 		},
 		Checks: i.cfg.Checks, RegisterDelay: i.cfg.RegisterDelay, CheckTimeout: i.cfg.StartTimeout,
+		RequestTimeout: i.cfg.RequestTimeout,
 	})
 	if err != nil {
 		return err
 	}
-	undo = append(undo, reg.Close)
+	undo = append(undo, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
+		defer cancel()
+		return reg.Close(ctx)
+	})
 	i.mu.Lock()
 	i.rules, i.reg = rules, reg
 	i.mu.Unlock()
@@ -223,10 +246,14 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.unsub = unsub
 	i.mu.Unlock()
 
-	if err := reg.Register(ctx); err != nil {
+	if err := i.untilEtcdAnswers(ctx, "register", func() error { return reg.Register(ctx) }); err != nil {
 		return err
 	}
-	undo = append(undo, reg.Deregister)
+	undo = append(undo, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
+		defer cancel()
+		return reg.Deregister(ctx)
+	})
 	i.startFollowingReach(reg)
 	undo = append(undo, func(context.Context) error { i.stopFollowingReach(); return nil })
 	undo = append(undo, i.stopComponents) // stops only those that started
@@ -237,6 +264,57 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.ready.Store(true)
 	i.setState(StateServing)
 	return nil
+}
+
+// untilEtcdAnswers runs step until it succeeds, fails otherwise than for want of etcd, or ctx
+// (Start's, capped by StartTimeout) ends: an attempt no more often than every RequestTimeout
+// (an attempt while etcd is down lasts that long), each failed one logged. Before each attempt
+// after the first it resets the etcd connection's reconnect backoff, so the attempt reaches
+// etcd if it answers by then, whatever gRPC's backoff has grown to.
+func (i *Instance) untilEtcdAnswers(ctx context.Context, what string, step func() error) error {
+	begin := time.Now()
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		if attempt > 1 {
+			if conn := i.cfg.Client.ActiveConnection(); conn != nil {
+				conn.ResetConnectBackoff()
+			}
+		}
+		began := time.Now()
+		err := step()
+		if err == nil || !errors.Is(err, registry.ErrEtcdUnavailable) || ctx.Err() != nil {
+			if err == nil && attempt > 1 {
+				i.log.Info("lifecycle: etcd answers; starting", "step", what, "attempts", attempt, "waited", time.Since(begin).Round(time.Millisecond))
+			}
+			if err != nil && ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+				return fmt.Errorf("lifecycle: %s: etcd did not answer within StartTimeout (%v, %d attempts); check that etcd runs and that Config.Client's endpoints reach it: %w",
+					what, i.cfg.StartTimeout, attempt, err)
+			}
+			return err
+		}
+		i.log.Warn("lifecycle: etcd did not answer; trying again until StartTimeout", "step", what, "attempt", attempt,
+			"waited", time.Since(begin).Round(time.Millisecond), "start_timeout", i.cfg.StartTimeout, "err", err)
+		wait := i.cfg.RequestTimeout - time.Since(began)
+		if wait <= 0 {
+			continue
+		}
+		if t == nil {
+			t = time.NewTimer(wait)
+		} else {
+			t.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("lifecycle: %s: etcd did not answer within StartTimeout (%v, %d attempts); check that etcd runs and that Config.Client's endpoints reach it: %w",
+				what, i.cfg.StartTimeout, attempt, err)
+		case <-t.C:
+		}
+	}
 }
 
 // RuleRetryLog is how often a Start that waits for an unreadable rule logs again when nothing
@@ -350,7 +428,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 	default:
 	}
 	if channel != cur.Channel || tw != cur.TrafficWeight {
-		ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
+		ctx, cancel := context.WithTimeout(i.bg, i.cfg.RequestTimeout)
 		err := reg.Update(ctx, func(in *registry.Instance) { in.Channel, in.TrafficWeight = channel, tw })
 		cancel()
 		if err != nil {
@@ -402,9 +480,10 @@ func (i *Instance) stopComponents(ctx context.Context) error {
 // Drain takes the instance out of service without stopping it — what POST /offline and a
 // Kubernetes preStop hook do: flag every response offline → deregister → gRPC health
 // NOT_SERVING and readiness 503 → close GoingOffline → stop components after their in-flight
-// work → wait until no request is in flight and none has arrived for QuietPeriod, at most
-// MaxDrain. Requests that still arrive are served. Idempotent; concurrent calls wait for the
-// first. Online undoes it.
+// work → wait until no request is in flight and none has arrived for QuietPeriod. The whole
+// drain takes at most MaxDrain (or until ctx ends): the deregistration (each etcd request
+// bounded by RequestTimeout) and the components' Stop get a ctx that ends with it. Requests that still arrive are
+// served. Idempotent; concurrent calls wait for the first. Online undoes it.
 func (i *Instance) Drain(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
@@ -420,6 +499,8 @@ func (i *Instance) drainLocked(ctx context.Context) error {
 	}
 	i.setState(StateDraining)
 	begin := time.Now()
+	ctx, cancel := context.WithDeadline(ctx, begin.Add(i.cfg.MaxDrain))
+	defer cancel()
 	var errs []error
 	// The flag goes on first: every response from now on tells its caller to stop picking
 	// this instance, including those served while the deregistration travels through etcd.
@@ -483,7 +564,9 @@ func (i *Instance) Online(ctx context.Context) error {
 
 // Offline is the whole lossless offline, what SIGTERM triggers: Drain (if not drained yet),
 // then gRPC GracefulStop, capped by StopTimeout, then Stop → stop the admin server → revoke
-// the lease. Idempotent; concurrent calls wait for the first and return its result.
+// the lease. It takes at most Config.OfflineTimeout (MaxDrain + StopTimeout + RequestTimeout
+// + 1 s), whether etcd answers or not, or less if ctx ends first. Idempotent; concurrent
+// calls wait for the first and return its result.
 func (i *Instance) Offline(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
@@ -491,6 +574,7 @@ func (i *Instance) Offline(ctx context.Context) error {
 	case StateStopped:
 		return i.stopErr
 	case StateNew:
+		i.bgCancel()
 		i.setState(StateStopped)
 		return nil
 	}
@@ -511,10 +595,13 @@ func (i *Instance) Offline(ctx context.Context) error {
 	admin, unsub, rules, reg := i.admin, i.unsub, i.rules, i.reg
 	i.mu.Unlock()
 	errs = append(errs, stopAdmin(admin))
+	i.bgCancel() // the rule handler's re-puts end now: rules.Close waits for the handler
 	i.stopFollowingReach()
 	unsub()
 	rules.Close()
-	errs = append(errs, reg.Close(ctx))
+	cctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
+	errs = append(errs, reg.Close(cctx))
+	cancel()
 	i.stopErr = errors.Join(errs...)
 	i.setState(StateStopped)
 	return i.stopErr
@@ -539,17 +626,21 @@ func (i *Instance) Run(ctx context.Context) error {
 	case serveErr = <-served:
 		i.log.Error("lifecycle: gRPC server stopped unexpectedly", "err", serveErr)
 	}
-	octx, cancel := context.WithTimeout(context.Background(), i.cfg.MaxDrain+i.cfg.StopTimeout+10*time.Second)
+	// Offline bounds itself (OfflineTimeout); the ctx is a safety net.
+	octx, cancel := context.WithTimeout(context.Background(), i.cfg.OfflineTimeout()+5*time.Second)
 	defer cancel()
 	return errors.Join(serveErr, i.Offline(octx))
 }
+
+// adminStopTimeout is how long stopAdmin lets requests being answered finish.
+const adminStopTimeout = time.Second
 
 // stopAdmin stops the admin HTTP server: requests being answered (the preStop hook's POST
 // /offline, a probe) get up to a second to finish, then every connection left is closed.
 // Shutdown alone would leave a connection that has not sent its first request (a probe's or
 // a hook's fresh connection) open until it is 5 s old, and report that as an error.
 func stopAdmin(admin *http.Server) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), adminStopTimeout)
 	defer cancel()
 	if err := admin.Shutdown(ctx); err != nil {
 		if err := admin.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -623,7 +714,7 @@ func (i *Instance) syncDegraded(ctx context.Context, reg *registry.Registrar) {
 	if want == cur {
 		return
 	}
-	uctx, cancel := context.WithTimeout(ctx, registry.DefaultRequestTimeout)
+	uctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
 	err := reg.Update(uctx, func(in *registry.Instance) { in.Degraded = want })
 	cancel()
 	if errors.Is(err, registry.ErrClosed) || ctx.Err() != nil {
