@@ -69,13 +69,17 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 func withBaggageHeader(ctx context.Context, b baggage.Baggage) context.Context {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy
 	prev := md.Get(baggageHeader)
-	header := b.String()
-	if len(prev) > 0 || b.Len() > MaxBaggageMembers || len(header) > MaxBaggageMemberBytes {
+	header, over := "", b.Len() > MaxBaggageMembers
+	if !over {
+		header = b.String()
+		over = len(header) > MaxBaggageBytes
+	}
+	if len(prev) > 0 || over || len(header) > MaxBaggageMemberBytes {
 		own := []string{header}
-		if b.Len() > MaxBaggageMembers || len(header) > MaxBaggageBytes {
+		if over {
 			own = sortedMembers(b) // something of b's must go: always the same
 		}
-		if limited, _ := limitBaggage(prev, own); limited != header {
+		if limited, _ := limitBaggage(prev, own); limited != header || over {
 			header = limited
 			nb, _ := baggage.Parse(header) // within the limits: all of it
 			ctx = baggage.ContextWithBaggage(ctx, nb)
