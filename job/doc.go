@@ -34,20 +34,28 @@
 // Misfires: with RunOnce (the default), an executor whose assignment changes runs its items
 // for the last trigger that passed, where nobody did; with Skip it waits for the next one.
 //
-// Executor is a lifecycle component and keeps the Stop contract of switchyard's components
-// (mq's consumers keep it too): work in progress finishes, or its ctx is cancelled at Stop's
-// deadline; Stop returns by its ctx's deadline, whatever etcd does; nothing leaks. For an
-// executor: Stop starts no run from the moment it is called, waits for the runs in progress
-// until they finish, StopTimeout (default 10 s) passes or its ctx ends, whichever comes
-// first, then cancels the ctx of those still running and waits no longer (a handler that
-// ignores its ctx keeps only its own goroutine, until it returns). Then it revokes its
-// session, so its registration and leadership go at once and the leader reassigns its items
-// now rather than after the TTL. If etcd does not answer (an outage) by ctx's end or within
-// RequestTimeout, Stop returns anyway, with an error saying its registration goes when the
-// TTL runs out. A ctx of StopTimeout + RequestTimeout or more leaves time for both. An
-// executor that dies without stopping loses its items when its lease expires. One that was
-// cut off from etcd for longer than its TTL makes a new session and registers again by itself
-// once etcd answers.
+// # Stop contract
+//
+// Executor is a lifecycle component and keeps the Stop contract of switchyard's components,
+// written out in package mq's doc, with StopTimeout as a second deadline:
+//
+//   - Runs in progress finish, with a live ctx, or their ctx is cancelled at Stop's deadline:
+//     when StopTimeout (default 10 s) has passed since Stop was called or Stop's ctx ends,
+//     whichever comes first. No run starts once Stop is called.
+//   - Stop returns by its ctx's deadline, whatever etcd does: nil when every run finished and
+//     the session was revoked, else an error saying what was cut (wrapping ctx's error when
+//     ctx ended).
+//   - Nothing leaks: once the handlers have returned, no goroutine, lease keep-alive or watch
+//     of the executor is left. A handler must return once its ctx is cancelled; until it
+//     does, its goroutine stays.
+//
+// After the runs, Stop revokes the executor's session, so its registration and leadership go
+// at once and the leader reassigns its items now rather than after the TTL. If etcd does not
+// answer (an outage) by ctx's end or within RequestTimeout, Stop returns anyway, with an error
+// saying the registration goes when the TTL runs out. A ctx of StopTimeout + RequestTimeout
+// or more leaves time for both. An executor that dies without stopping loses its items when
+// its lease expires. One that was cut off from etcd for longer than its TTL makes a new
+// session and registers again by itself once etcd answers.
 //
 // Every etcd request of an executor carries a ctx capped by Config.RequestTimeout (default
 // 5 s) and by the call or loop that makes it, which Stop ends first: Start gives up by its
@@ -55,7 +63,8 @@
 // nothing waits for etcd beyond that. (Its sessions and election are its own, not etcd's
 // concurrency package's, whose lease grant, revoke and resignation ran on the client's
 // context: Stop with a 2 s ctx while etcd was cut off took 12 s with a 10 s TTL, and waited
-// for etcd to come back with a longer one; it takes 2 s now.)
+// for etcd to come back when etcd itself was stopped or the TTL was longer; it takes 2.0 s
+// now.)
 //
 // The schedule's time comes from Config.Clock (default the real clock); leases are etcd's
 // time whatever the clock. The tests move a fake clock from trigger to trigger and check, in
