@@ -95,5 +95,6 @@
 // channel without baggage, 24 ns and no allocation; a call carrying a decision, 0.5 µs and 6
 // allocations (writing the outgoing header); a call that decides, 1.5 µs and 17 allocations;
 // the server interceptor, 50 ns and none without baggage, 1.1 µs and 6 with it; the largest
-// legal baggage (64 members, 8 KB) or any hostile one, 0.2–0.9 ms and 88 (BenchmarkServerBaggage).
+// legal baggage (64 members, 8 KB) or 400 headers of 64 members, 0.15–0.3 ms and 88
+// (BenchmarkServerBaggage); a decision for a caller whose baggage is full, 0.13 ms and 172.
 package traffic
