@@ -55,6 +55,13 @@
 // overwritten, and "an app is in at most one open channel" holds even when two operators open
 // channels at once. Finish sets the split back to 50/50.
 //
+// A rule key that cannot be read holds up only what it may decide: Shift, Finish and Get of
+// other channels proceed; Open refuses apps the key may name (any app if its apps cannot be
+// read), with an error naming the key; any operation on the key's own channel refuses, naming
+// it. Scan returns readable rules and unreadable keys apart; List stays strict. Delete removes
+// a broken key or a closed rule, and an open release only with force (that ends the release at
+// once and takes its apps out of the channel); it is a compare-and-swap on the key's revision.
+//
 // # Stickiness
 //
 // Once a request enters a channel's release, every hop below it stays on the same color: the
