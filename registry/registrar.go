@@ -790,7 +790,7 @@ func (r *Registrar) logTransition(t *transition) {
 func (r *Registrar) startKeeper() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.keeper != nil {
+	if r.keeper != nil || r.closed { // closed: a Register that raced with Close
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
