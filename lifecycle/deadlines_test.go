@@ -2,6 +2,8 @@ package lifecycle_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +84,33 @@ func TestOfflineDuringAnEtcdOutageIsBounded(t *testing.T) {
 	}
 	if s := inst.State(); s != lifecycle.StateStopped {
 		t.Fatalf("state %v after Offline; want stopped", s)
+	}
+}
+
+// When etcd stays down, Start gives up at StartTimeout with an error that says so.
+func TestStartGivesUpOnEtcdAtStartTimeout(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	e.Stop()
+	inst, err := lifecycle.New(config(t, cli, "a", func(c *lifecycle.Config) {
+		c.RequestTimeout = 200 * time.Millisecond
+		c.StartTimeout = 700 * time.Millisecond
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = inst.Offline(context.Background()) })
+	began := time.Now()
+	err = inst.Start(context.Background())
+	took := time.Since(began)
+	t.Logf("Start gave up after %v: %v", took.Round(time.Millisecond), err)
+	if !errors.Is(err, registry.ErrEtcdUnavailable) || !strings.Contains(err.Error(), "etcd did not answer within StartTimeout (700ms") {
+		t.Fatalf("Start with etcd down = %v; want ErrEtcdUnavailable saying etcd did not answer within StartTimeout", err)
+	}
+	if took < 700*time.Millisecond {
+		t.Fatalf("Start gave up after %v, before StartTimeout (700ms)", took)
+	}
+	if s := inst.State(); s != lifecycle.StateStopped {
+		t.Fatalf("state %v after a failed Start; want stopped", s)
 	}
 }

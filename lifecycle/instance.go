@@ -279,6 +279,14 @@ func (i *Instance) untilEtcdAnswers(ctx context.Context, what string, step func(
 			t.Stop()
 		}
 	}()
+	var unavailable error // the last attempt's, while etcd did not answer
+	gaveUp := func(attempt int, err error) error {
+		if unavailable == nil || !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			return err // not waiting for etcd, or cancelled (a signal)
+		}
+		return fmt.Errorf("lifecycle: %s: etcd did not answer within StartTimeout (%v, %d attempts); check that etcd runs and that Config.Client's endpoints reach it: %w",
+			what, i.cfg.StartTimeout, attempt, unavailable)
+	}
 	for attempt := 1; ; attempt++ {
 		if attempt > 1 {
 			if conn := i.cfg.Client.ActiveConnection(); conn != nil {
@@ -287,16 +295,18 @@ func (i *Instance) untilEtcdAnswers(ctx context.Context, what string, step func(
 		}
 		began := time.Now()
 		err := step()
-		if err == nil || !errors.Is(err, registry.ErrEtcdUnavailable) || ctx.Err() != nil {
-			if err == nil && attempt > 1 {
+		switch {
+		case err == nil:
+			if attempt > 1 {
 				i.log.Info("lifecycle: etcd answers; starting", "step", what, "attempts", attempt, "waited", time.Since(begin).Round(time.Millisecond))
 			}
-			if err != nil && ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
-				return fmt.Errorf("lifecycle: %s: etcd did not answer within StartTimeout (%v, %d attempts); check that etcd runs and that Config.Client's endpoints reach it: %w",
-					what, i.cfg.StartTimeout, attempt, err)
-			}
+			return nil
+		case ctx.Err() != nil:
+			return gaveUp(attempt, err)
+		case !errors.Is(err, registry.ErrEtcdUnavailable):
 			return err
 		}
+		unavailable = err
 		i.log.Warn("lifecycle: etcd did not answer; trying again until StartTimeout", "step", what, "attempt", attempt,
 			"waited", time.Since(begin).Round(time.Millisecond), "start_timeout", i.cfg.StartTimeout, "err", err)
 		wait := i.cfg.RequestTimeout - time.Since(began)
@@ -310,8 +320,7 @@ func (i *Instance) untilEtcdAnswers(ctx context.Context, what string, step func(
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("lifecycle: %s: etcd did not answer within StartTimeout (%v, %d attempts); check that etcd runs and that Config.Client's endpoints reach it: %w",
-				what, i.cfg.StartTimeout, attempt, err)
+			return gaveUp(attempt, ctx.Err())
 		case <-t.C:
 		}
 	}
