@@ -81,6 +81,8 @@ type Config struct {
 	AdminAddr string
 	// AdminToken, if set, is required as "Authorization: Bearer <token>" by POST /offline
 	// and /online, which then accept any caller; if empty they accept only loopback callers.
+	// Set it whenever a sidecar proxy fronts the admin port: the proxy makes remote callers
+	// look like loopback.
 	AdminToken string
 
 	// Checks are readiness checks run before registering. Default none.

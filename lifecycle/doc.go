@@ -98,6 +98,11 @@
 // drains if needed, then GracefulStop, capped by StopTimeout (default 10 s), then Stop, and
 // revokes the lease. All are idempotent and safe to call concurrently.
 //
+// Components follow one Stop contract (written in package mq, "Stop contract"): calls in
+// progress finish, or their ctx is cancelled at Stop's ctx deadline; work not started is
+// handed back; Stop returns by that deadline; nothing is left running. lifecycle passes them
+// a ctx that ends with the drain's deadline.
+//
 // Deadlines. The whole drain — deregistration, the components' Stop (their ctx ends with it)
 // and the wait for quiet — takes at most MaxDrain. Offline takes at most
 // Config.OfflineTimeout: MaxDrain + StopTimeout + RequestTimeout (the lease's revocation) +
@@ -129,7 +134,14 @@
 //	                     blocked (why a start waits), degraded (why its color cannot be kept)
 //
 // /offline and /online accept only loopback callers, or, when Config.AdminToken is set, any
-// caller with "Authorization: Bearer <token>"; others get 403.
+// caller with "Authorization: Bearer <token>"; others get 403. The admin server closes a
+// connection that sends no request headers within AdminReadHeaderTimeout (5 s) and a
+// keep-alive connection idle for AdminIdleTimeout (30 s), and holds at most AdminMaxConns
+// (64) connections: a new connection beyond that closes the connection idle the longest, or,
+// if none is idle, waits unanswered until one closes. The Bearer scheme is matched
+// case-insensitively (RFC 7235). Behind a sidecar proxy (Istio, Linkerd), remote requests
+// reach the admin port from 127.0.0.1 (or 127.0.0.6), so loopback proves nothing there: set
+// AdminToken.
 //
 // # Locking
 //

@@ -162,8 +162,9 @@ func (s *Server) NewClient(endpoints []string) (*clientv3.Client, error) {
 		Endpoints:   endpoints,
 		DialTimeout: 2 * time.Second,
 		Logger:      zap.NewNop(),
-		// etcd's client keeps gRPC's default reconnect backoff (up to 120 s), so after an
-		// outage it may notice late that etcd is back. Tests restart etcd on purpose; cap it.
+		// etcd's client keeps gRPC's default reconnect backoff (up to 120 s). A Registrar resets
+		// it while its connection is down (users need no setting), but the tests' other users of
+		// a client (rule clients, watchers, executors) after an etcd restart get a capped one.
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},
 			MinConnectTimeout: time.Second,
