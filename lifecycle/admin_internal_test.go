@@ -22,6 +22,7 @@ import (
 // check reads the connection's remote address; a real non-loopback connection cannot be made
 // in this sandbox, so the request is built with that address.)
 func TestNonLoopbackCallerIsRefused(t *testing.T) {
+	t.Parallel()
 	i := &Instance{state: StateServing}
 	h := i.adminHandler()
 	for _, path := range []string{"/offline", "/online"} {
@@ -41,6 +42,7 @@ func TestNonLoopbackCallerIsRefused(t *testing.T) {
 // The Authorization scheme is case-insensitive (RFC 7235), and one or more spaces may follow
 // it; the token itself is compared exactly.
 func TestAdminTokenSchemeIsCaseInsensitive(t *testing.T) {
+	t.Parallel()
 	i := &Instance{state: StateNew, cfg: Config{AdminToken: "s3cret"}}
 	h := i.adminHandler()
 	for _, c := range []struct {

@@ -55,6 +55,7 @@ type consumer struct{ component }
 func (c *consumer) HandleEvent(e traffic.Event) { c.j.add(c.name + ":" + e.Kind.String()) }
 
 func TestComponentsStartInOrderStopInReverseAndGetEvents(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	a := &component{name: "a", j: j}
@@ -87,6 +88,7 @@ func TestComponentsStartInOrderStopInReverseAndGetEvents(t *testing.T) {
 }
 
 func TestStartFailureUndoesWhatStarted(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	boom := errors.New("broker unreachable")
@@ -129,6 +131,7 @@ func (f *flaky) Start(ctx context.Context) error {
 }
 
 func TestOnlineFailureStaysDrained(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	f := &flaky{component: component{name: "f", j: j}}

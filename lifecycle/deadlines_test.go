@@ -17,6 +17,7 @@ import (
 // per attempt, until StartTimeout, and starts once etcd answers; it does not give up after
 // one etcd request.
 func TestStartWhileEtcdIsDownWaitsForEtcd(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()
@@ -65,6 +66,7 @@ func TestStartWhileEtcdIsDownWaitsForEtcd(t *testing.T) {
 // documented bound, MaxDrain + StopTimeout + RequestTimeout + 1 s, instead of waiting
 // 5 s for each etcd request.
 func TestOfflineDuringAnEtcdOutageIsBounded(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	var cfg lifecycle.Config
@@ -89,6 +91,7 @@ func TestOfflineDuringAnEtcdOutageIsBounded(t *testing.T) {
 
 // When etcd stays down, Start gives up at StartTimeout with an error that says so.
 func TestStartGivesUpOnEtcdAtStartTimeout(t *testing.T) {
+	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()

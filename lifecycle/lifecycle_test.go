@@ -145,6 +145,7 @@ func call(c greeterpb.GreeterClient, wait bool) (string, error) {
 }
 
 func TestOfflineUnderLoadLosesNothing(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	a, ga := start(t, cli, "a")
 	start(t, cli, "b")
@@ -243,6 +244,8 @@ func TestOfflineUnderLoadLosesNothing(t *testing.T) {
 	}
 }
 
+// Not parallel: it signals the whole test process, and every running Run would take it.
+// Sequential tests finish before any parallel one resumes.
 func TestSIGTERMTakesTheInstanceOffline(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	inst, err := lifecycle.New(config(t, cli, "a"))
@@ -269,6 +272,7 @@ func TestSIGTERMTakesTheInstanceOffline(t *testing.T) {
 }
 
 func TestNoRegistrationAndNoRPCBeforeReadiness(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	// The check fails its first round; its second round tells the test (retried) and waits
 	// for it (ready) before it passes. In between, the instance is well into its checks.
@@ -333,6 +337,7 @@ func TestNoRegistrationAndNoRPCBeforeReadiness(t *testing.T) {
 }
 
 func TestLongStreamInFlightCompletes(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	// The drain may wait for the stream as long as the test needs.
 	a, ga := start(t, cli, "a", func(c *lifecycle.Config) { c.MaxDrain = testutil.Deadline })
@@ -397,6 +402,7 @@ func httpGet(t *testing.T, inst *lifecycle.Instance, path string) int {
 }
 
 func TestRepeatedAndConcurrentOfflineThenOnline(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	a, _ := start(t, cli, "a")
 	start(t, cli, "b")
@@ -449,6 +455,7 @@ func TestRepeatedAndConcurrentOfflineThenOnline(t *testing.T) {
 }
 
 func TestOfflineRefusesWrongTokens(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	a, _ := start(t, cli, "a", func(c *lifecycle.Config) { c.AdminToken = "s3cret" })
 	for _, tok := range []string{"", "wrong"} {
@@ -468,6 +475,7 @@ func TestOfflineRefusesWrongTokens(t *testing.T) {
 }
 
 func TestChannelShiftRePutsTrafficWeightAndTheSplitFollows(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = registry.ColorBlue })
 	start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = registry.ColorGreen })
@@ -542,6 +550,7 @@ func waitClosed(t *testing.T, what string, ch <-chan struct{}) {
 // fresh connection) must not outlive Offline: http.Server.Shutdown leaves such connections
 // open until they are 5 s old, so Offline closes whatever Shutdown left.
 func TestOfflineClosesEveryAdminConnection(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	a, _ := start(t, cli, "a")
 	conn, err := net.Dial("tcp", a.AdminAddr())
@@ -566,6 +575,7 @@ func TestOfflineClosesEveryAdminConnection(t *testing.T) {
 // is the host name plus the gRPC port (or the process id when the port is chosen at listen
 // time), and registry refuses a second live instance with the same id.
 func TestDefaultIDsDoNotClashOnOneHost(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	host, err := os.Hostname()
 	if err != nil {

@@ -273,6 +273,7 @@ func TestUnreadableRuleFailsStartAtStartTimeout(t *testing.T) {
 // can be read and do not include it, and one that cannot be read at all while the app is in
 // a readable open channel (an app is in at most one open channel).
 func TestUnreadableRuleOfOtherAppsDoesNotBlockAStart(t *testing.T) {
+	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	ctx := context.Background()
 	if _, err := cli.Put(ctx, traffic.Key(registry.DefaultPrefix, "pay"), `{"v":2,"channel":"pay","apps":["pay","wallet"]}`); err != nil {
