@@ -223,6 +223,21 @@ func (c *Client) ChannelOf(app string) (r Rule, ok bool) {
 	return s.rules[ch], true
 }
 
+// Traffic returns the open release channel app is in and the color weights of its rule
+// (Weights of its BluePercent: W/(100+W) = percent/100, base 100); ok is false, with "" and
+// zeros, when app is in no open channel the Client can read (as ChannelOf). It implements
+// registry.Rules, so a resolver given the Client (registry.ResolverConfig.Rules) takes each
+// endpoint's channel and traffic weight from the rule itself, not from the instances'
+// re-put records; Updated says when to ask again. It takes no lock and allocates nothing.
+func (c *Client) Traffic(app string) (channel string, blue, green float64, ok bool) {
+	r, ok := c.ChannelOf(app)
+	if !ok {
+		return "", 0, 0, false
+	}
+	blue, green = Weights(r.BluePercent)
+	return r.Channel, blue, green, true
+}
+
 // Rules returns every rule, by channel name. The slice is shared: do not modify it.
 func (c *Client) Rules() []Rule { return c.snap.Load().list }
 
