@@ -15,7 +15,6 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -52,6 +51,14 @@ type Config[T any] struct {
 	// (which may batch several revisions), so that no intermediate state is skipped while
 	// the watch lasts. After a re-list only the net change can be known.
 	PerEvent bool
+	// Coalesce, when PerEvent is false, makes the responses that arrive together one
+	// OnChange: after a response that changed the set, the Watcher takes every response
+	// already waiting in etcd's watch channel, and then keeps taking those that follow the
+	// previous one within Coalesce, for at most 10 × Coalesce from the first, before it calls
+	// OnChange. So a lone change waits Coalesce more, and a burst (every instance re-putting
+	// after a shift) is one OnChange. 0: only the responses already waiting are taken
+	// together.
+	Coalesce time.Duration
 	// OnListError is told of a failed list while the Watcher has never listed. Optional.
 	OnListError func(err error)
 	// OnSkip is told of every skipped value. Optional.
@@ -182,6 +189,9 @@ func (w *Watcher[T]) list(ctx context.Context) (int64, error) {
 	for _, kv := range resp.Kvs {
 		name := w.name(kv.Key)
 		if v, ok := w.decode(kv); ok {
+			if i, had := w.find(name); had && w.cfg.Equal(w.set[i].v, v) {
+				v = w.set[i].v // an unchanged item stays the same value
+			}
 			next = append(next, entry[T]{name, v})
 		} else if i, had := w.find(name); had {
 			next = append(next, w.set[i])
@@ -223,29 +233,109 @@ func (w *Watcher[T]) watch(ctx context.Context, rev int64) error {
 		if err := resp.Err(); err != nil {
 			return err
 		}
-		changed := false
-		for _, ev := range resp.Events {
-			evChanged := false
-			switch ev.Type {
-			case mvccpb.PUT:
-				if v, ok := w.decode(ev.Kv); ok {
-					evChanged = w.put(w.name(ev.Kv.Key), v)
-				}
-			case mvccpb.DELETE:
-				evChanged = w.remove(w.name(ev.Kv.Key))
-			}
-			if evChanged && w.cfg.PerEvent {
-				w.publish(ev.Kv.ModRevision)
-			}
-			changed = changed || evChanged
+		changed := w.apply(resp)
+		if !changed || w.cfg.PerEvent {
+			continue
 		}
-		if changed && !w.cfg.PerEvent {
-			w.publish(resp.Header.Revision)
+		rev, err := w.coalesce(ctx, wch, resp.Header.Revision)
+		w.publish(rev)
+		if err != nil {
+			return err
 		}
 	}
 }
 
-func (w *Watcher[T]) name(key []byte) string { return strings.TrimPrefix(string(key), w.cfg.Prefix) }
+// apply applies the events of one watch response to the set and reports whether it changed
+// (with PerEvent, publishing after each changed key).
+func (w *Watcher[T]) apply(resp clientv3.WatchResponse) bool {
+	changed := false
+	for _, ev := range resp.Events {
+		evChanged := false
+		switch ev.Type {
+		case mvccpb.PUT:
+			if v, ok := w.decode(ev.Kv); ok {
+				evChanged = w.put(w.name(ev.Kv.Key), v)
+			}
+		case mvccpb.DELETE:
+			evChanged = w.remove(w.name(ev.Kv.Key))
+		}
+		if evChanged && w.cfg.PerEvent {
+			w.publish(ev.Kv.ModRevision)
+		}
+		changed = changed || evChanged
+	}
+	return changed
+}
+
+// coalesce applies the responses that arrive together with one that changed the set at rev
+// (Config.Coalesce) and returns the revision of the last one applied. An error (the watch
+// failed or ended) comes with the revision of what was applied before it, to be published
+// before the watch is listed again.
+func (w *Watcher[T]) coalesce(ctx context.Context, wch clientv3.WatchChan, rev int64) (int64, error) {
+	var gap, limit <-chan time.Time
+	if w.cfg.Coalesce > 0 {
+		lt := time.NewTimer(10 * w.cfg.Coalesce)
+		defer lt.Stop()
+		limit = lt.C
+	}
+	var gt *time.Timer
+	defer func() {
+		if gt != nil {
+			gt.Stop()
+		}
+	}()
+	for {
+		var resp clientv3.WatchResponse
+		var ok bool
+		select {
+		case resp, ok = <-wch:
+		default:
+			// Nothing waiting: wait for the next within the gap, if there is one.
+			if w.cfg.Coalesce <= 0 {
+				return rev, nil
+			}
+			if gt == nil {
+				gt = time.NewTimer(w.cfg.Coalesce)
+			} else {
+				gt.Reset(w.cfg.Coalesce)
+			}
+			gap = gt.C
+			select {
+			case resp, ok = <-wch:
+			case <-gap:
+				return rev, nil
+			case <-limit:
+				return rev, nil
+			case <-ctx.Done():
+				return rev, ctx.Err()
+			}
+		}
+		if !ok {
+			if ctx.Err() != nil {
+				return rev, ctx.Err()
+			}
+			return rev, errors.New("watch channel closed")
+		}
+		if err := resp.Err(); err != nil {
+			return rev, err
+		}
+		w.apply(resp)
+		rev = resp.Header.Revision
+		select {
+		case <-limit:
+			return rev, nil
+		default:
+		}
+	}
+}
+
+// name is key without Prefix, in a string of its own (the item may keep it).
+func (w *Watcher[T]) name(key []byte) string {
+	if p := w.cfg.Prefix; len(key) >= len(p) && string(key[:len(p)]) == p {
+		return string(key[len(p):])
+	}
+	return string(key)
+}
 
 func (w *Watcher[T]) decode(kv *mvccpb.KeyValue) (T, bool) {
 	v, err := w.cfg.Decode(w.name(kv.Key), kv.Value)
