@@ -72,6 +72,29 @@
 // package links in (DefaultServiceConfig); ResolverConfig.MethodConfig adds method configs
 // such as RetryPolicy.
 //
+// With ResolverConfig.Rules (a *traffic.Client implements it; default nil), the resolver
+// takes each endpoint's release channel and traffic weight from the app's rule instead of
+// from the records: an instance of color blue or green gets its color's weight in the open
+// channel the app is in, a colorless one weight 100 in that channel, and every instance
+// channel "" and weight 100 while the app is in no open channel. These are what
+// balancer.EndpointInfo and InstanceFromEndpoint carry (the other fields are the record's).
+// When the app's traffic changes, the resolver hands gRPC one new state at once, whether or
+// not the instances have re-put their records yet (they still do, for consumers without
+// Rules); a record change that the rule already gave (an instance re-putting its channel and
+// traffic weight) changes no endpoint, and a state in which no endpoint changed is not sent.
+// A rule change of another app sends nothing.
+//
+// Watch responses that follow each other within Coalesce (2 ms), for at most 10 × Coalesce,
+// become one state: a lone change reaches gRPC up to 2 ms later, and 100 instances re-putting
+// their records together (as after a shift) cost a consumer 2 or 3 resolver updates and picker
+// rebuilds instead of 100 (TestReputsThatArriveTogetherAreOneResolverUpdate).
+//
+// The resolver and its Watcher keep one copy of each record, shared by the watch's set, the
+// Update and the endpoint's attributes (with Rules, a second copy with the rule's channel and
+// weight): BenchmarkResolverMemory measures about 570 B per endpoint at 10,000 instances,
+// with the state gRPC holds, against about 240 B for etcd's naming resolver, which carries
+// no record (1,460 B before).
+//
 // # etcd client settings
 //
 // None needed. etcd's client keeps gRPC's default reconnect backoff, which grows to 120 s, so

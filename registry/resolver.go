@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"strings"
 	"time"
 
@@ -51,6 +50,23 @@ type ResolverConfig struct {
 	Logger *slog.Logger
 	// MeterProvider, default otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
+	// Rules, when set, gives every endpoint its release channel and traffic weight
+	// (balancer.EndpointInfo.Channel and TrafficWeight) from the app's rule instead of from
+	// the instance records, and the resolver pushes a new state as soon as the app's traffic
+	// changes, without waiting for the instances to re-put their records. A *traffic.Client
+	// implements it. Default nil: channel and traffic weight come from the records.
+	Rules Rules
+}
+
+// Rules tells the resolver the traffic split of an app (ResolverConfig.Rules). A
+// *traffic.Client implements it.
+type Rules interface {
+	// Traffic returns the open release channel app is in and each color's traffic weight
+	// under its rule (traffic's W/(100+W) formula already applied); ok is false when app is
+	// in no open channel.
+	Traffic(app string) (channel string, blue, green float64, ok bool)
+	// Updated returns a channel that is closed at the next change of the rules.
+	Updated() <-chan struct{}
 }
 
 // NewResolverBuilder returns a gRPC resolver builder for switchyard:///<app> targets. Pass it
@@ -131,62 +147,144 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	if sc.Err != nil {
 		return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig rejected by gRPC: %w", sc.Err)
 	}
-	r := &etcdResolver{cc: cc, sc: sc, log: b.cfg.Logger.With("app", app), eps: map[string]cachedEndpoint{}}
-	w, err := NewWatcher(WatcherConfig{
+	r := &etcdResolver{cc: cc, sc: sc, log: b.cfg.Logger.With("app", app), app: app, rules: b.cfg.Rules}
+	if r.rules != nil {
+		r.traffic = trafficOf(r.rules, app)
+	}
+	w, err := newWatcher(WatcherConfig{
 		Client:         b.cfg.Client,
 		Prefix:         b.cfg.Prefix,
 		App:            app,
-		OnUpdate:       r.update,
 		RequestTimeout: b.cfg.RequestTimeout,
 		HoldExpired:    b.cfg.HoldExpired,
 		Logger:         b.cfg.Logger,
 		MeterProvider:  b.cfg.MeterProvider,
-	})
+	}, r.update, Coalesce)
 	if err != nil {
 		return nil, err
 	}
 	r.w = w
+	if r.rules != nil {
+		r.stop, r.rulesDone = make(chan struct{}), make(chan struct{})
+		go r.followRules()
+	}
 	return r, nil
 }
 
+// Coalesce is how close watch responses must follow each other for the resolver to hand
+// gRPC one state for all of them (kvwatch.Config.Coalesce): a change waits this much longer,
+// and a burst (every instance re-putting its record after a shift) is one resolver update and
+// one picker rebuild per consumer, taken within at most ten times this.
+const Coalesce = 2 * time.Millisecond
+
 // etcdResolver feeds one ClientConn. update runs only on the Watcher's goroutine, which owns
-// eps; no lock is needed.
+// eps, applied and pushed; no lock is needed. followRules only reads the rules and asks the
+// Watcher to publish again.
 type etcdResolver struct {
-	cc  resolver.ClientConn
-	sc  *serviceconfig.ParseResult
-	log *slog.Logger
-	w   *Watcher
-	eps map[string]cachedEndpoint // by instance ID: reused while the record is unchanged
-	gen uint64                    // stamps the entries seen in the latest update
+	cc    resolver.ClientConn
+	sc    *serviceconfig.ParseResult
+	log   *slog.Logger
+	w     *Watcher
+	app   string
+	rules Rules // nil: channel and traffic weight come from the records
+
+	eps     []resolver.Endpoint // the last state's, sorted by instance ID
+	traffic appTraffic          // the app's traffic eps were built with (Rules only)
+	pushed  bool                // a state has been handed to gRPC
+
+	stop      chan struct{} // closed by Close: followRules returns
+	rulesDone chan struct{} // closed when followRules has returned
 }
 
-type cachedEndpoint struct {
-	inst Instance
-	ep   resolver.Endpoint
-	gen  uint64
+// appTraffic is what Rules say of one app.
+type appTraffic struct {
+	channel     string
+	blue, green float64
+	ok          bool
 }
 
-func (r *etcdResolver) update(u Update) {
-	if u.Err != nil {
-		r.cc.ReportError(fmt.Errorf("registry: no instances known yet: %w", u.Err))
+func trafficOf(rules Rules, app string) appTraffic {
+	ch, blue, green, ok := rules.Traffic(app)
+	if !ok {
+		return appTraffic{}
+	}
+	return appTraffic{channel: ch, blue: blue, green: green, ok: true}
+}
+
+// of returns the channel and traffic weight the rule gives an instance of color c: its
+// color's weight in the open channel, DefaultWeight when colorless or in no open channel.
+func (t appTraffic) of(c Color) (string, float64) {
+	switch {
+	case !t.ok:
+		return "", DefaultWeight
+	case c == ColorBlue:
+		return t.channel, t.blue
+	case c == ColorGreen:
+		return t.channel, t.green
+	}
+	return t.channel, DefaultWeight
+}
+
+// followRules has the Watcher publish again whenever the app's traffic changes, so update
+// applies it at once.
+func (r *etcdResolver) followRules() {
+	defer close(r.rulesDone)
+	last := r.traffic
+	for {
+		next := r.rules.Updated()
+		if t := trafficOf(r.rules, r.app); t != last {
+			last = t
+			r.w.kv.Republish()
+		}
+		select {
+		case <-next:
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// update hands gRPC the instance set as endpoints. An endpoint whose record (as the rules
+// see it) is unchanged is reused; when every one is, and none came or left, nothing is sent.
+func (r *etcdResolver) update(s instSet) {
+	if s.err != nil {
+		r.cc.ReportError(fmt.Errorf("registry: no instances known yet: %w", s.err))
 		return
 	}
-	// Update the cache in place: only new or changed instances get a new Endpoint, and
-	// entries not stamped with this generation have left.
-	r.gen++
-	eps := make([]resolver.Endpoint, len(u.Instances))
-	for i, in := range u.Instances {
-		c, ok := r.eps[in.ID]
-		if !ok || !c.inst.Equal(in) {
-			c = cachedEndpoint{inst: in, ep: newEndpoint(in)}
+	if r.rules != nil {
+		r.traffic = trafficOf(r.rules, r.app)
+	}
+	eps := make([]resolver.Endpoint, len(s.refs))
+	changed := !r.pushed || len(eps) != len(r.eps)
+	j := 0
+	for i, in := range s.refs {
+		// Both are sorted by ID: walk them together.
+		for j < len(r.eps) && instanceOf(r.eps[j]).ID < in.ID {
+			j++
 		}
-		c.gen = r.gen
-		r.eps[in.ID] = c
-		eps[i] = c.ep
+		want := in
+		var ruled Instance // in as the rules see it
+		if r.rules != nil {
+			ruled = *in
+			ruled.Channel, ruled.TrafficWeight = r.traffic.of(in.Color)
+		}
+		if j < len(r.eps) {
+			if old := instanceOf(r.eps[j]); old == in || r.rules == nil && old.Equal(*in) || r.rules != nil && old.Equal(ruled) {
+				eps[i] = r.eps[j]
+				continue
+			}
+		}
+		if r.rules != nil {
+			want = new(Instance)
+			*want = ruled
+		}
+		eps[i], changed = newEndpoint(want), true
 	}
-	if len(r.eps) > len(u.Instances) {
-		maps.DeleteFunc(r.eps, func(_ string, c cachedEndpoint) bool { return c.gen != r.gen })
+	r.eps = eps
+	if !changed {
+		return
 	}
+	r.pushed = true
 	if err := r.cc.UpdateState(resolver.State{Endpoints: eps, ServiceConfig: r.sc}); err != nil {
 		// The balancer refused the state (e.g. no endpoints at all). gRPC will ask
 		// for a re-resolution; the watch delivers the next change anyway.
@@ -196,24 +294,37 @@ func (r *etcdResolver) update(u Update) {
 
 func (r *etcdResolver) ResolveNow(resolver.ResolveNowOptions) { r.w.Refresh() }
 
-func (r *etcdResolver) Close() { r.w.Close() }
+func (r *etcdResolver) Close() {
+	if r.stop != nil {
+		close(r.stop)
+		<-r.rulesDone
+	}
+	r.w.Close()
+}
 
 // instanceKey is the Endpoint.Attributes key of the instance record.
 type instanceKey struct{}
 
-// instanceAttr wraps the record with the Equal method gRPC's attributes use, so an unchanged
-// record compares equal and a weight change does not look like a new endpoint.
-type instanceAttr struct{ in Instance }
+// instanceAttr points at the record (shared with the Watcher, read-only; a pointer-shaped
+// value, so it is stored in the attributes without an allocation) and compares records by
+// content, so an unchanged record compares equal and a weight change does not look like a
+// new endpoint.
+type instanceAttr struct{ in *Instance }
 
-func (a *instanceAttr) Equal(o any) bool {
-	b, ok := o.(*instanceAttr)
-	return ok && a.in.Equal(b.in)
+func (a instanceAttr) Equal(o any) bool {
+	b, ok := o.(instanceAttr)
+	return ok && (a.in == b.in || a.in.Equal(*b.in))
 }
 
-func newEndpoint(in Instance) resolver.Endpoint {
+// instanceOf is the record newEndpoint attached to ep.
+func instanceOf(ep resolver.Endpoint) *Instance {
+	return ep.Attributes.Value(instanceKey{}).(instanceAttr).in
+}
+
+func newEndpoint(in *Instance) resolver.Endpoint {
 	ep := resolver.Endpoint{
 		Addresses:  []resolver.Address{{Addr: in.Addr}},
-		Attributes: attributes.New(instanceKey{}, &instanceAttr{in: in}),
+		Attributes: attributes.New(instanceKey{}, instanceAttr{in: in}),
 	}
 	return swbalancer.SetEndpointInfo(ep, swbalancer.EndpointInfo{
 		ID: in.ID, Color: string(in.Color), Channel: in.Channel, Weight: in.Weight,
@@ -243,9 +354,9 @@ func RetryPolicy(names ...string) string {
 // InstanceFromEndpoint returns the instance record the resolver attached to ep. ok is false
 // for an endpoint that did not come from this resolver.
 func InstanceFromEndpoint(ep resolver.Endpoint) (in Instance, ok bool) {
-	a, ok := ep.Attributes.Value(instanceKey{}).(*instanceAttr)
+	a, ok := ep.Attributes.Value(instanceKey{}).(instanceAttr)
 	if !ok {
 		return Instance{}, false
 	}
-	return a.in, true
+	return *a.in, true
 }

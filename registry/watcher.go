@@ -79,40 +79,72 @@ type Update struct {
 //
 // Locking: mu guards last; the rest belongs to the watch goroutine (internal/kvwatch).
 type Watcher struct {
-	kv      *kvwatch.Watcher[Instance]
+	kv      *kvwatch.Watcher[*Instance]
 	app     string
 	log     *slog.Logger
-	onUp    func(Update)
+	onUp    func(Update)  // the user's OnUpdate, or nil
+	onSet   func(instSet) // the resolver's, or nil
 	skipped metric.Int64Counter
 	attrs   metric.AddOption
 	nSkip   atomic.Uint64
 
 	mu   sync.Mutex
-	last Update
+	last instSet
 
 	// Owned by the watch goroutine (kvwatch's callbacks).
 	cli     *clientv3.Client
 	timeout time.Duration
 	hold    time.Duration
-	live    map[string]Instance // what etcd has, by ID
+	live    []*Instance // what etcd has, sorted by ID
 	held    map[string]heldInstance
 	timer   *time.Timer // republishes when the earliest hold ends
 }
 
+// instSet is an Update as the Watcher keeps it: the records are shared with kvwatch's set
+// (one copy of each record, which the resolver shares too) and treated as read-only.
+type instSet struct {
+	refs []*Instance // sorted by ID
+	held []string
+	rev  int64
+	err  error
+	ok   bool // set by emit: not the zero instSet
+}
+
+// update copies the set into an Update.
+func (s instSet) update() Update {
+	if !s.ok {
+		return Update{}
+	}
+	if s.err != nil {
+		return Update{Err: s.err}
+	}
+	u := Update{Instances: make([]Instance, len(s.refs)), Revision: s.rev, Held: s.held}
+	for i, p := range s.refs {
+		u.Instances[i] = *p
+	}
+	return u
+}
+
 // heldInstance is an instance kept although its record vanished with its lease.
 type heldInstance struct {
-	in    Instance
+	in    *Instance
 	until time.Time
 }
 
 // NewWatcher checks cfg and starts following the app. The first Update arrives once the
 // first list succeeds (or, with Err set, once it fails). Close stops it.
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
-	if cfg.Client == nil {
-		return nil, errors.New("registry: WatcherConfig.Client is nil; pass a connected *clientv3.Client")
-	}
 	if cfg.OnUpdate == nil {
 		return nil, errors.New("registry: WatcherConfig.OnUpdate is nil; it is how the Watcher reports the instance set")
+	}
+	return newWatcher(cfg, nil, 0)
+}
+
+// newWatcher starts a Watcher that reports to cfg.OnUpdate if set and to onSet if not nil,
+// coalescing watch responses that follow each other within coalesce (kvwatch.Config).
+func newWatcher(cfg WatcherConfig, onSet func(instSet), coalesce time.Duration) (*Watcher, error) {
+	if cfg.Client == nil {
+		return nil, errors.New("registry: WatcherConfig.Client is nil; pass a connected *clientv3.Client")
 	}
 	if err := ValidateName("app", cfg.App); err != nil {
 		return nil, err
@@ -145,22 +177,23 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		cli:     cfg.Client,
 		timeout: cfg.RequestTimeout,
 		hold:    cfg.HoldExpired,
-		live:    map[string]Instance{},
 		held:    map[string]heldInstance{},
 		app:     cfg.App,
 		log:     cfg.Logger.With("app", cfg.App),
 		onUp:    cfg.OnUpdate,
+		onSet:   onSet,
 		skipped: skipped,
 		attrs:   metric.WithAttributeSet(attribute.NewSet(attribute.String("app", cfg.App))),
 	}
-	w.kv = kvwatch.New(kvwatch.Config[Instance]{
+	w.kv = kvwatch.New(kvwatch.Config[*Instance]{
 		Client:         cfg.Client,
 		Prefix:         AppPrefix(cfg.Prefix, cfg.App),
 		Decode:         w.decode,
-		Stamp:          func(in Instance, createRev, lease int64) Instance { in.Epoch, in.lease = createRev, lease; return in },
-		Equal:          Instance.Equal,
+		Stamp:          func(in *Instance, createRev, lease int64) *Instance { in.Epoch, in.lease = createRev, lease; return in },
+		Equal:          func(a, b *Instance) bool { return a.Equal(*b) },
 		OnChange:       w.change,
-		OnListError:    func(err error) { w.emit(Update{Err: fmt.Errorf("registry: %w", err)}) },
+		Coalesce:       coalesce,
+		OnListError:    func(err error) { w.emit(instSet{err: fmt.Errorf("registry: %w", err)}) },
 		OnSkip:         w.skip,
 		RequestTimeout: cfg.RequestTimeout,
 		Logger:         w.log,
@@ -180,8 +213,9 @@ func (w *Watcher) Close() {
 // Last returns the last Update given to OnUpdate (zero before the first).
 func (w *Watcher) Last() Update {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.last
+	last := w.last
+	w.mu.Unlock()
+	return last.update()
 }
 
 // Skipped is how many records this Watcher has skipped as malformed.
@@ -191,16 +225,27 @@ func (w *Watcher) Skipped() uint64 { return w.nSkip.Load() }
 // nothing to a healthy watch (etcd's watch already tells it everything).
 func (w *Watcher) Refresh() { w.kv.Refresh() }
 
-// decode reads the record stored under the instance key id.
-func (w *Watcher) decode(id string, val []byte) (Instance, error) {
+// decode reads the record stored under the instance key id. The record shares its ID, App
+// and Color strings with the key, the Watcher and the constants, to keep one copy of each.
+func (w *Watcher) decode(id string, val []byte) (*Instance, error) {
 	if err := ValidateName("id", id); err != nil {
-		return Instance{}, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>")
+		return nil, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>")
 	}
 	in, err := Unmarshal(val)
 	if err == nil && (in.App != w.app || in.ID != id) {
 		err = malformed(fmt.Errorf("record says app %q id %q but is stored under app %q id %q", in.App, in.ID, w.app, id))
 	}
-	return in, err
+	if err != nil {
+		return nil, err
+	}
+	in.ID, in.App = id, w.app
+	switch in.Color {
+	case ColorBlue:
+		in.Color = ColorBlue
+	case ColorGreen:
+		in.Color = ColorGreen
+	}
+	return &in, nil
 }
 
 func (w *Watcher) skip(key string, err error) {
@@ -222,28 +267,36 @@ func (w *Watcher) skip(key string, err error) {
 // endpoint it cannot connect to, so a held instance that really died costs connection
 // attempts, not calls. Only the last of a color costs a lease lookup (one etcd request)
 // before its removal is published.
-func (w *Watcher) change(items []Instance, rev int64) {
+func (w *Watcher) change(items []*Instance, rev int64) {
 	now := time.Now()
-	next := make(map[string]Instance, len(items))
-	for _, in := range items {
-		next[in.ID] = in
-		delete(w.held, in.ID) // registered again
-	}
-	for id, in := range w.live {
-		if _, ok := next[id]; !ok && w.hold > 0 && !colorLeft(next, in.Color) && w.vanishedWithLease(in) {
-			w.held[id] = heldInstance{in: in, until: now.Add(w.hold)}
-			w.log.Warn("registry: instance record vanished with its lease (expired, or revoked without Deregister); keeping the instance as a suspect until it registers again",
-				"instance", id, "hold", w.hold)
+	if len(w.held) > 0 {
+		for _, in := range items {
+			delete(w.held, in.ID) // registered again
 		}
 	}
-	w.live = next
+	// Both sets are sorted by ID: walk them together to find the instances that left.
+	j := 0
+	for _, in := range w.live {
+		for j < len(items) && items[j].ID < in.ID {
+			j++
+		}
+		if j < len(items) && items[j].ID == in.ID {
+			continue
+		}
+		if w.hold > 0 && !colorLeft(items, in.Color) && w.vanishedWithLease(in) {
+			w.held[in.ID] = heldInstance{in: in, until: now.Add(w.hold)}
+			w.log.Warn("registry: instance record vanished with its lease (expired, or revoked without Deregister); keeping the instance as a suspect until it registers again",
+				"instance", in.ID, "hold", w.hold)
+		}
+	}
+	w.live = items
 	var earliest time.Time
 	for id, h := range w.held {
 		switch {
-		case len(next) > 0 && !now.Before(h.until):
+		case len(items) > 0 && !now.Before(h.until):
 			delete(w.held, id)
 			w.log.Info("registry: suspect instance did not register again within the hold; dropping it", "instance", id)
-		case len(next) > 0 && (earliest.IsZero() || h.until.Before(earliest)):
+		case len(items) > 0 && (earliest.IsZero() || h.until.Before(earliest)):
 			earliest = h.until
 		}
 	}
@@ -254,21 +307,21 @@ func (w *Watcher) change(items []Instance, rev int64) {
 			w.timer.Reset(earliest.Sub(now))
 		}
 	}
-	u := Update{Instances: items, Revision: rev}
+	s := instSet{refs: items, rev: rev}
 	if len(w.held) > 0 {
-		u.Instances = slices.Clone(items)
+		s.refs = slices.Clone(items)
 		for id, h := range w.held {
-			u.Instances = append(u.Instances, h.in)
-			u.Held = append(u.Held, id)
+			s.refs = append(s.refs, h.in)
+			s.held = append(s.held, id)
 		}
-		slices.SortFunc(u.Instances, func(a, b Instance) int { return cmp.Compare(a.ID, b.ID) })
-		slices.Sort(u.Held)
+		slices.SortFunc(s.refs, func(a, b *Instance) int { return cmp.Compare(a.ID, b.ID) })
+		slices.Sort(s.held)
 	}
-	w.emit(u)
+	w.emit(s)
 }
 
 // colorLeft reports whether set has an instance of color c.
-func colorLeft(set map[string]Instance, c Color) bool {
+func colorLeft(set []*Instance, c Color) bool {
 	for _, in := range set {
 		if in.Color == c {
 			return true
@@ -280,7 +333,7 @@ func colorLeft(set map[string]Instance, c Color) bool {
 // vanishedWithLease reports whether the deleted record of in went with its lease: true if
 // etcd no longer has the lease, or cannot say; false for a record without a lease or whose
 // lease lives (deleted on purpose).
-func (w *Watcher) vanishedWithLease(in Instance) bool {
+func (w *Watcher) vanishedWithLease(in *Instance) bool {
 	if in.lease == 0 {
 		return false
 	}
@@ -290,9 +343,15 @@ func (w *Watcher) vanishedWithLease(in Instance) bool {
 	return err != nil || resp.TTL < 0 // -1: not found; 0 is a live lease's last second
 }
 
-func (w *Watcher) emit(u Update) {
+func (w *Watcher) emit(s instSet) {
+	s.ok = true
 	w.mu.Lock()
-	w.last = u
+	w.last = s
 	w.mu.Unlock()
-	w.onUp(u)
+	if w.onUp != nil {
+		w.onUp(s.update())
+	}
+	if w.onSet != nil {
+		w.onSet(s)
+	}
 }

@@ -1,0 +1,161 @@
+package registry_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/testutil"
+	"github.com/switchyard-go/switchyard/registry"
+)
+
+// fakeRules is a registry.Rules whose traffic a test sets app by app.
+type fakeRules struct {
+	mu      sync.Mutex
+	traffic map[string]appTraffic
+	next    chan struct{}
+}
+
+type appTraffic struct {
+	channel     string
+	blue, green float64
+}
+
+func newFakeRules() *fakeRules {
+	return &fakeRules{traffic: map[string]appTraffic{}, next: make(chan struct{})}
+}
+
+func (f *fakeRules) Traffic(app string) (string, float64, float64, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.traffic[app]
+	return t.channel, t.blue, t.green, ok
+}
+
+func (f *fakeRules) Updated() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.next
+}
+
+// set changes app's traffic (no open channel when t is nil) and signals the change.
+func (f *fakeRules) set(app string, t *appTraffic) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t == nil {
+		delete(f.traffic, app)
+	} else {
+		f.traffic[app] = *t
+	}
+	close(f.next)
+	f.next = make(chan struct{})
+}
+
+// infos are the balancer infos of the last state gRPC took, by instance id.
+func (c *consumer) infos() map[string]balancer.EndpointInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]balancer.EndpointInfo{}
+	for _, ep := range c.state.Endpoints {
+		if info, ok := balancer.EndpointInfoFrom(ep); ok {
+			out[info.ID] = info
+		}
+	}
+	return out
+}
+
+// states is how many resolver states gRPC has taken.
+func (c *consumer) states() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// split reports whether infos give every instance of ids channel ch and the traffic weight
+// of its color: blue for b-*, green for g-*, 100 for the colorless n-*.
+func split(infos map[string]balancer.EndpointInfo, ch string, blue, green float64) bool {
+	want := map[string]float64{"b-1": blue, "g-1": green, "n-1": 100}
+	if len(infos) != len(want) {
+		return false
+	}
+	for id, w := range want {
+		if info, ok := infos[id]; !ok || info.Channel != ch || info.TrafficWeight != w {
+			return false
+		}
+	}
+	return true
+}
+
+// TestRulesReachTheResolverBeforeAnyReput: with ResolverConfig.Rules, a shift reaches the
+// consumer's balancer in one resolver state, while the instances (registered by plain
+// Registrars that never re-put) still have no channel in their records.
+func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	for id, color := range map[string]registry.Color{"b-1": registry.ColorBlue, "g-1": registry.ColorGreen, "n-1": registry.ColorNone} {
+		addr, _ := testutil.ServeGreeter(t, id)
+		register(t, cli, "greeter", id, addr, func(c *registry.Config) { c.Instance.Color = color })
+	}
+	rules := newFakeRules()
+	rules.set("greeter", &appTraffic{channel: "trade", blue: 100, green: 100})
+	c := dial(t, cli, "greeter", func(rc *registry.ResolverConfig) { rc.Rules = rules })
+	if _, err := c.SayHello(context.Background(), &greeterpb.HelloRequest{Name: "t"}); err != nil { // leaves idle
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "the consumer to see the open channel at 50 %", func() bool {
+		return split(c.infos(), "trade", 100, 100)
+	})
+
+	// Shift to 0 % blue: blue's weight 0.
+	before := c.states()
+	rules.set("greeter", &appTraffic{channel: "trade", blue: 0, green: 100})
+	testutil.Eventually(t, "the consumer to take the shift to 0 % blue", func() bool {
+		return split(c.infos(), "trade", 0, 100)
+	})
+	if n := c.states() - before; n != 1 {
+		t.Fatalf("the shift took %d resolver states, want 1", n)
+	}
+	for i := 0; i < 20; i++ {
+		resp, err := c.SayHello(context.Background(), &greeterpb.HelloRequest{Name: "t"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetInstance() == "b-1" {
+			t.Fatalf("call %d reached the drained blue instance", i)
+		}
+	}
+	// The records in etcd still say no channel (nothing was re-put); the endpoints' records
+	// say what the rule says.
+	resp, err := cli.Get(context.Background(), registry.AppPrefix(registry.DefaultPrefix, "greeter"), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if in, err := registry.Unmarshal(kv.Value); err != nil || in.Channel != "" {
+			t.Fatalf("record %s: %+v, %v; want one in no channel", kv.Key, in, err)
+		}
+	}
+	for _, in := range c.instances() {
+		if in.Channel != "trade" || in.Color == registry.ColorBlue && in.TrafficWeight != 0 {
+			t.Fatalf("InstanceFromEndpoint gives %+v, want channel trade and blue's weight 0", in)
+		}
+	}
+
+	// A rule change of another app is no change for this one.
+	before = c.states()
+	rules.set("other", &appTraffic{channel: "other", blue: 100, green: 100})
+	// Closing the channel: no channel, traffic weight 100 for everyone.
+	rules.set("greeter", nil)
+	testutil.Eventually(t, "the consumer to take the closed channel", func() bool {
+		return split(c.infos(), "", 100, 100)
+	})
+	if n := c.states() - before; n != 1 {
+		t.Fatalf("another app's rule and the close took %d resolver states, want 1", n)
+	}
+}
