@@ -151,6 +151,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	if r.rules != nil {
 		r.traffic = trafficOf(r.rules, app)
 	}
+	initial := r.traffic // the Watcher's goroutine owns r.traffic from here on
 	w, err := newWatcher(WatcherConfig{
 		Client:         b.cfg.Client,
 		Prefix:         b.cfg.Prefix,
@@ -166,7 +167,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	r.w = w
 	if r.rules != nil {
 		r.stop, r.rulesDone = make(chan struct{}), make(chan struct{})
-		go r.followRules()
+		go r.followRules(initial)
 	}
 	return r, nil
 }
@@ -227,9 +228,8 @@ func (t appTraffic) of(c Color) (string, float64) {
 
 // followRules has the Watcher publish again whenever the app's traffic changes, so update
 // applies it at once.
-func (r *etcdResolver) followRules() {
+func (r *etcdResolver) followRules(last appTraffic) {
 	defer close(r.rulesDone)
-	last := r.traffic
 	for {
 		next := r.rules.Updated()
 		if t := trafficOf(r.rules, r.app); t != last {

@@ -12,6 +12,7 @@ import (
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // fakeRules is a registry.Rules whose traffic a test sets app by app.
@@ -158,4 +159,48 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 	if n := c.states() - before; n != 1 {
 		t.Fatalf("another app's rule and the close took %d resolver states, want 1", n)
 	}
+}
+
+// TestShiftReachesTheResolverBeforeAnyReput is TestRulesReachTheResolverBeforeAnyReput with
+// the real rule client: traffic's Controller opens, shifts and finishes a channel, and a
+// consumer whose resolver has the traffic.Client as Rules takes each step in one state, while
+// the plain Registrars never re-put.
+func TestShiftReachesTheResolverBeforeAnyReput(t *testing.T) {
+	t.Parallel()
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	for id, color := range map[string]registry.Color{"b-1": registry.ColorBlue, "g-1": registry.ColorGreen, "n-1": registry.ColorNone} {
+		addr, _ := testutil.ServeGreeter(t, id)
+		register(t, cli, "greeter", id, addr, func(c *registry.Config) { c.Instance.Color = color })
+	}
+	rules, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rules.Close)
+	ctl, err := traffic.NewController(traffic.Config{Client: cli, Logger: testutil.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, cli, "greeter", func(rc *registry.ResolverConfig) { rc.Rules = rules })
+	if _, err := c.SayHello(context.Background(), &greeterpb.HelloRequest{Name: "t"}); err != nil { // leaves idle
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "the consumer to see no channel", func() bool { return split(c.infos(), "", 100, 100) })
+
+	step := func(what string, do func() error, ch string, blue, green float64) {
+		t.Helper()
+		before := c.states()
+		if err := do(); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, "the consumer to take "+what, func() bool { return split(c.infos(), ch, blue, green) })
+		if n := c.states() - before; n != 1 {
+			t.Fatalf("%s took %d resolver states, want 1", what, n)
+		}
+	}
+	step("the open", func() error { _, err := ctl.Open(context.Background(), "trade", []string{"greeter"}); return err }, "trade", 100, 100)
+	step("the shift to 0 % blue", func() error { _, err := ctl.Shift(context.Background(), "trade", 0); return err }, "trade", 0, 100)
+	step("the shift to 20 % blue", func() error { _, err := ctl.Shift(context.Background(), "trade", 20); return err }, "trade", 25, 100)
+	step("the finish", func() error { _, err := ctl.Finish(context.Background(), "trade"); return err }, "", 100, 100)
 }
