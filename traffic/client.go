@@ -14,10 +14,12 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/switchyard-go/switchyard/internal/dispatch"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
+	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -77,6 +79,9 @@ type Client struct {
 	nSkip   atomic.Uint64
 	skipped metric.Int64Counter
 	ready   chan error // the first list's outcome, once
+	// headers caches the baggage header of a decision value (decisionHeader); nil for one
+	// that does not fit the limits.
+	headers slotCache[*header]
 	// random draws the stickiness decisions: uniform in [0, 1), safe for concurrent use.
 	// math/rand/v2's Float64; tests replace it (export_test.go) to check the decision rate
 	// deterministically.
@@ -94,6 +99,11 @@ type snapshot struct {
 	rev   int64
 	// next is closed when this snapshot is replaced (Updated).
 	next chan struct{}
+	// decided holds, for each open channel, the baggage of a blue and of a green decision
+	// alone and their headers (indexed by sticky.Index); headers maps those decision values
+	// to their headers. The client interceptors use them instead of building them per call.
+	decided map[string]*[2]decided
+	headers map[string]*header
 }
 
 // item is what the watcher keeps for one key: its rule, and, while its latest value cannot be
@@ -158,7 +168,7 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("traffic: create metric: %w", err)
 	}
-	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), random: rand.Float64, subs: map[*subscription]struct{}{}}
+	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), random: rand.Float64, headers: newSlotCache[*header](), subs: map[*subscription]struct{}{}}
 	c.snap.Store(newSnapshot(nil, 0, cfg.Logger))
 	c.kv = kvwatch.New(kvwatch.Config[item]{
 		Client:         cfg.Client,
@@ -395,12 +405,14 @@ func (c *Client) apply(items []item, rev int64) {
 }
 
 func newSnapshot(rules []Rule, rev int64, log *slog.Logger) *snapshot {
-	s := &snapshot{rules: make(map[string]Rule, len(rules)), open: map[string]string{}, list: rules, rev: rev, next: make(chan struct{})}
+	s := &snapshot{rules: make(map[string]Rule, len(rules)), open: map[string]string{}, list: rules, rev: rev, next: make(chan struct{}),
+		decided: map[string]*[2]decided{}, headers: map[string]*header{}}
 	for _, r := range rules {
 		s.rules[r.Channel] = r
 		if !r.Releasing {
 			continue
 		}
+		s.addDecided(r.Channel)
 		for _, app := range r.Apps {
 			if other, dup := s.open[app]; dup {
 				// The controller refuses this; someone wrote etcd by hand. Keep the first.
@@ -411,4 +423,23 @@ func newSnapshot(rules []Rule, rev int64, log *slog.Logger) *snapshot {
 		}
 	}
 	return s
+}
+
+// addDecided builds channel's decided baggage and headers.
+func (s *snapshot) addDecided(channel string) {
+	var d [2]decided
+	for _, color := range []string{sticky.Blue, sticky.Green} {
+		value := channel + "=" + color
+		m, err := baggage.NewMemberRaw(BaggageKey, value)
+		if err != nil {
+			return // not for a valid channel name
+		}
+		b, err := baggage.New(m)
+		if err != nil {
+			return
+		}
+		d[sticky.Index(color)] = decided{b: b, header: newHeader(b.String())}
+		s.headers[value] = d[sticky.Index(color)].header
+	}
+	s.decided[channel] = &d
 }

@@ -73,6 +73,11 @@
 // handler's context, so a handler that calls on with its own context carries the decision.
 // Decision reads it without allocating.
 //
+// Traffic gives an app's open channel and both color weights (Weights of the rule's
+// percent); the Client implements registry.Rules with it and Updated, so a resolver given the
+// Client as registry.ResolverConfig.Rules weighs endpoints by the rule itself as soon as the
+// Client sees it, without waiting for each instance to re-put its record.
+//
 // # Baggage limits
 //
 // On the wire, baggage keeps the W3C limits (MaxBaggageMembers 64 members, MaxBaggageBytes
@@ -98,10 +103,34 @@
 // millisecond and 34 KB in 88 allocations, as much as the largest legal baggage (it cost
 // 100 s and 43 GB of allocation before the limits).
 //
-// Costs, measured with the benchmarks in this package on 2 cores: a call to an app in no open
-// channel without baggage, 24 ns and no allocation; a call carrying a decision, 0.5 µs and 6
-// allocations (writing the outgoing header); a call that decides, 1.5 µs and 17 allocations;
-// the server interceptor, 50 ns and none without baggage, 1.1 µs and 6 with it; the largest
-// legal baggage (64 members, 8 KB) or 400 headers of 64 members, 0.15–0.3 ms and 88
+// # Costs
+//
+// During an open release the interceptors build nothing per call in the common cases. The
+// rule Client keeps, for each open channel, the baggage of a blue and of a green decision
+// alone and their `baggage` header with its outgoing metadata, built once per rule change; it
+// caches the header of any other decision value it meets (64 slots, values up to 1 KB). A
+// call that decides with no other baggage takes them, and a call whose baggage is a decision
+// alone takes the header: each allocates only the contexts that carry them (2 allocations for
+// the metadata, 2 more for the decided baggage); a call whose outgoing header
+// already says the same is passed on as it is; a call with other outgoing metadata gets a
+// copy of it with the header added. Baggage with other members is written out per call. The
+// server interceptors cache what each single header they meet gives (64 slots per
+// interceptor, headers up to 1 KB): a header seen before is not parsed again, and when
+// otelgrpc's handler already extracted the same baggage from it the context is left as it
+// is. A header not seen before is parsed within the limits as described above. The caches
+// are fixed-size and direct-mapped, lock-free, and a header a caller chooses can only make
+// them miss, never grow.
+//
+// Measured with BenchmarkClientInterceptor and BenchmarkServerInterceptor on 2 cores shared
+// with other work (medians of 3 runs, before and after these caches in turns): a call to an
+// app in no open channel without baggage, 75 ns and no allocation; a call carrying its
+// decision, 0.6 µs and 2 allocations (2.9 µs and 6 before); the same with its header already
+// written, 0.34 µs and 1, gRPC's copy of the header it is asked for (2.4 µs and 8); a call
+// that decides, 0.5 µs and 4 (4 µs and 17); the server interceptor, 0.13–0.18 µs and none
+// without baggage, 0.3 µs and 3 with a header seen before (1.8 µs and 6), 0.23 µs and 1 after
+// otelgrpc extracted it (2.6 µs and 10); a header not seen before, 2.9 µs and 9 (7). Over
+// loopback with a release open, 8 calls at a time, BenchmarkInterceptorThroughput compares
+// the interceptors with grpc's round_robin in the same run. The largest legal baggage (64
+// members, 8 KB) or 400 headers of 64 members cost 0.15–0.3 ms and 88 allocations
 // (BenchmarkServerBaggage); a decision for a caller whose baggage is full, 0.13 ms and 172.
 package traffic

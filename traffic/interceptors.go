@@ -2,7 +2,9 @@ package traffic
 
 import (
 	"context"
+	"hash/maphash"
 	"strings"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/baggage"
 	"google.golang.org/grpc"
@@ -37,28 +39,105 @@ func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 }
 
 // stick returns ctx with the decision for target's channel made if needed, and the baggage
-// written to the outgoing metadata.
+// written to the outgoing metadata. The common cases take no lock and build nothing: a call
+// that decides with no other baggage takes the decided baggage and its header from the rule
+// snapshot (built once per rule change), and a call whose baggage is a decision alone takes
+// the header from the snapshot or the Client's header cache; only the context carrying them
+// is new (and nothing at all when the outgoing header already says the same).
 func (c *Client) stick(ctx context.Context, target string) context.Context {
 	b := baggage.FromContext(ctx)
+	s := c.snap.Load()
 	if app, ok := appOf(target); ok {
-		if r, open := c.ChannelOf(app); open {
-			if _, decided := sticky.Lookup(b.Member(BaggageKey).Value(), r.Channel); !decided {
+		if ch, open := s.open[app]; open {
+			if _, decided := sticky.Lookup(b.Member(BaggageKey).Value(), ch); !decided {
 				color := registry.ColorGreen
-				if c.random()*100 < r.BluePercent {
+				if c.random()*100 < s.rules[ch].BluePercent {
 					color = registry.ColorBlue
 				}
-				if dctx, err := WithDecision(ctx, r.Channel, color); err == nil {
+				if d, ok := s.decided[ch]; ok && b.Len() == 0 {
+					d := d[sticky.Index(string(color))]
+					return withHeader(baggage.ContextWithBaggage(ctx, d.b), d.header)
+				}
+				if dctx, err := WithDecision(ctx, ch, color); err == nil {
 					ctx, b = dctx, baggage.FromContext(dctx)
 				} else {
-					c.cfg.Logger.Debug("traffic: decision not carried", "channel", r.Channel, "err", err)
+					c.cfg.Logger.Debug("traffic: decision not carried", "channel", ch, "err", err)
 				}
 			}
 		}
 	}
-	if b.Len() == 0 {
+	switch b.Len() {
+	case 0:
 		return ctx
+	case 1:
+		if h := c.decisionHeader(s, b); h != nil {
+			return withHeader(ctx, h)
+		}
 	}
 	return withBaggageHeader(ctx, b)
+}
+
+// decided is the baggage of one decision alone and its header.
+type decided struct {
+	b      baggage.Baggage
+	header *header
+}
+
+// header is a baggage header and outgoing metadata holding only it, shared by every call
+// that sends it (gRPC and otelgrpc copy outgoing metadata before changing it).
+type header struct {
+	value string
+	md    metadata.MD
+}
+
+func newHeader(value string) *header {
+	return &header{value: value, md: metadata.MD{baggageHeader: {value}}}
+}
+
+// decisionHeader returns the header of b when b is one decision member without properties
+// that fits the limits: from the snapshot for a single decision of an open channel, else from
+// the Client's cache (computed on a miss); nil otherwise.
+func (c *Client) decisionHeader(s *snapshot, b baggage.Baggage) *header {
+	m := b.Member(BaggageKey)
+	if m.Key() == "" || len(m.Properties()) > 0 {
+		return nil
+	}
+	v := m.Value()
+	if h, ok := s.headers[v]; ok {
+		return h
+	}
+	if h, ok := c.headers.get(v); ok {
+		return h
+	}
+	if len(v) > maxCachedBytes {
+		return nil
+	}
+	var h *header
+	if value := b.String(); len(value) <= MaxBaggageMemberBytes { // else the limits path decides
+		h = newHeader(value)
+	}
+	c.headers.put(v, h)
+	return h
+}
+
+// withHeader sets the outgoing `baggage` header to h, which is what the context's baggage
+// says and within the limits: when the call has no outgoing metadata it attaches h's (shared)
+// metadata, when it has other metadata it adds the header to a copy, when it has exactly this
+// header it does nothing, and otherwise it merges as withBaggageHeader does.
+func withHeader(ctx context.Context, h *header) context.Context {
+	prev := metadata.ValueFromOutgoingContext(ctx, baggageHeader)
+	switch {
+	case len(prev) == 1 && prev[0] == h.value:
+		return ctx
+	case prev != nil:
+		return withBaggageHeader(ctx, baggage.FromContext(ctx))
+	}
+	md, ok := metadata.FromOutgoingContext(ctx) // a copy, if any
+	if !ok {
+		return metadata.NewOutgoingContext(ctx, h.md)
+	}
+	md[baggageHeader] = []string{h.value}
+	return metadata.NewOutgoingContext(ctx, md)
 }
 
 // withBaggageHeader sets the outgoing `baggage` header to b, merged over any baggage header
@@ -117,16 +196,18 @@ func appOf(target string) (string, bool) {
 // linear in the size of the headers and its allocations bounded by the limits, however many
 // headers a request carries. A call without a baggage header is passed through untouched.
 func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+	x := newExtractor()
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return handler(extract(ctx), req)
+		return handler(x.extract(ctx), req)
 	}
 }
 
 // StreamServerInterceptor is UnaryServerInterceptor for streams.
 func StreamServerInterceptor() grpc.StreamServerInterceptor {
+	x := newExtractor()
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx := ss.Context()
-		if nctx := extract(ctx); nctx != ctx {
+		if nctx := x.extract(ctx); nctx != ctx {
 			ss = &serverStream{ServerStream: ss, ctx: nctx}
 		}
 		return handler(srv, ss)
@@ -140,16 +221,121 @@ type serverStream struct {
 
 func (s *serverStream) Context() context.Context { return s.ctx }
 
-func extract(ctx context.Context) context.Context {
+// extractor reads incoming baggage headers, caching what a single header gives: most
+// requests carry one of a few headers (a decision, the same tenant), and parsing one again
+// costs more than the rest of the interceptor.
+type extractor struct {
+	parsed slotCache[parsedHeader]
+}
+
+// parsedHeader is what one incoming header gives: the baggage, within the limits, and, once
+// asked for (same), its members as key and value.
+type parsedHeader struct {
+	b       baggage.Baggage
+	members *atomic.Pointer[[][2]string] // nil in the slice's place: a member has properties
+}
+
+func newExtractor() *extractor {
+	return &extractor{parsed: newSlotCache[parsedHeader]()}
+}
+
+func (x *extractor) extract(ctx context.Context) context.Context {
 	values := metadata.ValueFromIncomingContext(ctx, baggageHeader)
 	if len(values) == 0 {
 		return ctx
 	}
-	var prior []string
-	if b := baggage.FromContext(ctx); b.Len() > 0 {
-		prior = sortedMembers(b)
+	prior := baggage.FromContext(ctx)
+	if len(values) == 1 && len(values[0]) <= maxCachedBytes {
+		p, ok := x.parsed.get(values[0])
+		if !ok {
+			header, _ := limitBaggage(values)
+			p.b, _ = baggage.Parse(header) // within the limits: all of it
+			p.members = new(atomic.Pointer[[][2]string])
+			x.parsed.put(values[0], p)
+		}
+		switch {
+		case prior.Len() == 0:
+			return baggage.ContextWithBaggage(ctx, p.b)
+		case p.same(prior): // otelgrpc extracted the same header
+			return ctx
+		}
 	}
-	header, _ := limitBaggage(prior, values)
+	var priorMembers []string
+	if prior.Len() > 0 {
+		priorMembers = sortedMembers(prior)
+	}
+	header, _ := limitBaggage(priorMembers, values)
 	b, _ := baggage.Parse(header) // within the limits: all of it
 	return baggage.ContextWithBaggage(ctx, b)
+}
+
+// same reports whether o holds exactly p's members; after its first call for p it allocates
+// nothing.
+func (p parsedHeader) same(o baggage.Baggage) bool {
+	if o.Len() != p.b.Len() {
+		return false
+	}
+	members := p.members.Load()
+	if members == nil {
+		list := make([][2]string, 0, p.b.Len())
+		for _, m := range p.b.Members() {
+			if len(m.Properties()) > 0 {
+				list = nil
+				break
+			}
+			list = append(list, [2]string{m.Key(), m.Value()})
+		}
+		members = &list
+		p.members.Store(members)
+	}
+	if *members == nil {
+		return false
+	}
+	for _, kv := range *members {
+		m := o.Member(kv[0])
+		if m.Key() == "" || m.Value() != kv[1] || len(m.Properties()) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// maxCachedBytes bounds the headers (and decision values) the interceptors cache: with
+// cacheSlots slots a cache holds at most about cacheSlots·3·maxCachedBytes bytes.
+const maxCachedBytes = 1024
+
+// cacheSlots is the number of entries of a slotCache.
+const cacheSlots = 64
+
+// slotCache is a lock-free direct-mapped cache from strings to immutable values: a key has
+// one slot (by hash), and a new key evicts whatever was there. Its size is fixed, so keys
+// chosen by a caller (a header) can only make it miss, never grow.
+type slotCache[V any] struct {
+	seed  maphash.Seed
+	slots *[cacheSlots]atomic.Pointer[slotEntry[V]]
+}
+
+type slotEntry[V any] struct {
+	key string
+	val V
+}
+
+func newSlotCache[V any]() slotCache[V] {
+	return slotCache[V]{seed: maphash.MakeSeed(), slots: new([cacheSlots]atomic.Pointer[slotEntry[V]])}
+}
+
+func (c slotCache[V]) slot(key string) *atomic.Pointer[slotEntry[V]] {
+	return &c.slots[maphash.String(c.seed, key)%cacheSlots]
+}
+
+func (c slotCache[V]) get(key string) (V, bool) {
+	if e := c.slot(key).Load(); e != nil && e.key == key {
+		return e.val, true
+	}
+	var zero V
+	return zero, false
+}
+
+func (c slotCache[V]) put(key string, val V) {
+	c.slot(key).Store(&slotEntry[V]{key: key, val: val})
 }

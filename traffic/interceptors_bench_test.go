@@ -2,8 +2,10 @@ package traffic_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
+	"go.opentelemetry.io/otel/baggage"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
@@ -29,6 +31,11 @@ func BenchmarkClientInterceptor(b *testing.B) {
 	icpt := rules.UnaryClientInterceptor()
 	noop := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
 	decided, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	var header context.Context // decided, with the header already written (by a previous call's interceptor, say)
+	_ = icpt(decided, "/m", nil, nil, order, func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+		header = ctx
+		return nil
+	})
 	for _, c := range []struct {
 		name string
 		ctx  context.Context
@@ -36,6 +43,7 @@ func BenchmarkClientInterceptor(b *testing.B) {
 	}{
 		{"no-channel-no-baggage", context.Background(), other},
 		{"decision-present", decided, order},
+		{"decision-and-header-present", header, order},
 		{"decides", context.Background(), order},
 	} {
 		b.Run(c.name, func(b *testing.B) {
@@ -53,18 +61,38 @@ func BenchmarkClientInterceptor(b *testing.B) {
 	})
 }
 
-// BenchmarkServerInterceptor measures extracting the incoming baggage header.
+// BenchmarkServerInterceptor measures extracting the incoming baggage header: none, a
+// decision, a decision that otelgrpc's server handler already extracted, and a decision with
+// a member that changes with every request (a header the interceptor has not seen).
 func BenchmarkServerInterceptor(b *testing.B) {
 	icpt := traffic.UnaryServerInterceptor()
 	handler := func(ctx context.Context, _ any) (any, error) { return nil, nil }
-	for name, ctx := range map[string]context.Context{
-		"no-baggage":   metadata.NewIncomingContext(context.Background(), metadata.Pairs("x", "y")),
-		"with-baggage": metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", traffic.BaggageKey+"=trade=blue")),
+	decision := traffic.BaggageKey + "=trade=blue"
+	withBaggage := metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", decision))
+	fresh := make([]context.Context, 1024)
+	for i := range fresh {
+		fresh[i] = metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", fmt.Sprintf("%s,request=%d", decision, i)))
+	}
+	for _, c := range []struct {
+		name string
+		ctx  func(i int) context.Context
+	}{
+		{"no-baggage", func() func(int) context.Context {
+			ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("x", "y"))
+			return func(int) context.Context { return ctx }
+		}()},
+		{"with-baggage", func(int) context.Context { return withBaggage }},
+		{"with-baggage-extracted-by-otelgrpc", func() func(int) context.Context {
+			b, _ := baggage.Parse(decision)
+			ctx := baggage.ContextWithBaggage(withBaggage, b)
+			return func(int) context.Context { return ctx }
+		}()},
+		{"with-baggage-unseen", func(i int) context.Context { return fresh[i%len(fresh)] }},
 	} {
-		b.Run(name, func(b *testing.B) {
+		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				_, _ = icpt(ctx, nil, nil, handler)
+				_, _ = icpt(c.ctx(i), nil, nil, handler)
 			}
 		})
 	}
