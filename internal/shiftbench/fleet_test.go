@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -163,21 +165,31 @@ func newFleet(ctx context.Context, cfg config) (f *fleet, err error) {
 		return f, err
 	}
 
+	progress("%v: %d instances registered", cfg, cfg.n)
+
+	// Consumers connect one after the other: 50 connect storms at once on two cores would
+	// only make each take 50 times as long.
 	f.cons = make([]*consumer, cfg.m)
 	for j := range f.cons {
 		if f.cons[j], err = f.newConsumer(ctx, j); err != nil {
 			return f, err
 		}
-	}
-	for _, c := range f.cons {
-		if err := c.probe.waitReady(cfg.n / 2); err != nil {
+		if err := f.cons[j].probe.waitReady(cfg.n / 2); err != nil {
 			return f, err
 		}
+		progress("%v: consumer %d connected", cfg, j)
 	}
 	if _, err := f.shift(ctx, 80); err != nil {
 		return f, fmt.Errorf("shiftbench: warm-up shift: %w", err)
 	}
 	return f, nil
+}
+
+// progress reports the steps of building a fleet on stderr with -test.v.
+func progress(format string, args ...any) {
+	if testing.Verbose() {
+		fmt.Fprintf(os.Stderr, "%s shiftbench: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+	}
 }
 
 var errNoRules = errors.New("shiftbench: registry.ResolverConfig has no Rules field that takes a *traffic.Client; the rules mode needs it")

@@ -2,16 +2,21 @@ package shiftbench_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 )
+
+var sizes = flag.String("shiftbench.sizes", "200x20,1000x50",
+	"fleets BenchmarkShift measures: instances x consumers, comma-separated (instances a multiple of 4, at least 2 consumers)")
 
 // TestMain closes the fleet the benchmarks keep between their runs, then checks for leaked
 // goroutines.
@@ -72,9 +77,13 @@ func TestShiftSmoke(t *testing.T) {
 // BenchmarkShift measures shift-to-applied (see the package doc). b.N is the number of
 // shifts; use -benchtime Nx. The fleet is built once per sub-benchmark, outside the timer.
 func BenchmarkShift(b *testing.B) {
-	for _, size := range [][2]int{{200, 20}, {1000, 50}} {
+	for _, size := range strings.Split(*sizes, ",") {
+		var n, m int
+		if _, err := fmt.Sscanf(size, "%dx%d", &n, &m); err != nil {
+			b.Fatalf("shiftbench: -shiftbench.sizes %q: want instances x consumers, e.g. 200x20,1000x50", *sizes)
+		}
 		for _, rules := range []bool{false, true} {
-			cfg := config{n: size[0], m: size[1], rules: rules}
+			cfg := config{n: n, m: m, rules: rules}
 			b.Run(cfg.String(), func(b *testing.B) {
 				if rules && !rulesAvailable() {
 					b.Skip(errNoRules)
