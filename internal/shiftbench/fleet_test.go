@@ -129,7 +129,9 @@ func newFleet(ctx context.Context, cfg config) (f *fleet, err error) {
 	if err != nil {
 		return f, err
 	}
-	if f.ctl, err = traffic.NewController(traffic.Config{Client: ctlCli, Logger: testutil.Silent}); err != nil {
+	// The controller waits as long as the harness: at 1,000×50 in the records mode the fleet's
+	// storm can keep etcd (in this process) from answering within the default 5 s.
+	if f.ctl, err = traffic.NewController(traffic.Config{Client: ctlCli, Logger: testutil.Silent, RequestTimeout: waitFor}); err != nil {
 		return f, err
 	}
 	if _, err := f.ctl.Open(ctx, channel, apps[:]); err != nil {
