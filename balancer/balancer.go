@@ -2,9 +2,9 @@ package balancer
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -17,7 +17,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/balancer"
-	"google.golang.org/grpc/balancer/endpointsharding"
+	"google.golang.org/grpc/balancer/base"
 	"google.golang.org/grpc/balancer/pickfirst"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
@@ -104,82 +104,263 @@ func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clock
 		log.Warn("switchyard balancer: cannot create metric; sticky refusals are only logged", "err", err)
 		refusals = noop.Int64Counter{}
 	}
-	b := &wBalancer{
-		ClientConn: cc,
+	return &wBalancer{
+		cc:         cc,
+		opts:       opts,
+		buildChild: balancer.Get(pickfirst.Name).Build,
 		log:        log,
 		app:        opts.Target.Endpoint(),
 		fallbacks:  fallbacks,
 		refusals:   refusals,
 		fbAttrs:    metric.WithAttributeSet(attribute.NewSet(attribute.String("target", opts.Target.String()))),
+		byKey:      map[string]*endpoint{},
 		offline:    map[string]EndpointInfo{},
-		since:      map[string]time.Time{},
 		stickyWait: DefaultStickyWait,
 		reach:      new(reach.Entry),
 		clock:      clock,
 		next:       new(atomic.Uint64),
 	}
-	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
-	return b
 }
 
-// wBalancer is a parent of endpointsharding with one pick_first child per endpoint, as
-// grpc-go's round_robin is; it replaces the children's round-robin picker with a weighted one.
+// wBalancer keeps one pick_first child per endpoint, as grpc-go's round_robin does through
+// endpointsharding; it does that sharding itself so that what it knows of an endpoint (its
+// EndpointInfo, its Done callback, since when it connects) is kept across updates instead
+// of being looked up again for every picker, and a resolver update only reaches the
+// children whose endpoint changed or that are not READY.
 //
-// gRPC calls the balancer.Balancer methods one at a time. UpdateState (from the children),
-// the timer (warmup, sticky wait) and Done callbacks (offline marks) can come from other
+// gRPC calls the balancer.Balancer methods one at a time. The children's state updates, the
+// timer (warmup, sticky wait) and Done callbacks (offline marks) can come from other
 // goroutines: mu guards everything below it, and is held while a picker is built and sent, so
-// pickers go out in the order their inputs changed. The reach board's lock is taken under mu
-// (never the other way round). No user code runs under mu.
+// pickers go out in the order their inputs changed. Lock order: an endpoint's childMu, then
+// mu (a child reports its state while it is being called); never a child's method under mu.
+// The reach board's lock is taken under mu (never the other way round). No user code runs
+// under mu.
 type wBalancer struct {
-	balancer.ClientConn // embedded: gRPC requires it, and UpdateState is intercepted
-	child               balancer.Balancer
-	log                 *slog.Logger
-	app                 string // the target's endpoint: the called app, for the reach board
-	fallbacks           metric.Int64Counter
-	refusals            metric.Int64Counter
-	fbAttrs             metric.AddOption
-	clock               clockwork.Clock // Now for the warmup factor and sticky wait, AfterFunc for the refresh
-	next                *atomic.Uint64
-	reach               *reach.Entry // this connection's view on the process's reach board
+	cc         balancer.ClientConn // gRPC's
+	opts       balancer.BuildOptions
+	buildChild func(balancer.ClientConn, balancer.BuildOptions) balancer.Balancer // pick_first
+	log        *slog.Logger
+	app        string // the target's endpoint: the called app, for the reach board
+	fallbacks  metric.Int64Counter
+	refusals   metric.Int64Counter
+	fbAttrs    metric.AddOption
+	clock      clockwork.Clock // Now for the warmup factor and sticky wait, AfterFunc for the refresh
+	next       *atomic.Uint64
+	reach      *reach.Entry // this connection's view on the process's reach board
 
 	mu         sync.Mutex
-	last       balancer.State                // the children's last aggregated state
-	children   []endpointsharding.ChildState // from last
-	offline    map[string]EndpointInfo       // id → the record it was marked offline under
-	since      map[string]time.Time          // endpoint key → when it began connecting (IDLE or CONNECTING)
-	stickyWait time.Duration                 // from the config; DefaultStickyWait
-	timer      clockwork.Timer               // refresh while an endpoint warms or a sticky wait runs out
+	list       []*endpoint             // the resolver state's endpoints, in its order, without duplicates
+	spare      []*endpoint             // the previous list's array, reused by the next update
+	byKey      map[string]*endpoint    // list by endpointKey
+	gen        uint64                  // counts updates: an endpoint's gen says it is in list
+	inhibit    bool                    // an update is calling the children: send one picker at its end
+	resolveErr error                   // the last resolver error, for the picker when there is no endpoint
+	offline    map[string]EndpointInfo // id → the record it was marked offline under
+	stickyWait time.Duration           // from the config; DefaultStickyWait
+	timer      clockwork.Timer         // refresh while an endpoint warms or a sticky wait runs out
 	closed     bool
+	allChans   channelCounts // scratch for sendLocked
+	readyChans channelCounts // scratch for sendLocked
+}
+
+// endpoint is one endpoint of the resolver state and its pick_first child. It is the
+// ClientConn its child sees: UpdateState is intercepted, the rest goes to gRPC's.
+type endpoint struct {
+	balancer.ClientConn // gRPC's
+	b                   *wBalancer
+	key                 string
+	done                func(balancer.DoneInfo) // the picks' Done callback, built once
+
+	// Guarded by b.mu:
+	ep      resolver.Endpoint
+	info    EndpointInfo // from ep, read when its Attributes change
+	hasInfo bool
+	state   balancer.State // the child's last
+	since   time.Time      // when it began connecting (IDLE or CONNECTING); zero otherwise
+	gen     uint64         // b.gen of the last update that named it
+	removed bool           // left the resolver state: its child's reports are ignored
+	off     bool           // scratch for sendLocked: marked offline
+
+	childMu sync.Mutex // serialises calls into child; taken before b.mu, never under it
+	child   balancer.Balancer
+	closed  bool // guarded by childMu
+}
+
+// UpdateState records the child's state and, unless an update is under way, sends a picker.
+func (e *endpoint) UpdateState(s balancer.State) {
+	b := e.b
+	b.mu.Lock()
+	if e.removed {
+		b.mu.Unlock()
+		return
+	}
+	e.state = s
+	if st := s.ConnectivityState; st == connectivity.Connecting || st == connectivity.Idle {
+		if e.since.IsZero() {
+			e.since = b.clock.Now()
+		}
+	} else {
+		e.since = time.Time{}
+	}
+	b.sendLocked()
+	b.mu.Unlock()
+	if s.ConnectivityState == connectivity.Idle {
+		go e.exitIdle() // reconnect, as endpointsharding does by default
+	}
+}
+
+func (e *endpoint) exitIdle() {
+	e.childMu.Lock()
+	defer e.childMu.Unlock()
+	if !e.closed {
+		e.child.ExitIdle()
+	}
+}
+
+func (e *endpoint) close() {
+	e.childMu.Lock()
+	defer e.childMu.Unlock()
+	if !e.closed {
+		e.closed = true
+		e.child.Close()
+	}
 }
 
 func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
-	// Offline marks end when the instance leaves or a different record for it arrives.
-	present := make(map[string]EndpointInfo, len(s.ResolverState.Endpoints))
-	for _, ep := range s.ResolverState.Endpoints {
-		if info, ok := EndpointInfoFrom(ep); ok {
-			present[info.ID] = info
-		}
-	}
+	eps := s.ResolverState.Endpoints
+	var fresh, forward, gone []*endpoint
 	b.mu.Lock()
-	for id, marked := range b.offline {
-		if cur, ok := present[id]; !ok || !cur.Equal(marked) {
-			delete(b.offline, id)
-		}
-	}
 	if cfg, ok := s.BalancerConfig.(lbConfig); ok {
 		b.stickyWait = cfg.stickyWait
 	}
+	b.inhibit = true
+	b.resolveErr = nil
+	b.gen++
+	list := slices.Grow(b.spare[:0], len(eps))
+	for _, ep := range eps {
+		key := endpointKey(ep)
+		e, ok := b.byKey[key]
+		switch {
+		case ok && e.gen == b.gen:
+			continue // a duplicate
+		case !ok:
+			e = &endpoint{ClientConn: b.cc, b: b, key: key}
+			e.done = func(di balancer.DoneInfo) {
+				if isOffline(di.Trailer) {
+					b.markOffline(e)
+				}
+			}
+			e.info, e.hasInfo = EndpointInfoFrom(ep)
+			b.byKey[key] = e
+			fresh = append(fresh, e)
+		case ep.Attributes != e.ep.Attributes:
+			e.info, e.hasInfo = EndpointInfoFrom(ep)
+		}
+		// A READY child whose addresses are the same has nothing to do with the update
+		// (pick_first keeps its connection); any other child gets it, as endpointsharding does.
+		if ok && (e.state.ConnectivityState != connectivity.Ready || !sameAddresses(e.ep.Addresses, ep.Addresses)) {
+			forward = append(forward, e)
+		}
+		e.ep, e.gen = ep, b.gen
+		list = append(list, e)
+	}
+	for _, e := range b.list {
+		if e.gen != b.gen {
+			e.removed = true
+			delete(b.byKey, e.key)
+			gone = append(gone, e)
+		}
+	}
+	old := b.list
+	clear(old) // no pointer to a removed endpoint stays in the spare array
+	b.spare, b.list = old[:0], list
+	if len(b.offline) > 0 {
+		// Offline marks end when the instance leaves or a different record for it arrives.
+		present := make(map[string]EndpointInfo, len(list))
+		for _, e := range list {
+			if e.hasInfo {
+				present[e.info.ID] = e.info
+			}
+		}
+		for id, marked := range b.offline {
+			if cur, ok := present[id]; !ok || !cur.Equal(marked) {
+				delete(b.offline, id)
+			}
+		}
+	}
 	b.mu.Unlock()
-	return b.child.UpdateClientConnState(balancer.ClientConnState{
-		ResolverState: pickfirst.EnableHealthListener(s.ResolverState),
-	})
+
+	for _, e := range gone {
+		e.close()
+	}
+	// The children get one endpoint each, with pick_first's health listener enabled (as
+	// round_robin does); new ones are built first.
+	child := pickfirst.EnableHealthListener(resolver.State{Attributes: s.ResolverState.Attributes})
+	var err error
+	for _, group := range [2][]*endpoint{fresh, forward} {
+		for _, e := range group {
+			e.childMu.Lock()
+			if e.child == nil {
+				e.child = b.buildChild(e, b.opts)
+			}
+			child.Endpoints = []resolver.Endpoint{e.ep}
+			if cerr := e.child.UpdateClientConnState(balancer.ClientConnState{ResolverState: child}); cerr != nil && err == nil {
+				err = cerr
+			}
+			e.childMu.Unlock()
+		}
+	}
+	if len(list) == 0 {
+		err = balancer.ErrBadResolverState
+	}
+	b.mu.Lock()
+	b.inhibit = false
+	b.sendLocked()
+	b.mu.Unlock()
+	return err
 }
 
-func (b *wBalancer) ResolverError(err error) { b.child.ResolverError(err) }
+// sameAddresses reports whether an endpoint's addresses are unchanged.
+func sameAddresses(a, b []resolver.Address) bool {
+	return slices.EqualFunc(a, b, resolver.Address.Equal)
+}
+
+// ResolverError passes the error to the children (pick_first fails with it when it has no
+// address yet); with no endpoint at all, the picker fails with it.
+func (b *wBalancer) ResolverError(err error) {
+	b.mu.Lock()
+	b.inhibit = true
+	b.resolveErr = err
+	list := slices.Clone(b.list)
+	b.mu.Unlock()
+	for _, e := range list {
+		e.childMu.Lock()
+		if !e.closed && e.child != nil {
+			e.child.ResolverError(err)
+		}
+		e.childMu.Unlock()
+	}
+	b.mu.Lock()
+	b.inhibit = false
+	b.sendLocked()
+	b.mu.Unlock()
+}
 
 func (b *wBalancer) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {} // deprecated
 
-func (b *wBalancer) ExitIdle() { b.child.ExitIdle() }
+func (b *wBalancer) ExitIdle() {
+	b.mu.Lock()
+	b.inhibit = true
+	list := slices.Clone(b.list)
+	b.mu.Unlock()
+	for _, e := range list {
+		e.exitIdle()
+	}
+	b.mu.Lock()
+	b.inhibit = false
+	b.sendLocked()
+	b.mu.Unlock()
+}
 
 func (b *wBalancer) Close() {
 	b.mu.Lock()
@@ -188,23 +369,25 @@ func (b *wBalancer) Close() {
 		b.timer.Stop()
 	}
 	b.reach.Close()
+	list := b.list
+	b.list, b.spare = nil, nil
+	for _, e := range list {
+		e.removed = true
+	}
 	b.mu.Unlock()
-	b.child.Close()
-}
-
-// UpdateState receives endpointsharding's aggregated state and sends the weighted picker.
-func (b *wBalancer) UpdateState(s balancer.State) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.last = s
-	b.children = endpointsharding.ChildStatesFromPicker(s.Picker)
-	b.sendLocked()
+	for _, e := range list {
+		e.close()
+	}
 }
 
 // markOffline takes an endpoint out of the picker at once; called from Done callbacks.
-func (b *wBalancer) markOffline(info EndpointInfo) {
+func (b *wBalancer) markOffline(e *endpoint) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if e.removed || !e.hasInfo || e.info.ID == "" {
+		return
+	}
+	info := e.info
 	if cur, ok := b.offline[info.ID]; ok && cur.Equal(info) {
 		return
 	}
@@ -221,10 +404,15 @@ func (b *wBalancer) refresh() {
 
 // sendLocked builds a picker from the ready children and sends it, publishes what this
 // connection reaches on the reach board, and keeps the timer running while any endpoint warms
-// or a sticky wait is running. With no ready child it passes the children's own state and
-// picker through (connecting, failing). Needs mu.
+// or a sticky wait is running. With no ready child it sends the children's aggregated state
+// (connecting, idle or failing) and a picker over the children in that state, as
+// endpointsharding does. It does nothing while an update calls the children (the update
+// sends at its end). Needs mu.
+//
+// Its cost is two passes over the endpoints, no lookup of their attributes, and a handful of
+// allocations sized up front (the picker's sets).
 func (b *wBalancer) sendLocked() {
-	if b.closed {
+	if b.closed || b.inhibit {
 		return
 	}
 	if b.timer != nil {
@@ -232,116 +420,130 @@ func (b *wBalancer) sendLocked() {
 		b.timer = nil
 	}
 	now := b.clock.Now()
+	anyOff := len(b.offline) > 0
 	blue, green := false, false
-	allChannels := map[string]int{}
-	for _, c := range b.children {
-		info, _ := EndpointInfoFrom(c.Endpoint)
-		blue = blue || info.Color == sticky.Blue
-		green = green || info.Color == sticky.Green
-		if info.Channel != "" {
-			allChannels[info.Channel]++
-		}
-	}
+	b.allChans.reset()
 	// A sticky request waits for a connecting endpoint of its color for stickyWait from when
 	// it began connecting; after that the endpoint counts as unusable until it is READY.
 	var waiting [2]bool // a usable endpoint of the color is connecting within its wait
 	var refreshAt time.Time
-	since := make(map[string]time.Time, len(b.since))
-	for _, c := range b.children {
-		st := c.State.ConnectivityState
-		if st != connectivity.Connecting && st != connectivity.Idle {
-			continue
+	var nLive, nMarked int      // ready endpoints, not / already marked offline
+	var liveOf, markedOf [2]int // of them, blue and green ones not degraded
+	var nConnecting, nIdle, nFailed int
+	for _, e := range b.list {
+		info := &e.info
+		ci := colorSlot(info.Color)
+		blue = blue || ci == 0
+		green = green || ci == 1
+		if info.Channel != "" {
+			b.allChans.add(info.Channel)
 		}
-		key := endpointKey(c.Endpoint)
-		t, ok := b.since[key]
-		if !ok {
-			t = now
+		e.off = false
+		if anyOff && e.hasInfo {
+			_, e.off = b.offline[info.ID]
 		}
-		since[key] = t
-		info, _ := EndpointInfoFrom(c.Endpoint)
-		if (info.Color != sticky.Blue && info.Color != sticky.Green) || info.Degraded || b.isOfflineLocked(c.Endpoint) {
-			continue
-		}
-		if end := t.Add(b.stickyWait); now.Before(end) {
-			waiting[colorIndex(info.Color)] = true
-			if refreshAt.IsZero() || end.Before(refreshAt) {
-				refreshAt = end
+		switch e.state.ConnectivityState {
+		case connectivity.Ready:
+			if e.off {
+				nMarked++
+				if ci >= 0 && !info.Degraded {
+					markedOf[ci]++
+				}
+			} else {
+				nLive++
+				if ci >= 0 && !info.Degraded {
+					liveOf[ci]++
+				}
 			}
+		case connectivity.Connecting, connectivity.Idle:
+			if e.state.ConnectivityState == connectivity.Idle {
+				nIdle++
+			} else {
+				nConnecting++
+			}
+			if ci < 0 || info.Degraded || e.off {
+				continue
+			}
+			t := e.since
+			if t.IsZero() {
+				t = now
+			}
+			if end := t.Add(b.stickyWait); now.Before(end) {
+				waiting[ci] = true
+				if refreshAt.IsZero() || end.Before(refreshAt) {
+					refreshAt = end
+				}
+			}
+		case connectivity.TransientFailure:
+			nFailed++
 		}
 	}
-	b.since = since
 	defer func() {
 		if !refreshAt.IsZero() {
 			b.timer = b.clock.AfterFunc(max(refreshAt.Sub(now), time.Millisecond), b.refresh)
 		}
 	}()
 
-	var live, marked []endpointsharding.ChildState // ready, and not / already marked offline
-	for _, c := range b.children {
-		if c.State.ConnectivityState != connectivity.Ready {
-			continue
-		}
-		if b.isOfflineLocked(c.Endpoint) {
-			marked = append(marked, c)
-		} else {
-			live = append(live, c)
-		}
-	}
-	if len(live)+len(marked) == 0 || b.last.ConnectivityState != connectivity.Ready {
-		b.reach.Set(reach.View{App: b.app, Channel: mostCommon(allChannels), Serving: waiting})
-		b.ClientConn.UpdateState(b.last)
+	if nLive+nMarked == 0 {
+		b.reach.Set(reach.View{App: b.app, Channel: b.allChans.mostCommon(), Serving: waiting})
+		b.cc.UpdateState(b.notReadyLocked(nConnecting, nIdle, nFailed))
 		return
 	}
 	p := &picker{next: b.next, fallbacks: b.fallbacks, refusals: b.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
-	channels := map[string]int{}
-	warmup := time.Duration(0)
 	// Undecided requests go to the live endpoints, or to the marked ones if that is all
 	// there is (they still serve). A sticky request's color set is its color's live
 	// endpoints, or, if it has none, its marked ones: they serve what reaches them, and
 	// crossing to the other color is worse (issue 12, case 3). Degraded endpoints (they
 	// cannot keep their color's requests on their color downstream) are in no color set.
-	var markedByColor [2]weightedSet
-	for _, c := range slices.Concat(live, marked) {
-		info, _ := EndpointInfoFrom(c.Endpoint)
-		off := b.isOfflineLocked(c.Endpoint)
-		done := b.doneFor(info)
-		if !off || len(live) == 0 {
-			p.all.add(c.State.Picker, done, info.EffectiveWeight(blue && green, now))
+	allMarked := nLive == 0
+	p.all.grow(max(nLive, nMarked*btoi(allMarked)))
+	var colorMarked [2]bool
+	for ci := range p.byColor {
+		colorMarked[ci] = liveOf[ci] == 0
+		p.byColor[ci].grow(max(liveOf[ci], markedOf[ci]*btoi(colorMarked[ci])))
+	}
+	b.readyChans.reset()
+	warmup := time.Duration(0)
+	for _, e := range b.list {
+		if e.state.ConnectivityState != connectivity.Ready {
+			continue
 		}
-		if (info.Color == sticky.Blue || info.Color == sticky.Green) && !info.Degraded {
-			set := &p.byColor[colorIndex(info.Color)]
-			if off {
-				set = &markedByColor[colorIndex(info.Color)]
-			}
-			set.add(c.State.Picker, done, info.Weight*info.WarmupFactor(now))
+		info := &e.info
+		pk := e.state.Picker
+		if e.off == allMarked {
+			p.all.add(pk, e.done, info.EffectiveWeight(blue && green, now))
+		}
+		if ci := colorSlot(info.Color); ci >= 0 && !info.Degraded && e.off == colorMarked[ci] {
+			p.byColor[ci].add(pk, e.done, info.Weight*info.WarmupFactor(now))
 		}
 		if info.Channel != "" {
-			channels[info.Channel]++
+			b.readyChans.add(info.Channel)
 		}
 		if info.warming(now) && (warmup == 0 || info.Warmup < warmup) {
 			warmup = info.Warmup
 		}
 	}
+	p.all.finish()
 	for ci := range p.byColor {
-		if p.byColor[ci].len() == 0 {
-			p.byColor[ci] = markedByColor[ci]
-		}
+		p.byColor[ci].finish()
 		p.pending[ci] = p.byColor[ci].len() == 0 && waiting[ci]
 	}
-	p.channel = mostCommon(channels)
-	for _, c := range b.children {
-		st := c.State.ConnectivityState
-		if st != connectivity.Connecting && st != connectivity.Idle || b.isOfflineLocked(c.Endpoint) {
-			continue
+	p.channel = b.readyChans.mostCommon()
+	if p.all.total == 0 {
+		for _, e := range b.list {
+			st := e.state.ConnectivityState
+			if (st == connectivity.Connecting || st == connectivity.Idle) && !e.off &&
+				e.info.EffectiveWeight(blue && green, now) > 0 {
+				// Every ready endpoint is drained but this weighted one connects: wait for it.
+				p.waitWeighted = true
+				break
+			}
 		}
-		info, _ := EndpointInfoFrom(c.Endpoint)
-		// Every ready endpoint is drained but this weighted one connects: wait for it.
-		p.waitWeighted = p.waitWeighted || p.all.total == 0 && info.EffectiveWeight(blue && green, now) > 0
 	}
 	p.prepare(b.app)
 	b.reach.Set(reach.View{App: b.app, Channel: p.channel, Serving: [2]bool{
 		p.byColor[0].len() > 0 || p.pending[0], p.byColor[1].len() > 0 || p.pending[1]}})
-	b.ClientConn.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
+	b.cc.UpdateState(balancer.State{ConnectivityState: connectivity.Ready, Picker: p})
 	if warmup > 0 {
 		// At least 20 steps over the shortest ramp, between 10 ms and 1 s apart.
 		at := now.Add(min(max(warmup/20, 10*time.Millisecond), time.Second))
@@ -351,35 +553,112 @@ func (b *wBalancer) sendLocked() {
 	}
 }
 
-// endpointKey identifies an endpoint across resolver updates: its first address.
-func endpointKey(ep resolver.Endpoint) string {
-	if len(ep.Addresses) == 0 {
-		return ""
+// colorSlot is 0 for blue, 1 for green, -1 for an endpoint of neither color.
+func colorSlot(c string) int {
+	switch c {
+	case sticky.Blue:
+		return 0
+	case sticky.Green:
+		return 1
 	}
-	return ep.Addresses[0].Addr
+	return -1
 }
 
-// isOfflineLocked reports whether ep's instance is marked offline. Needs mu.
-func (b *wBalancer) isOfflineLocked(ep resolver.Endpoint) bool {
-	info, ok := EndpointInfoFrom(ep)
-	if !ok {
-		return false
+func btoi(b bool) int {
+	if b {
+		return 1
 	}
-	_, off := b.offline[info.ID]
-	return off
+	return 0
 }
 
-// doneFor returns the pick's Done callback for an endpoint: it watches the trailer for the
-// offline flag. Built once per endpoint per picker, so Pick allocates nothing.
-func (b *wBalancer) doneFor(info EndpointInfo) func(balancer.DoneInfo) {
-	if info.ID == "" {
-		return func(balancer.DoneInfo) {}
+// notReadyLocked is the state to send when no child is READY: CONNECTING if one connects,
+// else IDLE if one is idle, else TRANSIENT_FAILURE, with a picker that takes turns over the
+// children in that state (they answer ErrNoSubConnAvailable, start connecting, or fail with
+// their error), as endpointsharding does. Needs mu.
+func (b *wBalancer) notReadyLocked(connecting, idle, failed int) balancer.State {
+	var st connectivity.State
+	switch {
+	case connecting > 0:
+		st = connectivity.Connecting
+	case idle > 0:
+		st = connectivity.Idle
+	case failed > 0:
+		st = connectivity.TransientFailure
+	default:
+		err := errors.New("switchyard balancer: the resolver named no endpoint")
+		if b.resolveErr != nil {
+			err = fmt.Errorf("switchyard balancer: no endpoint: name resolver error: %w", b.resolveErr)
+		}
+		return balancer.State{ConnectivityState: connectivity.TransientFailure, Picker: base.NewErrPicker(err)}
 	}
-	return func(di balancer.DoneInfo) {
-		if isOffline(di.Trailer) {
-			b.markOffline(info)
+	pickers := make([]balancer.Picker, 0, connecting+idle+failed)
+	for _, e := range b.list {
+		if e.state.ConnectivityState == st && e.state.Picker != nil {
+			pickers = append(pickers, e.state.Picker)
 		}
 	}
+	if len(pickers) == 0 {
+		return balancer.State{ConnectivityState: connectivity.Connecting, Picker: base.NewErrPicker(balancer.ErrNoSubConnAvailable)}
+	}
+	return balancer.State{ConnectivityState: st, Picker: &turnPicker{pickers: pickers, next: uint32(b.next.Load())}}
+}
+
+// turnPicker takes turns over its children's pickers: the picker while nothing is READY.
+type turnPicker struct {
+	pickers []balancer.Picker
+	next    uint32
+}
+
+func (p *turnPicker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
+	i := atomic.AddUint32(&p.next, 1)
+	return p.pickers[i%uint32(len(p.pickers))].Pick(info)
+}
+
+// channelCounts counts endpoints per release channel without a map: there are one or two.
+type channelCounts struct {
+	names []string
+	n     []int
+}
+
+func (c *channelCounts) reset() { c.names, c.n = c.names[:0], c.n[:0] }
+
+func (c *channelCounts) add(ch string) {
+	for i, name := range c.names {
+		if name == ch {
+			c.n[i]++
+			return
+		}
+	}
+	c.names = append(c.names, ch)
+	c.n = append(c.n, 1)
+}
+
+// mostCommon returns the channel most endpoints name (the smallest name on a tie), "" if none.
+func (c *channelCounts) mostCommon() string {
+	best, n := "", 0
+	for i, name := range c.names {
+		if c.n[i] > n || c.n[i] == n && name < best {
+			best, n = name, c.n[i]
+		}
+	}
+	return best
+}
+
+// endpointKey identifies an endpoint across resolver updates by its set of addresses, as
+// endpointsharding does: the address itself for the usual one-address endpoint.
+func endpointKey(ep resolver.Endpoint) string {
+	switch len(ep.Addresses) {
+	case 0:
+		return ""
+	case 1:
+		return ep.Addresses[0].Addr
+	}
+	addrs := make([]string, len(ep.Addresses))
+	for i, a := range ep.Addresses {
+		addrs[i] = a.Addr
+	}
+	slices.Sort(addrs)
+	return strings.Join(slices.Compact(addrs), "\x00")
 }
 
 func isOffline(md metadata.MD) bool {
@@ -389,15 +668,4 @@ func isOffline(md metadata.MD) bool {
 		}
 	}
 	return false
-}
-
-// mostCommon returns the channel most endpoints name (the smallest name on a tie), "" if none.
-func mostCommon(counts map[string]int) string {
-	best, n := "", 0
-	for _, ch := range slices.Sorted(maps.Keys(counts)) {
-		if counts[ch] > n {
-			best, n = ch, counts[ch]
-		}
-	}
-	return best
 }

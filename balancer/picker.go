@@ -17,19 +17,35 @@ import (
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
 
-// weightedSet picks among endpoints in proportion to their weights. It is immutable once
-// built.
+// weightedSet picks among endpoints in proportion to their weights. It is built by grow,
+// add for each endpoint, then finish, and immutable after.
 //
 // The weights are stored scaled by a power of two (exact: the shares and the picks are those
 // of the raw weights) so that the largest is below 1 and the total at most the number of
 // endpoints: weights near MaxFloat64 cannot overflow the running total to +Inf, and tiny ones
 // keep full precision.
+//
+// A pick maps a point x in [0, total) to the first endpoint whose cumulative weight exceeds
+// it. A guide table makes that O(1) at any size: the range is cut into as many equal buckets
+// as there are endpoints, and guide[b] is the first endpoint a point of bucket b can map to,
+// so the search is a binary search between guide[b] and guide[b+2], which hold about two
+// endpoints apart on average (Chen and Asau's indexed search). It finds exactly what a
+// binary search over all of cum finds, so every endpoint keeps one interval of [0, total)
+// and the Weyl sequence's Fibonacci-window accuracy (TestFibonacciWindows).
 type weightedSet struct {
 	pickers []balancer.Picker         // the endpoints' pick_first pickers
 	dones   []func(balancer.DoneInfo) // per endpoint, built once: no closure per pick
 	cum     []float64                 // cum[i] = weights[0] + … + weights[i], scaled by 2^-exp
+	guide   []int32                   // len(cum)+2 entries: see above
+	buckets float64                   // len(cum), as a float
 	total   float64                   // 0: every weight is 0, pick evenly
-	exp     int                       // the binary exponent of the largest weight
+}
+
+// grow makes room for n endpoints (the sizes are known up front: one allocation each).
+func (s *weightedSet) grow(n int) {
+	s.pickers = make([]balancer.Picker, 0, n)
+	s.dones = make([]func(balancer.DoneInfo), 0, n)
+	s.cum = make([]float64, 0, n)
 }
 
 // add appends an endpoint. A weight that is not a number or is negative counts as 0, +Inf as
@@ -41,23 +57,50 @@ func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), w flo
 	case w > math.MaxFloat64:
 		w = math.MaxFloat64
 	}
-	if w > 0 {
-		_, e := math.Frexp(w) // w = f × 2^e, 0.5 <= f < 1
-		if s.total == 0 {
-			s.exp = e
-		} else if e > s.exp { // a new largest weight: scale what is there down (exact)
-			for i := range s.cum {
-				s.cum[i] = math.Ldexp(s.cum[i], s.exp-e)
-			}
-			s.total = math.Ldexp(s.total, s.exp-e)
-			s.exp = e
-		}
-		w = math.Ldexp(w, -s.exp)
-	}
-	s.total += w
 	s.pickers = append(s.pickers, p)
 	s.dones = append(s.dones, done)
-	s.cum = append(s.cum, s.total)
+	s.cum = append(s.cum, w) // the raw weight until finish
+}
+
+// finish scales the weights, sums them up and builds the guide table.
+func (s *weightedSet) finish() {
+	largest := 0.0
+	for _, w := range s.cum {
+		largest = max(largest, w)
+	}
+	if largest == 0 {
+		s.total = 0
+		return
+	}
+	_, exp := math.Frexp(largest) // largest = f × 2^exp, 0.5 <= f < 1
+	total := 0.0
+	if exp >= -1021 && exp <= 1021 { // 2^-exp is a normal number: multiplying by it is Ldexp
+		scale := math.Ldexp(1, -exp)
+		for i, w := range s.cum {
+			total += w * scale
+			s.cum[i] = total
+		}
+	} else {
+		for i, w := range s.cum {
+			total += math.Ldexp(w, -exp)
+			s.cum[i] = total
+		}
+	}
+	s.total = total
+	n := len(s.cum)
+	s.buckets = float64(n)
+	s.guide = make([]int32, n+2)
+	// guide[j] = the first i with cum[i] > t_j (or the last), t_j a hair below j/n × total:
+	// every point of bucket b is at least t_b and below t_(b+2), whatever the rounding.
+	last, i := n-1, 0
+	for j := 0; j <= n; j++ {
+		t := float64(j) / s.buckets * total * (1 - 0x1p-50)
+		for i < last && s.cum[i] <= t {
+			i++
+		}
+		s.guide[j] = int32(i)
+	}
+	s.guide[n+1] = int32(last)
 }
 
 func (s *weightedSet) len() int { return len(s.pickers) }
@@ -70,8 +113,10 @@ func (s *weightedSet) index(k uint64) int {
 		return int(k % uint64(len(s.pickers))) // round robin
 	}
 	k *= 0x9E3779B97F4A7C15
-	x := float64(k>>11) / (1 << 53) * s.total
-	lo, hi := 0, len(s.cum)-1
+	u := float64(k>>11) / (1 << 53)
+	x := u * s.total
+	b := int(u * s.buckets) // < len(cum): u < 1
+	lo, hi := int(s.guide[b]), int(s.guide[b+2])
 	for lo < hi { // first i with cum[i] > x
 		mid := int(uint(lo+hi) >> 1)
 		if s.cum[mid] > x {
@@ -85,7 +130,7 @@ func (s *weightedSet) index(k uint64) int {
 
 // picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
 // Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup, a
-// binary search.
+// guide-table lookup.
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)

@@ -33,6 +33,9 @@ func benchPicker(n int) *picker {
 		p.all.add(fixedPicker{}, done, w)
 		p.byColor[i%2].add(fixedPicker{}, done, w)
 	}
+	p.all.finish()
+	p.byColor[0].finish()
+	p.byColor[1].finish()
 	return p
 }
 
@@ -41,7 +44,7 @@ func BenchmarkPick(b *testing.B) {
 	m, _ := baggage.NewMemberRaw(sticky.BaggageKey, "trade=green")
 	bg, _ := baggage.New(m)
 	decided := baggage.ContextWithBaggage(context.Background(), bg)
-	for _, n := range []int{10, 100, 1000} {
+	for _, n := range []int{10, 100, 1000, 10_000} {
 		p := benchPicker(n)
 		for name, ctx := range map[string]context.Context{"undecided": context.Background(), "sticky": decided} {
 			b.Run(fmt.Sprintf("endpoints=%d/%s", n, name), func(b *testing.B) {
@@ -65,6 +68,7 @@ func TestIndexFollowsWeights(t *testing.T) {
 	for _, w := range ws {
 		s.add(fixedPicker{}, nil, w)
 	}
+	s.finish()
 	counts := make([]int, len(ws))
 	for k := uint64(0); k < 10_000; k++ {
 		counts[s.index(k)]++
@@ -78,6 +82,7 @@ func TestIndexFollowsWeights(t *testing.T) {
 	for range 3 {
 		z.add(fixedPicker{}, nil, 0)
 	}
+	z.finish()
 	counts = make([]int, 3)
 	for k := uint64(0); k < 3000; k++ {
 		counts[z.index(k)]++
@@ -125,6 +130,7 @@ func TestFibonacciWindows(t *testing.T) {
 			s.add(fixedPicker{}, nil, w)
 			sum += w
 		}
+		s.finish()
 		for _, n := range []int{377, 610, 10_946} {
 			for _, k0 := range offsets {
 				counts := make([]int, len(ws))
@@ -164,6 +170,7 @@ func TestIndexSurvivesExtremeWeights(t *testing.T) {
 		for _, w := range c.weights {
 			s.add(fixedPicker{}, nil, w)
 		}
+		s.finish()
 		if math.IsInf(s.total, 0) || math.IsNaN(s.total) || s.total > float64(s.len()) {
 			t.Errorf("weights %v: stored total %v, want finite and at most %d", c.weights, s.total, s.len())
 		}
@@ -188,5 +195,59 @@ func TestPickAllocatesNothing(t *testing.T) {
 	info := balancer.PickInfo{Ctx: context.Background()}
 	if n := testing.AllocsPerRun(1000, func() { _, _ = p.Pick(info) }); n != 0 {
 		t.Fatalf("Pick allocates %v times", n)
+	}
+}
+
+// searchAll is the pick before the guide table: a binary search over all of cum.
+func searchAll(s *weightedSet, k uint64) int {
+	k *= 0x9E3779B97F4A7C15
+	x := float64(k>>11) / (1 << 53) * s.total
+	lo, hi := 0, len(s.cum)-1
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if s.cum[mid] > x {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo
+}
+
+// TestGuideTableFindsWhatBinarySearchFinds: the O(1) pick maps every point to the endpoint a
+// binary search over all the cumulative weights maps it to, so the shares and the
+// Fibonacci-window accuracy above are unchanged, whatever the weights: uniform, skewed (one
+// bucket holding thousands of endpoints), extreme, with zeros at the ends.
+func TestGuideTableFindsWhatBinarySearchFinds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	cases := map[string][]float64{
+		"extreme":     {1e308, 5e-324, math.MaxFloat64, 0, 1e-300, math.Inf(1), 3},
+		"zeros":       {0, 0, 5, 0, 0, 1, 0, 0},
+		"one":         {42},
+		"ends":        {0, 1, 0},
+		"skewed":      nil,
+		"uniform":     nil,
+		"exponential": nil,
+	}
+	for i := 0; i < 10_000; i++ {
+		cases["skewed"] = append(cases["skewed"], float64(1+999_999*btoi(i == 5000)))
+		cases["uniform"] = append(cases["uniform"], rng.Float64()*100)
+		cases["exponential"] = append(cases["exponential"], math.Ldexp(1, -rng.IntN(60)))
+	}
+	for name, ws := range cases {
+		var s weightedSet
+		for _, w := range ws {
+			s.add(fixedPicker{}, nil, w)
+		}
+		s.finish()
+		ks := []uint64{0, 1, math.MaxUint64, 1 << 63}
+		for range 200_000 {
+			ks = append(ks, rng.Uint64())
+		}
+		for _, k := range ks {
+			if got, want := s.index(k), searchAll(&s, k); got != want {
+				t.Fatalf("%s: pick %d: endpoint %d, binary search says %d", name, k, got, want)
+			}
+		}
 	}
 }
