@@ -4,8 +4,11 @@
 //
 // The resolver of package registry selects it by default, so a client that dials
 // switchyard:///<app> uses it without writing a service config. It is built like grpc-go's
-// round_robin: a parent of endpointsharding with one pick_first child per endpoint; it only
-// replaces the children's round-robin picker with its own.
+// round_robin, one pick_first child per endpoint, but keeps those children itself (as
+// endpointsharding does for round_robin) so that what it knows of an endpoint lasts across
+// updates: the endpoint's info is read when its attributes change, its Done callback is built
+// once, and a resolver update only reaches the children whose addresses changed or that are
+// not READY (a READY pick_first child ignores an update with the same addresses).
 //
 // # Picking
 //
@@ -23,7 +26,8 @@
 // passes. The weights are stored scaled by a power of two, so the largest is below 1: any
 // finite weights, up to MaxFloat64, keep their exact shares (two at 1e308 split 50/50, where a
 // plain running total would overflow); NaN and negative weights count as 0, +Inf as MaxFloat64.
-// Picks follow a Weyl sequence over the cumulative weights, so shares are met within a few
+// Picks follow a Weyl sequence over the cumulative weights (found in O(1) through a guide
+// table, which finds exactly what a binary search would), so shares are met within a few
 // picks: any Fibonacci number n of consecutive picks (377, 10,946, …) gives each endpoint n ×
 // its share ±2, as the tests check; 20,000 calls at a 1 % blue share went 1.000 % to blue
 // (BenchmarkSplitAccuracy).
@@ -86,8 +90,15 @@
 // # Cost
 //
 // Pick takes no lock and allocates nothing: an atomic add, a baggage lookup when the endpoints
-// are in a channel, a binary search. Measured on 2 cores: 19 / 20 / 59 ns at 10 / 100 / 1,000
-// endpoints (51 / 53 / 85 ns with a sticky decision). RPC throughput over loopback against the
+// are in a channel, a guide-table lookup whose cost does not grow with the endpoints (the
+// search itself: 3.4 ns at 10 endpoints, 4.4 ns at 10,000; a binary search took 82 ns there).
+//
+// A picker is rebuilt when an endpoint changes state or record, in two passes over the
+// endpoints with a handful of allocations sized up front. Against grpc's round_robin in the
+// same run (BenchmarkRebuildOneChange, BenchmarkConnectStorm; fake SubConns): one changed
+// record among 1,000 READY endpoints allocates 48 times, 78 KB (round_robin 13,036 times,
+// 908 KB), and connecting to 300 instances 25,572 times, 5.7 MB (round_robin 106,002 times,
+// 12.4 MB). RPC throughput over loopback against the
 // same 4 servers: 0.98 × round_robin (30.7 µs vs 30.1 µs per call, 8 in flight; both 144
 // allocations per call).
 //
