@@ -275,7 +275,8 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 	clear(old) // no pointer to a removed endpoint stays in the spare array
 	b.spare, b.list = old[:0], list
 	if len(b.offline) > 0 {
-		// Offline marks end when the instance leaves or a different record for it arrives.
+		// Offline marks end when the instance leaves or a different record for it arrives
+		// (a new registration included); a change of the rule alone is not a new record.
 		present := make(map[string]EndpointInfo, len(list))
 		for _, e := range list {
 			if e.hasInfo {
@@ -283,7 +284,7 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 			}
 		}
 		for id, marked := range b.offline {
-			if cur, ok := present[id]; !ok || !cur.Equal(marked) {
+			if cur, ok := present[id]; !ok || !cur.sameRecord(marked) {
 				delete(b.offline, id)
 			}
 		}
@@ -388,7 +389,7 @@ func (b *wBalancer) markOffline(e *endpoint) {
 		return
 	}
 	info := e.info
-	if cur, ok := b.offline[info.ID]; ok && cur.Equal(info) {
+	if cur, ok := b.offline[info.ID]; ok && cur.sameRecord(info) {
 		return
 	}
 	b.offline[info.ID] = info

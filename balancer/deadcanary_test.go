@@ -14,11 +14,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	"github.com/jonboulle/clockwork"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -276,4 +279,44 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("ParseConfig(%q) accepted it but returned no config", js)
 		}
 	})
+}
+
+// An offline mark ends only with a newer record of the instance: a consumer that applies the
+// rules itself (registry.ResolverConfig.Rules) changes an endpoint's channel and traffic
+// weight at every shift, and that must not bring a draining instance back.
+func TestOfflineMarkOutlivesARuleChange(t *testing.T) {
+	flagging := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(balancer.OfflineHeader, "1"))
+		return h(ctx, req)
+	})
+	aAddr, _ := testutil.ServeGreeterOn(t, testutil.Listen(t), "a", flagging)
+	bAddr, _ := testutil.ServeGreeter(t, "b")
+	endpoints := func(aTW float64, aEpoch int64) resolver.State {
+		a := balancer.EndpointInfo{ID: "a", Color: "blue", Channel: "trade", Weight: 100, TrafficWeight: aTW, Epoch: aEpoch}
+		b := balancer.EndpointInfo{ID: "b", Color: "green", Channel: "trade", Weight: 100, TrafficWeight: 100, Epoch: 1}
+		return resolver.State{Endpoints: []resolver.Endpoint{
+			balancer.SetEndpointInfo(resolver.Endpoint{Addresses: []resolver.Address{{Addr: aAddr}}}, a),
+			balancer.SetEndpointInfo(resolver.Endpoint{Addresses: []resolver.Address{{Addr: bAddr}}}, b),
+		}}
+	}
+	obs, sc := newObserver(t, nil)
+	r := manual.NewBuilderWithScheme("marks")
+	r.InitialState(endpoints(100, 1))
+	cc := testutil.Dial(t, "marks:///greeter", grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(sc))
+	cc.Connect()
+	client := &client{GreeterClient: greeterpb.NewGreeterClient(cc), t: t, obs: obs}
+	client.waitReady(context.Background(), "a", "b")
+	testutil.Eventually(t, "a flagged answer marking a offline", func() bool {
+		resp, err := client.SayHello(context.Background(), &greeterpb.HelloRequest{})
+		return err == nil && resp.GetInstance() == "a"
+	})
+	picker := client.waitPicks("a out of the picker", context.Background(), func(seen map[string]int) bool { return seen["a"] == 0 })
+
+	r.UpdateState(endpoints(20, 1)) // a shift: only the traffic weight changes
+	picker = client.waitRecord("a's new traffic weight", func(in map[string]balancer.EndpointInfo) bool { return in["a"].TrafficWeight == 20 })
+	if seen := client.picks(picker, context.Background(), 100); seen["a"] != 0 {
+		t.Fatalf("after a rule change alone, the offline-marked a got %d of 100 picks; want 0", seen["a"])
+	}
+	r.UpdateState(endpoints(20, 2)) // a new registration
+	client.waitReady(context.Background(), "a", "b")
 }

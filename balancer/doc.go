@@ -75,7 +75,9 @@
 // waiting for the registry. Only a different registry record for that instance clears the
 // mark, and a new registration is always a different record: EndpointInfo.Epoch (the key's
 // create revision) changes even when every other field is the same, so /offline then /online
-// clears marks on consumers that saw it late. Marks of endpoints that leave the resolver
+// clears marks on consumers that saw it late. A change of Channel or TrafficWeight alone (a
+// consumer applying the rules itself, registry.ResolverConfig.Rules, changes them at every
+// shift) is not a newer record and keeps the mark. Marks of endpoints that leave the resolver
 // state are dropped. If every ready endpoint
 // is marked, they are all picked (they still serve); likewise a sticky request picks the
 // marked endpoints of its color when that color has no other ready one.

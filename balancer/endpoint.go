@@ -36,6 +36,14 @@ func (e EndpointInfo) Equal(o any) bool {
 		e.Epoch == p.Epoch && e.Degraded == p.Degraded
 }
 
+// sameRecord is Equal without the fields a consumer's rule client may set (Channel,
+// TrafficWeight; registry.ResolverConfig.Rules): whether two infos describe the same record
+// of the same registration, for offline marks, which only a newer record clears.
+func (e EndpointInfo) sameRecord(o EndpointInfo) bool {
+	e.Channel, e.TrafficWeight = o.Channel, o.TrafficWeight
+	return e.Equal(o)
+}
+
 type infoKey struct{}
 
 // SetEndpointInfo returns ep with info attached to its Attributes.
