@@ -233,6 +233,9 @@ func (c *Client) ChannelOf(app string) (r Rule, ok bool) {
 	return s.rules[ch], true
 }
 
+// The Client is what a resolver reads a rule from.
+var _ registry.Rules = (*Client)(nil)
+
 // Traffic returns the open release channel app is in and the color weights of its rule
 // (Weights of its BluePercent: W/(100+W) = percent/100, base 100); ok is false, with "" and
 // zeros, when app is in no open channel the Client can read (as ChannelOf). It implements

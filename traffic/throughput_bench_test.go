@@ -108,11 +108,12 @@ func callMany(b *testing.B, v throughputVariant, calls, workers int) time.Durati
 // BenchmarkInterceptorThroughput measures unary calls over loopback with a release open, 8
 // at a time, every way throughputVariants lists. Each sub-benchmark reports ns/op per call
 // (B/op and allocs/op count both ends: client and server run in this process). The "ratio"
-// sub-benchmark interleaves the variants in rounds of 400 calls each, so that load from
+// sub-benchmark interleaves the variants in rounds of 100 calls each, so that load from
 // elsewhere on the machine hits them alike, and reports each one's throughput as a fraction
 // of its anchor's (round_robin, or round_robin+otelgrpc for the otelgrpc variants):
 //
 //	go test -run '^$' -bench InterceptorThroughput -benchmem ./traffic/
+//	go test -run '^$' -bench InterceptorThroughput/ratio -benchtime 300x ./traffic/
 func BenchmarkInterceptorThroughput(b *testing.B) {
 	vs := throughputVariants(b)
 	const workers = 8
@@ -128,7 +129,7 @@ func BenchmarkInterceptorThroughput(b *testing.B) {
 		for i := 0; i < b.N; i++ {
 			for j := range vs { // a different variant first each round
 				k := (i + j) % len(vs)
-				spent[k] += callMany(b, vs[k], 400, workers)
+				spent[k] += callMany(b, vs[k], 100, workers)
 			}
 		}
 		for k, v := range vs {

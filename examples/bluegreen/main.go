@@ -180,9 +180,11 @@ func (s *server) SayHellos(_ *greeterpb.HelloRequest, st grpc.ServerStreamingSer
 	return st.Send(&greeterpb.HelloReply{Message: s.label()})
 }
 
-// dial is a client of app with switchyard's resolver, balancer and sticky interceptors.
+// dial is a client of app with switchyard's resolver, balancer and sticky interceptors; the
+// resolver takes each endpoint's channel and traffic weight from the rule client, so a shift
+// reaches the picker at once, not after every instance re-put its record.
 func (d *demo) dial(app string) (*grpc.ClientConn, error) {
-	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: d.cli, Logger: d.log})
+	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: d.cli, Logger: d.log, Rules: d.rules})
 	if err != nil {
 		return nil, err
 	}
