@@ -68,10 +68,12 @@ type fleet struct {
 	lis     map[string]*bufconn.Listener // instance address → its listener; fixed once consumers dial
 	insts   []*instance
 	cons    []*consumer
+	cur     atomic.Pointer[round] // the shift in progress, for the instances to report their re-puts
 }
 
 // instance is one registered instance that follows its app's rule as lifecycle does.
 type instance struct {
+	f     *fleet
 	app   string
 	color registry.Color
 	addr  string
@@ -149,7 +151,7 @@ func newFleet(ctx context.Context, cfg config) (f *fleet, err error) {
 	}
 	f.insts = make([]*instance, cfg.n)
 	for i := range f.insts {
-		in := &instance{app: apps[i%2], color: registry.ColorBlue, addr: fmt.Sprintf("10.%d.%d.%d:9000", i%2, i/256, i%256)}
+		in := &instance{f: f, app: apps[i%2], color: registry.ColorBlue, addr: fmt.Sprintf("10.%d.%d.%d:9000", i%2, i/256, i%256)}
 		if (i/2)%2 == 1 {
 			in.color = registry.ColorGreen
 		}
@@ -244,8 +246,11 @@ func (in *instance) onEvent(e traffic.Event) {
 	ch, tw := in.trafficOf()
 	if ch != cur.Channel || tw != cur.TrafficWeight {
 		ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
-		_ = in.reg.Update(ctx, func(r *registry.Instance) { r.Channel, r.TrafficWeight = ch, tw })
+		err := in.reg.Update(ctx, func(r *registry.Instance) { r.Channel, r.TrafficWeight = ch, tw })
 		cancel()
+		if r := in.f.cur.Load(); err == nil && r != nil && near(tw, r.want(in.color)) {
+			r.donePut()
+		}
 	}
 }
 
@@ -338,7 +343,7 @@ func (f *fleet) close() {
 // result is one shift.
 type result struct {
 	applied time.Duration // Shift returned → the last consumer applied the split
-	settled time.Duration // Shift returned → the last consumer saw every re-put record
+	settled time.Duration // Shift returned → every instance re-put its record and every consumer saw it
 	cpu     time.Duration // process CPU from before Shift to settled
 	pickers []int         // per consumer connection, from Shift to settled
 }
@@ -350,6 +355,9 @@ func (f *fleet) shift(ctx context.Context, percent float64) (result, error) {
 	for _, c := range f.cons {
 		c.probe.arm(r)
 	}
+	r.expectPuts(f.insts)
+	f.cur.Store(r)
+	defer f.cur.Store(nil)
 	cpu0 := cpuTime()
 	if _, err := f.ctl.Shift(ctx, channel, percent); err != nil {
 		return result{}, err
@@ -358,14 +366,16 @@ func (f *fleet) shift(ctx context.Context, percent float64) (result, error) {
 	if err := wait(r.applied, "every consumer to apply the split"); err != nil {
 		return result{}, err
 	}
+	if err := wait(r.written, "every instance to re-put its record"); err != nil {
+		return result{}, err
+	}
 	if err := wait(r.settled, "every consumer to see every re-put record"); err != nil {
 		return result{}, err
 	}
-	res := result{cpu: cpuTime() - cpu0}
+	res := result{cpu: cpuTime() - cpu0, settled: time.Since(t0)}
 	for _, c := range f.cons {
-		applied, settled, pickers := c.probe.disarm()
+		applied, _, pickers := c.probe.disarm()
 		res.applied = max(res.applied, applied.Sub(t0))
-		res.settled = max(res.settled, settled.Sub(t0))
 		res.pickers = append(res.pickers, pickers)
 	}
 	return res, nil
@@ -390,10 +400,31 @@ type round struct {
 	m                 int32
 	nApplied, nSettle atomic.Int32
 	applied, settled  chan struct{} // closed when every consumer has
+	n, nPut           int32         // instances; re-puts done
+	written           chan struct{} // closed when every instance has re-put its record
 }
 
 func newRound(m int, blue, green float64, endpoints int) *round {
-	return &round{blue: blue, green: green, endpoints: endpoints, m: int32(m), applied: make(chan struct{}), settled: make(chan struct{})}
+	return &round{blue: blue, green: green, endpoints: endpoints, m: int32(m), applied: make(chan struct{}), settled: make(chan struct{}),
+		written: make(chan struct{})}
+}
+
+// expectPuts sets how many instances will re-put their record: those whose weight changes.
+func (r *round) expectPuts(insts []*instance) {
+	for _, in := range insts {
+		if !near(in.reg.Instance().TrafficWeight, r.want(in.color)) {
+			r.n++
+		}
+	}
+	if r.n == 0 {
+		close(r.written)
+	}
+}
+
+func (r *round) donePut() {
+	if atomic.AddInt32(&r.nPut, 1) == r.n {
+		close(r.written)
+	}
 }
 
 func (r *round) want(c registry.Color) float64 {
