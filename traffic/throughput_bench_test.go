@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
@@ -33,6 +34,8 @@ type throughputVariant struct {
 //   - interceptors/decides: the traffic interceptors on both ends, every call deciding (the
 //     first hop of a chain);
 //   - interceptors/decided: the same, every call carrying its decision (every later hop);
+//   - round_robin+header: round_robin to the plain server, every call carrying the decision's
+//     baggage header set by hand (what carrying a decision costs gRPC itself);
 //   - round_robin+otelgrpc: round_robin with otelgrpc's handlers and a baggage propagator on
 //     both ends (the anchor when otelgrpc is installed);
 //   - interceptors+otelgrpc/decides, /decided: the traffic interceptors with otelgrpc's
@@ -65,11 +68,13 @@ func throughputVariants(b *testing.B) []throughputVariant {
 	bg := context.Background()
 	orderIcpt := testutil.Greeter(b, "switchyard:///order", resolver(b, cli), icptClient)
 	paymentIcpt := testutil.Greeter(b, "switchyard:///payment", resolver(b, cli), icptClient, otelClient)
+	rr := testutil.Greeter(b, "passthrough:///"+plain, roundRobin)
 	vs := []throughputVariant{
-		{"round_robin", testutil.Greeter(b, "passthrough:///"+plain, roundRobin), bg},
+		{"round_robin", rr, bg},
 		{"switchyard", testutil.Greeter(b, "switchyard:///order", resolver(b, cli)), bg},
 		{"interceptors/decides", orderIcpt, bg},
 		{"interceptors/decided", orderIcpt, decided},
+		{"round_robin+header", rr, metadata.AppendToOutgoingContext(bg, "baggage", traffic.BaggageKey+"=trade=blue")},
 		{"round_robin+otelgrpc", testutil.Greeter(b, "passthrough:///"+withOtel, roundRobin, otelClient), bg},
 		{"interceptors+otelgrpc/decides", paymentIcpt, bg},
 		{"interceptors+otelgrpc/decided", paymentIcpt, decided},
@@ -135,7 +140,7 @@ func BenchmarkInterceptorThroughput(b *testing.B) {
 		for k, v := range vs {
 			anchor := 0 // round_robin
 			if strings.Contains(v.name, "otelgrpc") {
-				anchor = 4 // round_robin+otelgrpc
+				anchor = 5 // round_robin+otelgrpc
 			}
 			if k != anchor {
 				b.ReportMetric(float64(spent[anchor])/float64(spent[k]), "x-"+v.name)
