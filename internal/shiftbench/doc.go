@@ -25,7 +25,10 @@
 //     balancer.EndpointInfo), i.e. whose undecided and sticky picks follow the new split (the
 //     smoke test checks that by sampling picks). A consumer that applies before Shift returns
 //     counts 0.
-//   - settled: until every consumer has also seen every instance's re-put record.
+//   - settled: until every instance has re-put its record (asking again until the write is
+//     done, where lifecycle leaves a failure to the Registrar's background retry) and every
+//     consumer has seen the records (with Rules a consumer sends no state for a re-put, so
+//     only the writes are waited for).
 //   - CPU: the process's user+system CPU (getrusage) from before Shift to settled: embedded
 //     etcd, the instances' rule clients and re-puts, and every consumer.
 //   - pickers: the pickers each consumer connection sent from Shift to settled (rebuilds).

@@ -245,9 +245,14 @@ func (in *instance) onEvent(e traffic.Event) {
 	}
 	ch, tw := in.trafficOf()
 	if ch != cur.Channel || tw != cur.TrafficWeight {
-		ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
-		err := in.reg.Update(ctx, func(r *registry.Instance) { r.Channel, r.TrafficWeight = ch, tw })
-		cancel()
+		// Lifecycle leaves a failed re-put to the Registrar's background retry; the harness
+		// asks again until the write is done, so that it can tell when it is.
+		var err error
+		for try := 0; try == 0 || err != nil && !errors.Is(err, registry.ErrClosed) && try < 100; try++ {
+			ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
+			err = in.reg.Update(ctx, func(r *registry.Instance) { r.Channel, r.TrafficWeight = ch, tw })
+			cancel()
+		}
 		if r := in.f.cur.Load(); err == nil && r != nil && near(tw, r.want(in.color)) {
 			r.donePut()
 		}
