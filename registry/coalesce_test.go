@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/resolver"
@@ -60,7 +61,11 @@ func (c *gatedCC) count() (int, resolver.State) {
 // once (as they do after a shift) while the consumer is busy with the first of them; what
 // arrived meanwhile becomes one resolver update, not 99.
 func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
-	t.Parallel()
+	// Not parallel, and with a 100 ms gap: etcd's client hands a watcher its responses one by
+	// one from a goroutine of its own, and on a machine loaded far past its cores that
+	// goroutine can be late by more than the default 2 ms (the test failed 1 of 3 suite runs so).
+	// The mechanism is the same; the window only has to exceed the scheduler's gaps.
+	defer registry.SetResolverCoalesce(100 * time.Millisecond)()
 	const n = 100
 	cli := etcdtest.Start(t).Client(t)
 	rec := func(i int, ch string, tw float64) registry.Instance {

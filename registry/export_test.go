@@ -1,4 +1,13 @@
 package registry
 
+import "time"
+
 // ServiceConfigOf is serviceConfigOf, for the fuzz target of ResolverConfig's JSON options.
 var ServiceConfigOf = serviceConfigOf
+
+// SetResolverCoalesce makes resolvers built from now on coalesce watch responses within d,
+// and returns a function that restores the default.
+func SetResolverCoalesce(d time.Duration) (restore func()) {
+	prev := resolverCoalesce.Swap(int64(d))
+	return func() { resolverCoalesce.Store(prev) }
+}

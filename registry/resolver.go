@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -160,7 +161,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		HoldExpired:    b.cfg.HoldExpired,
 		Logger:         b.cfg.Logger,
 		MeterProvider:  b.cfg.MeterProvider,
-	}, r.update, Coalesce)
+	}, r.update, time.Duration(resolverCoalesce.Load()))
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +178,12 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 // and a burst (every instance re-putting its record after a shift) is one resolver update and
 // one picker rebuild per consumer, taken within at most ten times this.
 const Coalesce = 2 * time.Millisecond
+
+// resolverCoalesce is Coalesce, read by every resolver built; a test lengthens it so that a
+// loaded machine's scheduling gaps do not split what it sends as one burst.
+var resolverCoalesce atomic.Int64
+
+func init() { resolverCoalesce.Store(int64(Coalesce)) }
 
 // etcdResolver feeds one ClientConn. update runs only on the Watcher's goroutine, which owns
 // eps, applied and pushed; no lock is needed. followRules only reads the rules and asks the
