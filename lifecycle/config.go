@@ -157,18 +157,10 @@ func (c *Config) setDefaults() error {
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = DefaultStartTimeout
 	}
-	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = DefaultRequestTimeout
-	}
 	if c.QuietPeriod <= 0 {
 		c.QuietPeriod = DefaultQuietPeriod
 	}
-	if c.MaxDrain <= 0 {
-		c.MaxDrain = DefaultMaxDrain
-	}
-	if c.StopTimeout <= 0 {
-		c.StopTimeout = DefaultStopTimeout
-	}
+	c.offlineDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -180,16 +172,21 @@ func (c *Config) setDefaults() error {
 // pod's terminationGracePeriodSeconds above it (36 s with the defaults: e.g. 40); a preStop
 // hook that runs POST /offline spends the drain part of it, and Offline then skips the drain.
 func (c Config) OfflineTimeout() time.Duration {
+	c.offlineDefaults()
+	return c.MaxDrain + c.StopTimeout + c.RequestTimeout + adminStopTimeout
+}
+
+// offlineDefaults fills in the durations that bound Offline.
+func (c *Config) offlineDefaults() {
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
 	if c.MaxDrain <= 0 {
 		c.MaxDrain = DefaultMaxDrain
 	}
 	if c.StopTimeout <= 0 {
 		c.StopTimeout = DefaultStopTimeout
 	}
-	if c.RequestTimeout <= 0 {
-		c.RequestTimeout = DefaultRequestTimeout
-	}
-	return c.MaxDrain + c.StopTimeout + c.RequestTimeout + adminStopTimeout
 }
 
 // advertise returns the address to register for a listener bound at bound.
