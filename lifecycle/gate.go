@@ -10,6 +10,7 @@ import (
 
 	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/sticky"
+	"github.com/switchyard-go/switchyard/internal/streamctx"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -77,19 +78,8 @@ func (g *gate) markUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, 
 }
 
 func (g *gate) markStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx := ss.Context()
-	if m := g.mark(ctx); m != ctx {
-		ss = &markedStream{ServerStream: ss, ctx: m}
-	}
-	return handler(srv, ss)
+	return handler(srv, streamctx.With(ss, g.mark(ss.Context())))
 }
-
-type markedStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *markedStream) Context() context.Context { return s.ctx }
 
 func offlineMD() metadata.MD { return metadata.Pairs(balancer.OfflineHeader, "1") }
 

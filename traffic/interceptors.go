@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/internal/sticky"
+	"github.com/switchyard-go/switchyard/internal/streamctx"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -206,20 +207,9 @@ func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 func StreamServerInterceptor() grpc.StreamServerInterceptor {
 	x := newExtractor()
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		ctx := ss.Context()
-		if nctx := x.extract(ctx); nctx != ctx {
-			ss = &serverStream{ServerStream: ss, ctx: nctx}
-		}
-		return handler(srv, ss)
+		return handler(srv, streamctx.With(ss, x.extract(ss.Context())))
 	}
 }
-
-type serverStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *serverStream) Context() context.Context { return s.ctx }
 
 // extractor reads incoming baggage headers, caching what a single header gives: most
 // requests carry one of a few headers (a decision, the same tenant), and parsing one again
