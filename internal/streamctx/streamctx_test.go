@@ -4,8 +4,11 @@ import (
 	"context"
 	"testing"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type fakeStream struct {
 	grpc.ServerStream
