@@ -289,3 +289,14 @@ func TestChannelDelete(t *testing.T) {
 		t.Fatalf("list after deleting every key: %d %q %q", code, out, errs)
 	}
 }
+
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"channel", "--help"}} {
+		var out, errs syncBuffer
+		// No etcd: help must not need one.
+		code := run(context.Background(), args, &out, &errs, func(string) string { return "" })
+		if code != 0 || !strings.Contains(out.String(), "usage: switchyard") || errs.String() != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 0 with the usage on stdout", args, code, out.String(), errs.String())
+		}
+	}
+}
