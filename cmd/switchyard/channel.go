@@ -45,11 +45,7 @@ func channelFinish(ctx context.Context, e env) error {
 // channelWrite runs one write of the controller on the channel named by the third argument
 // and prints the rule it left, then warns about unreadable rule keys.
 func channelWrite(ctx context.Context, e env, write func(*traffic.Controller, string) (traffic.Rule, error)) error {
-	ch, err := e.arg(2, "channel name")
-	if err != nil {
-		return err
-	}
-	ctl, err := e.controller()
+	ch, ctl, err := e.channel()
 	if err != nil {
 		return err
 	}
@@ -65,6 +61,16 @@ func channelWrite(ctx context.Context, e env, write func(*traffic.Controller, st
 		warnUnreadable(e.err, bad)
 	}
 	return nil
+}
+
+// channel returns the channel the command names (its third argument) and a Controller.
+func (e env) channel() (string, *traffic.Controller, error) {
+	ch, err := e.arg(2, "channel name")
+	if err != nil {
+		return "", nil, err
+	}
+	ctl, err := e.controller()
+	return ch, ctl, err
 }
 
 // channelStatus is channel status [<channel>] and channel list.
@@ -89,11 +95,7 @@ func channelStatus(ctx context.Context, e env) error {
 }
 
 func channelDelete(ctx context.Context, e env) error {
-	ch, err := e.arg(2, "channel name")
-	if err != nil {
-		return err
-	}
-	ctl, err := e.controller()
+	ch, ctl, err := e.channel()
 	if err != nil {
 		return err
 	}
