@@ -10,21 +10,20 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
-// Color is which half-cluster of an app an instance belongs to (DESIGN.md "Vocabulary").
-// It is fixed for the life of an instance.
-type Color string
+// Color is which half-cluster of an app an instance belongs to: deploy.Color, under the name
+// this package used before the vocabulary moved to package deploy.
+type Color = deploy.Color
 
-// The colors. ColorNone is an instance that takes no part in blue/green releases.
+// The colors (deploy.None, deploy.Blue, deploy.Green).
 const (
-	ColorNone  Color = ""
-	ColorBlue  Color = "blue"
-	ColorGreen Color = "green"
+	ColorNone  = deploy.None
+	ColorBlue  = deploy.Blue
+	ColorGreen = deploy.Green
 )
-
-// Valid reports whether c is one of the three known colors.
-func (c Color) Valid() bool { return c == ColorNone || c == ColorBlue || c == ColorGreen }
 
 // DefaultWeight is the base weight (capacity) of an instance, and the traffic weight of an
 // instance whose app is in no open release channel.
