@@ -441,7 +441,7 @@ func (s *snapshot) addDecided(channel string) {
 		if err != nil {
 			return
 		}
-		d[sticky.Index(color)] = decided{b: b, header: newHeader(b.String())}
+		d[sticky.Index(color)] = newDecided(b)
 		s.headers[value] = d[sticky.Index(color)].header
 	}
 	s.decided[channel] = &d

@@ -43,8 +43,9 @@ func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 // written to the outgoing metadata. The common cases take no lock and build nothing: a call
 // that decides with no other baggage takes the decided baggage and its header from the rule
 // snapshot (built once per rule change), and a call whose baggage is a decision alone takes
-// the header from the snapshot or the Client's header cache; only the context carrying them
-// is new (and nothing at all when the outgoing header already says the same).
+// the header from the snapshot or the Client's header cache. Only the context carrying them
+// is new, one allocation (carried), and nothing at all when the outgoing metadata already is
+// that header alone.
 func (c *Client) stick(ctx context.Context, target string) context.Context {
 	b := baggage.FromContext(ctx)
 	s := c.snap.Load()
@@ -57,6 +58,10 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 				}
 				if d, ok := s.decided[ch]; ok && b.Len() == 0 {
 					d := d[sticky.Index(string(color))]
+					hasB, okB := hasBaggage(ctx)
+					if hasO, okO := hasOutgoing(ctx); okB && okO && !hasB && !hasO {
+						return &carried{Context: ctx, vals: d.vals}
+					}
 					return withHeader(baggage.ContextWithBaggage(ctx, d.b), d.header)
 				}
 				if dctx, err := WithDecision(ctx, ch, color); err == nil {
@@ -78,21 +83,31 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 	return withBaggageHeader(ctx, b)
 }
 
-// decided is the baggage of one decision alone and its header.
+// decided is the baggage of one decision alone and its header, and vals a context holding
+// both (the baggage, and outgoing metadata of the header alone) for carried.
 type decided struct {
 	b      baggage.Baggage
 	header *header
+	vals   context.Context
+}
+
+func newDecided(b baggage.Baggage) decided {
+	h := newHeader(b.String())
+	return decided{b: b, header: h, vals: metadata.NewOutgoingContext(baggage.ContextWithBaggage(context.Background(), b), h.md)}
 }
 
 // header is a baggage header and outgoing metadata holding only it, shared by every call
-// that sends it (gRPC and otelgrpc copy outgoing metadata before changing it).
+// that sends it (gRPC and otelgrpc copy outgoing metadata before changing it), and vals a
+// context holding that metadata for carried.
 type header struct {
 	value string
 	md    metadata.MD
+	vals  context.Context
 }
 
 func newHeader(value string) *header {
-	return &header{value: value, md: metadata.MD{baggageHeader: {value}}}
+	md := metadata.MD{baggageHeader: {value}}
+	return &header{value: value, md: md, vals: metadata.NewOutgoingContext(context.Background(), md)}
 }
 
 // decisionHeader returns the header of b when b is one decision member without properties
@@ -126,6 +141,12 @@ func (c *Client) decisionHeader(s *snapshot, b baggage.Baggage) *header {
 // metadata, when it has other metadata it adds the header to a copy, when it has exactly this
 // header it does nothing, and otherwise it merges as withBaggageHeader does.
 func withHeader(ctx context.Context, h *header) context.Context {
+	if has, ok := hasOutgoing(ctx); ok && !has {
+		return &carried{Context: ctx, vals: h.vals}
+	}
+	if outgoingIs(ctx, h.md) { // this header alone: nothing to add
+		return ctx
+	}
 	prev := metadata.ValueFromOutgoingContext(ctx, baggageHeader)
 	switch {
 	case len(prev) == 1 && prev[0] == h.value:
@@ -218,10 +239,11 @@ type extractor struct {
 	parsed slotCache[parsedHeader]
 }
 
-// parsedHeader is what one incoming header gives: the baggage, within the limits, and, once
-// asked for (same), its members as key and value.
+// parsedHeader is what one incoming header gives: the baggage, within the limits, a context
+// holding it (for carried), and, once asked for (same), its members as key and value.
 type parsedHeader struct {
 	b       baggage.Baggage
+	vals    context.Context
 	members *atomic.Pointer[[][2]string] // nil in the slice's place: a member has properties
 }
 
@@ -230,7 +252,7 @@ func newExtractor() *extractor {
 }
 
 func (x *extractor) extract(ctx context.Context) context.Context {
-	values := metadata.ValueFromIncomingContext(ctx, baggageHeader)
+	values := incomingValues(ctx, baggageHeader) // not a copy: read only
 	if len(values) == 0 {
 		return ctx
 	}
@@ -240,11 +262,15 @@ func (x *extractor) extract(ctx context.Context) context.Context {
 		if !ok {
 			header, _ := limitBaggage(values)
 			p.b, _ = baggage.Parse(header) // within the limits: all of it
+			p.vals = baggage.ContextWithBaggage(context.Background(), p.b)
 			p.members = new(atomic.Pointer[[][2]string])
 			x.parsed.put(values[0], p)
 		}
 		switch {
 		case prior.Len() == 0:
+			if has, ok := hasBaggage(ctx); ok && !has {
+				return &carried{Context: ctx, vals: p.vals}
+			}
 			return baggage.ContextWithBaggage(ctx, p.b)
 		case p.same(prior): // otelgrpc extracted the same header
 			return ctx
