@@ -2,6 +2,7 @@ package traffic_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -115,7 +116,8 @@ func callMany(b *testing.B, v throughputVariant, calls, workers int) time.Durati
 // (B/op and allocs/op count both ends: client and server run in this process). The "ratio"
 // sub-benchmark interleaves the variants in rounds of 100 calls each, so that load from
 // elsewhere on the machine hits them alike, and reports each one's throughput as a fraction
-// of its anchor's (round_robin, or round_robin+otelgrpc for the otelgrpc variants):
+// of its anchor's (round_robin, or round_robin+otelgrpc for the otelgrpc variants): x- over
+// all rounds, med-x- the median of the rounds' ratios and iqr-x- their interquartile range:
 //
 //	go test -run '^$' -bench InterceptorThroughput -benchmem ./traffic/
 //	go test -run '^$' -bench InterceptorThroughput/ratio -benchtime 300x ./traffic/
@@ -131,20 +133,36 @@ func BenchmarkInterceptorThroughput(b *testing.B) {
 	}
 	b.Run("ratio", func(b *testing.B) {
 		spent := make([]time.Duration, len(vs))
+		ratios := make([][]float64, len(vs)) // per round: anchor's time / variant's time
+		round := make([]time.Duration, len(vs))
 		for i := 0; i < b.N; i++ {
 			for j := range vs { // a different variant first each round
 				k := (i + j) % len(vs)
-				spent[k] += callMany(b, vs[k], 100, workers)
+				round[k] = callMany(b, vs[k], 100, workers)
+				spent[k] += round[k]
+			}
+			for k := range vs {
+				ratios[k] = append(ratios[k], float64(round[anchorOf(vs, k)])/float64(round[k]))
 			}
 		}
 		for k, v := range vs {
-			anchor := 0 // round_robin
-			if strings.Contains(v.name, "otelgrpc") {
-				anchor = 5 // round_robin+otelgrpc
-			}
-			if k != anchor {
-				b.ReportMetric(float64(spent[anchor])/float64(spent[k]), "x-"+v.name)
+			if a := anchorOf(vs, k); a != k {
+				slices.Sort(ratios[k])
+				q := func(f float64) float64 { return ratios[k][int(f*float64(len(ratios[k])-1))] }
+				b.ReportMetric(float64(spent[a])/float64(spent[k]), "x-"+v.name)
+				b.ReportMetric(q(0.5), "med-x-"+v.name)
+				b.ReportMetric(q(0.75)-q(0.25), "iqr-x-"+v.name)
 			}
 		}
 	})
+}
+
+// anchorOf returns the index of variant k's anchor: round_robin+otelgrpc for the otelgrpc
+// variants, round_robin for the others.
+func anchorOf(vs []throughputVariant, k int) int {
+	anchor := "round_robin"
+	if strings.Contains(vs[k].name, "otelgrpc") {
+		anchor = "round_robin+otelgrpc"
+	}
+	return slices.IndexFunc(vs, func(v throughputVariant) bool { return v.name == anchor })
 }
