@@ -161,6 +161,7 @@ type wBalancer struct {
 	closed     bool
 	allChans   channelCounts // scratch for sendLocked
 	readyChans channelCounts // scratch for sendLocked
+	decisions  *sticky.Cache // the pickers' decision cache, for the channel it names
 }
 
 // endpoint is one endpoint of the resolver state and its pick_first child. It is the
@@ -530,6 +531,12 @@ func (b *wBalancer) sendLocked() {
 		p.pending[ci] = p.byColor[ci].len() == 0 && waiting[ci]
 	}
 	p.channel = b.readyChans.mostCommon()
+	if p.channel != "" {
+		if b.decisions == nil || b.decisions.Channel() != p.channel {
+			b.decisions = sticky.NewCache(p.channel)
+		}
+		p.decisions = b.decisions
+	}
 	if p.all.total == 0 {
 		for _, e := range b.list {
 			st := e.state.ConnectivityState

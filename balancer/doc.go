@@ -94,6 +94,12 @@
 // Pick takes no lock and allocates nothing: an atomic add, a baggage lookup when the endpoints
 // are in a channel, a guide-table lookup whose cost does not grow with the endpoints (the
 // search itself: 3.4 ns at 10 endpoints, 4.4 ns at 10,000; a binary search took 82 ns there).
+// The baggage lookup remembers, per connection, the decision of the last 64 or so baggages
+// it saw (by identity: otel never changes a baggage once built), so a request carrying one
+// already seen costs no member lookup and no parsing. traffic's interceptors give most
+// requests such a baggage: the client one puts the same pre-built baggage in every call it
+// decides, the server one the baggage it parsed once per distinct header. A baggage built
+// per request (otelgrpc's extraction, when it runs after traffic's) is looked up as before.
 //
 // A picker is rebuilt when an endpoint changes state or record, in two passes over the
 // endpoints with a handful of allocations sized up front. Against grpc's round_robin in the

@@ -129,8 +129,8 @@ func (s *weightedSet) index(k uint64) int {
 }
 
 // picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
-// Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup, a
-// guide-table lookup.
+// Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup (a
+// cache hit when the request's baggage is one already seen), a guide-table lookup.
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
@@ -140,8 +140,11 @@ type picker struct {
 	// waitWeighted: every endpoint in all weighs 0 but one of non-zero weight is connecting,
 	// so a request picked from all waits for the next picker rather than reach a drained one.
 	waitWeighted bool
-	channel      string         // the endpoints' release channel; "" means no sticky filtering
-	next         *atomic.Uint64 // shared across pickers of one balancer
+	channel      string // the endpoints' release channel; "" means no sticky filtering
+	// decisions reads the channel's decision from a pick's baggage; nil when channel is "".
+	// Shared by the pickers of one balancer while the channel stays the same.
+	decisions *sticky.Cache
+	next      *atomic.Uint64 // shared across pickers of one balancer
 
 	fallbacks metric.Int64Counter
 	refusals  metric.Int64Counter
@@ -185,10 +188,9 @@ func decisionHeader(value string) metadata.MD {
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	set := &p.all
-	var md metadata.MD // set when the request crosses: its new decision
-	if p.channel != "" {
-		value := baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value()
-		if color, ok := sticky.Lookup(value, p.channel); ok {
+	var md metadata.MD      // set when the request crosses: its new decision
+	if p.decisions != nil { // the endpoints are in a channel
+		if color, ok := p.decisions.Decision(baggage.FromContext(info.Ctx)); ok {
 			ci := colorIndex(color)
 			if cs := &p.byColor[ci]; cs.len() > 0 {
 				set = cs
@@ -216,7 +218,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 				p.fallback(info.Ctx, color)
 				if os := &p.byColor[1-ci]; os.len() > 0 {
 					set = os
-					md = p.redecide(value, color)
+					md = p.redecide(baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value(), color)
 				}
 			}
 		}

@@ -25,7 +25,7 @@ func (p fixedPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) { retu
 // benchPicker is a picker over n endpoints, half blue and half green, with distinct weights,
 // built the way the balancer builds it.
 func benchPicker(n int) *picker {
-	p := &picker{next: new(atomic.Uint64), channel: "trade", fallbacks: noop.Int64Counter{},
+	p := &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := func(balancer.DoneInfo) {}
 	for i := 0; i < n; i++ {
