@@ -48,10 +48,11 @@ func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 // that header alone.
 func (c *Client) stick(ctx context.Context, target string) context.Context {
 	b := baggage.FromContext(ctx)
+	m := b.Member(BaggageKey) // read once: each read builds it
 	s := c.snap.Load()
 	if app, ok := appOf(target); ok {
 		if ch, open := s.open[app]; open {
-			if _, decided := sticky.Lookup(b.Member(BaggageKey).Value(), ch); !decided {
+			if _, decided := sticky.Lookup(m.Value(), ch); !decided {
 				color := registry.ColorGreen
 				if c.random()*100 < s.rules[ch].BluePercent {
 					color = registry.ColorBlue
@@ -66,6 +67,7 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 				}
 				if dctx, err := WithDecision(ctx, ch, color); err == nil {
 					ctx, b = dctx, baggage.FromContext(dctx)
+					m = b.Member(BaggageKey)
 				} else {
 					c.cfg.Logger.Debug("traffic: decision not carried", "channel", ch, "err", err)
 				}
@@ -76,7 +78,7 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 	case 0:
 		return ctx
 	case 1:
-		if h := c.decisionHeader(s, b); h != nil {
+		if h := c.decisionHeader(s, b, m); h != nil {
 			return withHeader(ctx, h)
 		}
 	}
@@ -110,11 +112,10 @@ func newHeader(value string) *header {
 	return &header{value: value, md: md, vals: metadata.NewOutgoingContext(context.Background(), md)}
 }
 
-// decisionHeader returns the header of b when b is one decision member without properties
-// that fits the limits: from the snapshot for a single decision of an open channel, else from
-// the Client's cache (computed on a miss); nil otherwise.
-func (c *Client) decisionHeader(s *snapshot, b baggage.Baggage) *header {
-	m := b.Member(BaggageKey)
+// decisionHeader returns the header of b when b is one decision member (m) without
+// properties that fits the limits: from the snapshot for a single decision of an open channel,
+// else from the Client's cache (computed on a miss); nil otherwise.
+func (c *Client) decisionHeader(s *snapshot, b baggage.Baggage, m baggage.Member) *header {
 	if m.Key() == "" || len(m.Properties()) > 0 {
 		return nil
 	}
