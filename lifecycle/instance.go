@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -68,6 +69,7 @@ type Instance struct {
 	rules     *traffic.Client
 	reg       *registry.Registrar
 	unsub     func()
+	comps     []Component   // Append's, in order; fixed once Start begins
 	started   int           // components started
 	goingOff  chan struct{} // closed when a drain begins; renewed by Online
 	served    chan error    // gRPC Serve's result
@@ -80,6 +82,11 @@ type Instance struct {
 	// re-puts); Offline cancels it before it waits for them.
 	bg       context.Context
 	bgCancel context.CancelFunc
+
+	// drains is what Drained reports once the rules are loaded (Start closes loaded then); it
+	// follows the app's rule (onEvent). Safe for concurrent use without mu.
+	drains *deploy.ManualDrains
+	loaded chan struct{}
 }
 
 // New checks cfg and builds the instance and its gRPC server. Register services on Server()
@@ -89,7 +96,8 @@ func New(cfg Config) (*Instance, error) {
 		return nil, err
 	}
 	i := &Instance{cfg: cfg, health: health.NewServer(), state: StateNew, goingOff: make(chan struct{}),
-		reachKick: make(chan struct{}, 1), log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID)}
+		reachKick: make(chan struct{}, 1), log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID),
+		drains: deploy.NewManualDrains(cfg.Color), loaded: make(chan struct{}), comps: slices.Clone(cfg.Components)}
 	i.bg, i.bgCancel = context.WithCancel(context.Background())
 	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -217,6 +225,8 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	if err := i.awaitReadableRules(ctx, rules); err != nil {
 		return err
 	}
+	i.drains.Set(i.drainOf(rules))
+	close(i.loaded) // Drained reports the rule from now on
 	channel, tw := i.trafficOf(rules)
 	i.gate.setOwn(channel, string(i.cfg.Color), i.cfg.App+"/"+i.cfg.ID)
 	reg, err := registry.NewRegistrar(registry.Config{
@@ -424,8 +434,9 @@ func (i *Instance) trafficOf(rules *traffic.Client) (string, float64) {
 // goroutine, in order.
 func (i *Instance) onEvent(e traffic.Event) {
 	i.mu.Lock()
-	reg, rules, started := i.reg, i.rules, i.started
+	reg, rules, comps := i.reg, i.rules, i.comps[:i.started]
 	i.mu.Unlock()
+	i.drains.Set(i.drainOf(rules)) // first: the components see a drain before the re-put below
 	cur := reg.Instance()
 	if e.Channel != cur.Channel && !e.Rule.Has(i.cfg.App) {
 		return
@@ -446,7 +457,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 			i.log.Info("lifecycle: traffic weight follows the rule", "channel", channel, "traffic_weight", tw)
 		}
 	}
-	for _, c := range i.cfg.Components[:started] {
+	for _, c := range comps {
 		if h, ok := c.(EventHandler); ok {
 			h.HandleEvent(e)
 		}
@@ -455,9 +466,9 @@ func (i *Instance) onEvent(e traffic.Event) {
 
 func (i *Instance) startComponents(ctx context.Context) error {
 	i.mu.Lock()
-	rules := i.rules
+	rules, comps := i.rules, i.comps
 	i.mu.Unlock()
-	for k, c := range i.cfg.Components {
+	for k, c := range comps {
 		if u, ok := c.(RulesUser); ok {
 			u.UseRules(rules, i.cfg.App, i.cfg.Color)
 		}
@@ -474,13 +485,13 @@ func (i *Instance) startComponents(ctx context.Context) error {
 // stopComponents stops the started components in reverse, all of them, joining errors.
 func (i *Instance) stopComponents(ctx context.Context) error {
 	i.mu.Lock()
-	n := i.started
+	comps := i.comps[:i.started]
 	i.started = 0
 	i.mu.Unlock()
 	var errs []error
-	for k := n - 1; k >= 0; k-- {
-		if err := i.cfg.Components[k].Stop(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("lifecycle: stop component %d (%T): %w", k, i.cfg.Components[k], err))
+	for k := len(comps) - 1; k >= 0; k-- {
+		if err := comps[k].Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("lifecycle: stop component %d (%T): %w", k, comps[k], err))
 		}
 	}
 	return errors.Join(errs...)
