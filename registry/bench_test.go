@@ -18,7 +18,7 @@ import (
 
 // populated starts etcd holding n instance records of app "bench", written in transactions
 // of 100 puts, and returns a client of it.
-func populated(b *testing.B, n int) *clientv3.Client {
+func populated(b testing.TB, n int) *clientv3.Client {
 	b.Helper()
 	cli := etcdtest.Start(b).Client(b)
 	const app = "bench"
@@ -47,7 +47,7 @@ func populated(b *testing.B, n int) *clientv3.Client {
 	return cli
 }
 
-func nextState(b *testing.B, cc *stubCC) resolver.State {
+func nextState(b testing.TB, cc *stubCC) resolver.State {
 	b.Helper()
 	return testutil.Receive(b, "a resolver state", cc.states)
 }

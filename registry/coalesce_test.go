@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -116,7 +117,7 @@ func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
 	testutil.Eventually(t, "the consumer to hold every re-put record", func() bool {
 		_, s := cc.count()
 		for _, ep := range s.Endpoints {
-			if in, _ := registry.InstanceFromEndpoint(ep); in.Channel != "trade" {
+			if in, _ := balancer.EndpointInfoFrom(ep); in.Channel != "trade" {
 				return false
 			}
 		}

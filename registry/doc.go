@@ -63,9 +63,15 @@
 // (an /offline then /online, seen late by a consumer) clears that consumer's offline mark.
 //
 // NewResolverBuilder returns a gRPC resolver for targets switchyard:///<app>, to pass to
-// grpc.NewClient with grpc.WithResolvers. Every change becomes a resolver.State whose
-// Endpoints carry the instance record in their Attributes (InstanceFromEndpoint reads it); an
-// unchanged record keeps an equal Endpoint, so a weight change reuses the connection. While it
+// grpc.NewClient with grpc.WithResolvers. Every change the balancer can see becomes a
+// resolver.State whose Endpoints carry the instance's address and, in their Attributes, its
+// balancer.EndpointInfo (balancer.EndpointInfoFrom reads it; the whole record is the
+// Watcher's, not attached); an unchanged instance keeps the same Endpoint, so a weight change
+// reuses the connection, and a change of a record's Version or Metadata alone sends nothing.
+// The resolver keeps each record once, compactly, and its endpoints share the
+// balancer.EndpointInfo the Watcher built for it: about 390 B per endpoint at 10,000
+// instances, 1.6 × etcd's own naming resolver (BenchmarkResolverMemory,
+// TestResolverMemoryWithinTwiceEtcdNaming). While it
 // has never reached etcd it reports the error to gRPC, so RPCs fail fast with
 // "registry: no instances known yet: ..." rather than hang, and it recovers by itself. Its
 // default service config selects switchyard's weighted policy, package balancer, which this
@@ -77,7 +83,7 @@
 // from the records: an instance of color blue or green gets its color's weight in the open
 // channel the app is in, a colorless one weight 100 in that channel, and every instance
 // channel "" and weight 100 while the app is in no open channel. These are what
-// balancer.EndpointInfo and InstanceFromEndpoint carry (the other fields are the record's).
+// balancer.EndpointInfo carries (the other fields are the record's).
 // When the app's traffic changes, the resolver hands gRPC one new state at once, whether or
 // not the instances have re-put their records yet (they still do, for consumers without
 // Rules); a record change that the rule already gave (an instance re-putting its channel and

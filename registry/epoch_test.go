@@ -60,12 +60,12 @@ func TestANewRegistrationClearsAnOfflineMark(t *testing.T) {
 	}
 	flag.on.Store(0)
 	// A later change, to know when the consumer has seen the ones before it.
-	if err := r2.Update(context.Background(), func(in *registry.Instance) { in.Metadata = map[string]string{"mark": "1"} }); err != nil {
+	if err := r2.Update(context.Background(), func(in *registry.Instance) { in.Weight = 51 }); err != nil {
 		t.Fatal(err)
 	}
 	e.Heal()
 	c.resolved(t, "g-2's later change", func(in []registry.Instance) bool {
-		return len(in) == 2 && in[1].Metadata["mark"] == "1"
+		return len(in) == 2 && in[1].Weight == 51
 	})
 	cl.waitCalls(t, cl.counts(), 20, "g-1", "g-2")
 	cl.stopAndRequireNoFailures(t)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -92,17 +93,33 @@ func dial(t testing.TB, cli *clientv3.Client, app string, mod ...func(*registry.
 	return c
 }
 
-// instances are the instance records of the last state gRPC took, in the resolver's order.
+// instances are the instances of the last state gRPC took, in the resolver's order, as far as
+// the endpoints tell them (address and balancer.EndpointInfo; Degraded is "degraded" or "").
 func (c *consumer) instances() []registry.Instance {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []registry.Instance
 	for _, ep := range c.state.Endpoints {
-		if in, ok := registry.InstanceFromEndpoint(ep); ok {
+		if in, ok := endpointInstance(ep); ok {
 			out = append(out, in)
 		}
 	}
 	return out
+}
+
+// endpointInstance is what ep tells of its instance: its address and balancer.EndpointInfo.
+func endpointInstance(ep resolver.Endpoint) (registry.Instance, bool) {
+	info, ok := balancer.EndpointInfoFrom(ep)
+	if !ok || len(ep.Addresses) != 1 {
+		return registry.Instance{}, false
+	}
+	in := registry.Instance{ID: info.ID, Addr: ep.Addresses[0].Addr, Color: registry.Color(info.Color),
+		Channel: info.Channel, Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime,
+		Warmup: info.Warmup, Epoch: info.Epoch}
+	if info.Degraded {
+		in.Degraded = "degraded"
+	}
+	return in, true
 }
 
 // resolved waits until gRPC has taken a resolver state whose instances satisfy ok.

@@ -83,8 +83,6 @@ type Instance struct {
 	// lease), not with Update, so a consumer can tell a new registration from an unchanged
 	// record. Ignored when registering; 0 in a Registrar's own record.
 	Epoch int64
-
-	lease int64 // the lease of the key as the Watcher read it; 0: none or not from a Watcher
 }
 
 // Key is the etcd key of the instance under prefix: <prefix>/services/<app>/<id>.

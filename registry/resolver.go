@@ -12,7 +12,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
@@ -73,9 +72,9 @@ type Rules interface {
 // NewResolverBuilder returns a gRPC resolver builder for switchyard:///<app> targets. Pass it
 // to grpc.NewClient with grpc.WithResolvers; it registers nothing globally.
 //
-// Each ClientConn gets its own Watcher of the app. Every change of the instance set becomes a
-// resolver.State whose Endpoints carry the instance record in their Attributes (read it with
-// InstanceFromEndpoint). While the resolver has never reached etcd it reports the error to
+// Each ClientConn gets its own Watcher of the app. Every change of the instance set that the
+// balancer can see becomes a resolver.State: an Endpoint per instance, with its address and
+// its balancer.EndpointInfo (read it with balancer.EndpointInfoFrom). While the resolver has never reached etcd it reports the error to
 // gRPC (RPCs fail with it instead of hanging) and keeps retrying; once it has a set it keeps
 // it through etcd outages.
 func NewResolverBuilder(cfg ResolverConfig) (resolver.Builder, error) {
@@ -161,7 +160,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		HoldExpired:    b.cfg.HoldExpired,
 		Logger:         b.cfg.Logger,
 		MeterProvider:  b.cfg.MeterProvider,
-	}, r.update, time.Duration(resolverCoalesce.Load()))
+	}, r.update, time.Duration(resolverCoalesce.Load()), r.rules != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +196,7 @@ type etcdResolver struct {
 	rules Rules // nil: channel and traffic weight come from the records
 
 	eps     []resolver.Endpoint // the last state's, sorted by instance ID
+	refs    []*inst             // the records eps were built from (the Watcher's, read-only)
 	traffic appTraffic          // the app's traffic eps were built with (Rules only)
 	pushed  bool                // a state has been handed to gRPC
 
@@ -251,8 +251,11 @@ func (r *etcdResolver) followRules(last appTraffic) {
 	}
 }
 
-// update hands gRPC the instance set as endpoints. An endpoint whose record (as the rules
-// see it) is unchanged is reused; when every one is, and none came or left, nothing is sent.
+// update hands gRPC the instance set as endpoints. An endpoint whose address and
+// balancer.EndpointInfo (as the rules give it) are unchanged is reused; when every one is, and
+// none came or left, nothing is sent: a record change the balancer cannot see (Version,
+// Metadata, or with Rules an instance re-putting the channel and traffic weight the rule
+// already gave) costs gRPC nothing.
 func (r *etcdResolver) update(s instSet) {
 	if s.err != nil {
 		r.cc.ReportError(fmt.Errorf("registry: no instances known yet: %w", s.err))
@@ -266,27 +269,41 @@ func (r *etcdResolver) update(s instSet) {
 	j := 0
 	for i, in := range s.refs {
 		// Both are sorted by ID: walk them together.
-		for j < len(r.eps) && instanceOf(r.eps[j]).ID < in.ID {
+		for j < len(r.eps) && r.refs[j].ID < in.ID {
 			j++
 		}
-		want := in
-		var ruled Instance // in as the rules see it
+		attrs := in.attrs // the record's info, shared with the Watcher
+		var info swbalancer.EndpointInfo
 		if r.rules != nil {
-			ruled = *in
-			ruled.Channel, ruled.TrafficWeight = r.traffic.of(in.Color)
-		}
-		if j < len(r.eps) {
-			if old := instanceOf(r.eps[j]); old == in || r.rules == nil && old.Equal(*in) || r.rules != nil && old.Equal(ruled) {
-				eps[i] = r.eps[j]
-				continue
+			info = in.info()
+			if ch, tw := r.traffic.of(colorOf(info.Color)); ch != info.Channel || tw != info.TrafficWeight {
+				info.Channel, info.TrafficWeight = ch, tw
+				attrs = nil
 			}
 		}
-		if r.rules != nil {
-			want = new(Instance)
-			*want = ruled
+		if j < len(r.eps) && r.refs[j].ID == in.ID {
+			old := r.eps[j]
+			if old.Addresses[0].Addr == in.Addr && old.Attributes == attrs {
+				eps[i] = old
+				continue
+			}
+			if old.Addresses[0].Addr == in.Addr {
+				want := info
+				if attrs != nil {
+					want = in.info()
+				}
+				if infoEqual(old, want) { // e.g. a change of Version or Metadata alone
+					eps[i] = old
+					continue
+				}
+			}
 		}
-		eps[i], changed = newEndpoint(want), true
+		if attrs == nil {
+			attrs = swbalancer.SetEndpointInfo(resolver.Endpoint{}, info).Attributes
+		}
+		eps[i], changed = resolver.Endpoint{Addresses: []resolver.Address{{Addr: in.Addr}}, Attributes: attrs}, true
 	}
+	r.refs = s.refs
 	r.eps = eps
 	if !changed {
 		return
@@ -299,6 +316,12 @@ func (r *etcdResolver) update(s instSet) {
 	}
 }
 
+// infoEqual reports whether ep carries info.
+func infoEqual(ep resolver.Endpoint, info swbalancer.EndpointInfo) bool {
+	old, _ := swbalancer.EndpointInfoFrom(ep)
+	return old.Equal(info)
+}
+
 func (r *etcdResolver) ResolveNow(resolver.ResolveNowOptions) { r.w.Refresh() }
 
 func (r *etcdResolver) Close() {
@@ -307,37 +330,6 @@ func (r *etcdResolver) Close() {
 		<-r.rulesDone
 	}
 	r.w.Close()
-}
-
-// instanceKey is the Endpoint.Attributes key of the instance record.
-type instanceKey struct{}
-
-// instanceAttr points at the record (shared with the Watcher, read-only; a pointer-shaped
-// value, so it is stored in the attributes without an allocation) and compares records by
-// content, so an unchanged record compares equal and a weight change does not look like a
-// new endpoint.
-type instanceAttr struct{ in *Instance }
-
-func (a instanceAttr) Equal(o any) bool {
-	b, ok := o.(instanceAttr)
-	return ok && (a.in == b.in || a.in.Equal(*b.in))
-}
-
-// instanceOf is the record newEndpoint attached to ep.
-func instanceOf(ep resolver.Endpoint) *Instance {
-	return ep.Attributes.Value(instanceKey{}).(instanceAttr).in
-}
-
-func newEndpoint(in *Instance) resolver.Endpoint {
-	ep := resolver.Endpoint{
-		Addresses:  []resolver.Address{{Addr: in.Addr}},
-		Attributes: attributes.New(instanceKey{}, instanceAttr{in: in}),
-	}
-	return swbalancer.SetEndpointInfo(ep, swbalancer.EndpointInfo{
-		ID: in.ID, Color: string(in.Color), Channel: in.Channel, Weight: in.Weight,
-		TrafficWeight: in.TrafficWeight, StartTime: in.StartTime, Warmup: in.Warmup, Epoch: in.Epoch,
-		Degraded: in.Degraded != "",
-	})
 }
 
 // RetryPolicy returns a MethodConfig that retries calls of the given fully-qualified services
@@ -356,14 +348,4 @@ func RetryPolicy(names ...string) string {
 	}
 	return `[{"name":[` + strings.Join(sel, ",") + `],"retryPolicy":{"maxAttempts":3,"initialBackoff":"0.01s",` +
 		`"maxBackoff":"0.1s","backoffMultiplier":2,"retryableStatusCodes":["UNAVAILABLE"]}}]`
-}
-
-// InstanceFromEndpoint returns the instance record the resolver attached to ep. ok is false
-// for an endpoint that did not come from this resolver.
-func InstanceFromEndpoint(ep resolver.Endpoint) (in Instance, ok bool) {
-	a, ok := ep.Attributes.Value(instanceKey{}).(instanceAttr)
-	if !ok {
-		return Instance{}, false
-	}
-	return *a.in, true
 }

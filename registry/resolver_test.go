@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -378,7 +379,7 @@ func buildResolver(t testing.TB, cli *clientv3.Client, app string, cc resolver.C
 	return r
 }
 
-func TestEndpointsCarryTheInstanceRecord(t *testing.T) {
+func TestEndpointsCarryTheAddressAndEndpointInfo(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
@@ -391,14 +392,11 @@ func TestEndpointsCarryTheInstanceRecord(t *testing.T) {
 	if len(st.Endpoints) != 1 || st.Endpoints[0].Addresses[0].Addr != "127.0.0.1:7001" {
 		t.Fatalf("endpoints %+v", st.Endpoints)
 	}
-	in, ok := registry.InstanceFromEndpoint(st.Endpoints[0])
-	if !ok || in.ID != "g-1" || in.Color != registry.ColorGreen || in.Weight != 30 {
-		t.Fatalf("InstanceFromEndpoint = %+v, %v", in, ok)
+	in, ok := balancer.EndpointInfoFrom(st.Endpoints[0])
+	if !ok || in.ID != "g-1" || in.Color != string(registry.ColorGreen) || in.Weight != 30 || in.Epoch == 0 {
+		t.Fatalf("EndpointInfoFrom = %+v, %v", in, ok)
 	}
 	if st.ServiceConfig == nil {
 		t.Fatal("state carries no service config")
-	}
-	if _, ok := registry.InstanceFromEndpoint(resolver.Endpoint{}); ok {
-		t.Fatal("InstanceFromEndpoint found a record on a foreign endpoint")
 	}
 }

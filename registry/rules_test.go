@@ -144,7 +144,7 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 	}
 	for _, in := range c.instances() {
 		if in.Channel != "trade" || in.Color == registry.ColorBlue && in.TrafficWeight != 0 {
-			t.Fatalf("InstanceFromEndpoint gives %+v, want channel trade and blue's weight 0", in)
+			t.Fatalf("the endpoint gives %+v, want channel trade and blue's weight 0", in)
 		}
 	}
 

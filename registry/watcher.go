@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,7 +16,10 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/resolver"
 
+	swbalancer "github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
@@ -79,7 +83,7 @@ type Update struct {
 //
 // Locking: mu guards last; the rest belongs to the watch goroutine (internal/kvwatch).
 type Watcher struct {
-	kv      *kvwatch.Watcher[*Instance]
+	kv      *kvwatch.Watcher[*inst]
 	app     string
 	log     *slog.Logger
 	onUp    func(Update)  // the user's OnUpdate, or nil
@@ -87,6 +91,9 @@ type Watcher struct {
 	skipped metric.Int64Counter
 	attrs   metric.AddOption
 	nSkip   atomic.Uint64
+	// ruled: the resolver takes channel and traffic weight from Rules, so a record change of
+	// only those is no change (kvwatch keeps the item it has and calls nothing).
+	ruled bool
 
 	mu   sync.Mutex
 	last instSet
@@ -95,19 +102,96 @@ type Watcher struct {
 	cli     *clientv3.Client
 	timeout time.Duration
 	hold    time.Duration
-	live    []*Instance // what etcd has, sorted by ID
+	live    []*inst // what etcd has, sorted by ID
 	held    map[string]heldInstance
 	timer   *time.Timer // republishes when the earliest hold ends
+	decoded Instance    // handed from decode to stamp, which kvwatch calls right after it
 }
 
 // instSet is an Update as the Watcher keeps it: the records are shared with kvwatch's set
 // (one copy of each record, which the resolver shares too) and treated as read-only.
 type instSet struct {
-	refs []*Instance // sorted by ID
+	refs []*inst // sorted by ID
 	held []string
 	rev  int64
 	err  error
+	app  string
 	ok   bool // set by emit: not the zero instSet
+}
+
+// inst is one instance record as the Watcher keeps it, compactly, since a resolver keeps one
+// per endpoint: the fields the balancer reads live once, as the balancer.EndpointInfo in attrs,
+// which the resolver's endpoints share; the rarely set ones behind a pointer. Read-only once
+// stamped.
+type inst struct {
+	ID    string
+	Addr  string
+	attrs *attributes.Attributes // balancer.EndpointInfo (SetEndpointInfo's), with Epoch
+	more  *instMore              // nil: no Version, Metadata or Degraded
+	lease int64                  // of the key as read; 0: none
+}
+
+type instMore struct {
+	version, degraded string
+	metadata          map[string]string
+}
+
+func (p *inst) info() swbalancer.EndpointInfo {
+	info, _ := swbalancer.EndpointInfoFrom(resolver.Endpoint{Attributes: p.attrs})
+	return info
+}
+
+// instance is the record of p, an instance of app.
+func (p *inst) instance(app string) Instance {
+	info := p.info()
+	in := Instance{ID: p.ID, App: app, Addr: p.Addr, Color: colorOf(info.Color), Channel: info.Channel,
+		Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime, Warmup: info.Warmup,
+		Epoch: info.Epoch}
+	if m := p.more; m != nil {
+		in.Version, in.Degraded, in.Metadata = m.version, m.degraded, m.metadata
+	}
+	return in
+}
+
+func colorOf(c string) Color {
+	switch c {
+	case string(ColorBlue):
+		return ColorBlue
+	case string(ColorGreen):
+		return ColorGreen
+	}
+	return ColorNone
+}
+
+// newInst is in, stamped with its key's create revision and lease.
+func newInst(in *Instance, createRev, lease int64) *inst {
+	p := &inst{ID: in.ID, Addr: in.Addr, lease: lease}
+	if in.Version != "" || in.Degraded != "" || len(in.Metadata) > 0 {
+		p.more = &instMore{version: in.Version, degraded: in.Degraded, metadata: in.Metadata}
+	}
+	p.attrs = swbalancer.SetEndpointInfo(resolver.Endpoint{}, swbalancer.EndpointInfo{
+		ID: in.ID, Color: string(in.Color), Channel: in.Channel, Weight: in.Weight,
+		TrafficWeight: in.TrafficWeight, StartTime: in.StartTime, Warmup: in.Warmup, Epoch: createRev,
+		Degraded: in.Degraded != "",
+	}).Attributes
+	return p
+}
+
+// equal tells an unchanged record from a changed one; with ignoreRule, a change of only the
+// channel and traffic weight is none.
+func (p *inst) equal(o *inst, ignoreRule bool) bool {
+	if p.ID != o.ID || p.Addr != o.Addr || (p.more == nil) != (o.more == nil) {
+		return false
+	}
+	if p.more != nil && (p.more.version != o.more.version || p.more.degraded != o.more.degraded ||
+		!maps.Equal(p.more.metadata, o.more.metadata)) {
+		return false
+	}
+	a, b := p.info(), o.info()
+	if ignoreRule {
+		a.Channel, a.TrafficWeight = b.Channel, b.TrafficWeight
+	}
+	return a.Equal(b)
 }
 
 // update copies the set into an Update.
@@ -120,14 +204,14 @@ func (s instSet) update() Update {
 	}
 	u := Update{Instances: make([]Instance, len(s.refs)), Revision: s.rev, Held: s.held}
 	for i, p := range s.refs {
-		u.Instances[i] = *p
+		u.Instances[i] = p.instance(s.app)
 	}
 	return u
 }
 
 // heldInstance is an instance kept although its record vanished with its lease.
 type heldInstance struct {
-	in    *Instance
+	in    *inst
 	until time.Time
 }
 
@@ -137,12 +221,14 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if cfg.OnUpdate == nil {
 		return nil, errors.New("registry: WatcherConfig.OnUpdate is nil; it is how the Watcher reports the instance set")
 	}
-	return newWatcher(cfg, nil, 0)
+	return newWatcher(cfg, nil, 0, false)
 }
 
 // newWatcher starts a Watcher that reports to cfg.OnUpdate if set and to onSet if not nil,
-// coalescing watch responses that follow each other within coalesce (kvwatch.Config).
-func newWatcher(cfg WatcherConfig, onSet func(instSet), coalesce time.Duration) (*Watcher, error) {
+// coalescing watch responses that follow each other within coalesce (kvwatch.Config). ruled:
+// a record change of only the channel and traffic weight is no change (a resolver with Rules
+// takes them from the rule), so it costs a decode and a comparison, nothing more.
+func newWatcher(cfg WatcherConfig, onSet func(instSet), coalesce time.Duration, ruled bool) (*Watcher, error) {
 	if cfg.Client == nil {
 		return nil, errors.New("registry: WatcherConfig.Client is nil; pass a connected *clientv3.Client")
 	}
@@ -182,15 +268,16 @@ func newWatcher(cfg WatcherConfig, onSet func(instSet), coalesce time.Duration) 
 		log:     cfg.Logger.With("app", cfg.App),
 		onUp:    cfg.OnUpdate,
 		onSet:   onSet,
+		ruled:   ruled,
 		skipped: skipped,
 		attrs:   metric.WithAttributeSet(attribute.NewSet(attribute.String("app", cfg.App))),
 	}
-	w.kv = kvwatch.New(kvwatch.Config[*Instance]{
+	w.kv = kvwatch.New(kvwatch.Config[*inst]{
 		Client:         cfg.Client,
 		Prefix:         AppPrefix(cfg.Prefix, cfg.App),
 		Decode:         w.decode,
-		Stamp:          func(in *Instance, createRev, lease int64) *Instance { in.Epoch, in.lease = createRev, lease; return in },
-		Equal:          func(a, b *Instance) bool { return a.Equal(*b) },
+		Stamp:          func(_ *inst, createRev, lease int64) *inst { return newInst(&w.decoded, createRev, lease) },
+		Equal:          func(a, b *inst) bool { return a.equal(b, w.ruled) },
 		OnChange:       w.change,
 		Coalesce:       coalesce,
 		OnListError:    func(err error) { w.emit(instSet{err: fmt.Errorf("registry: %w", err)}) },
@@ -225,9 +312,10 @@ func (w *Watcher) Skipped() uint64 { return w.nSkip.Load() }
 // nothing to a healthy watch (etcd's watch already tells it everything).
 func (w *Watcher) Refresh() { w.kv.Refresh() }
 
-// decode reads the record stored under the instance key id. The record shares its ID, App
-// and Color strings with the key, the Watcher and the constants, to keep one copy of each.
-func (w *Watcher) decode(id string, val []byte) (*Instance, error) {
+// decode reads the record stored under the instance key id into w.decoded, for the Stamp that
+// kvwatch calls right after it to make the inst. The record shares its ID, App and Color
+// strings with the key, the Watcher and the constants, to keep one copy of each.
+func (w *Watcher) decode(id string, val []byte) (*inst, error) {
 	if err := ValidateName("id", id); err != nil {
 		return nil, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>")
 	}
@@ -245,7 +333,8 @@ func (w *Watcher) decode(id string, val []byte) (*Instance, error) {
 	case ColorGreen:
 		in.Color = ColorGreen
 	}
-	return &in, nil
+	w.decoded = in
+	return nil, nil
 }
 
 func (w *Watcher) skip(key string, err error) {
@@ -267,7 +356,7 @@ func (w *Watcher) skip(key string, err error) {
 // endpoint it cannot connect to, so a held instance that really died costs connection
 // attempts, not calls. Only the last of a color costs a lease lookup (one etcd request)
 // before its removal is published.
-func (w *Watcher) change(items []*Instance, rev int64) {
+func (w *Watcher) change(items []*inst, rev int64) {
 	now := time.Now()
 	if len(w.held) > 0 {
 		for _, in := range items {
@@ -283,7 +372,7 @@ func (w *Watcher) change(items []*Instance, rev int64) {
 		if j < len(items) && items[j].ID == in.ID {
 			continue
 		}
-		if w.hold > 0 && !colorLeft(items, in.Color) && w.vanishedWithLease(in) {
+		if w.hold > 0 && !colorLeft(items, in.info().Color) && w.vanishedWithLease(in) {
 			w.held[in.ID] = heldInstance{in: in, until: now.Add(w.hold)}
 			w.log.Warn("registry: instance record vanished with its lease (expired, or revoked without Deregister); keeping the instance as a suspect until it registers again",
 				"instance", in.ID, "hold", w.hold)
@@ -314,16 +403,16 @@ func (w *Watcher) change(items []*Instance, rev int64) {
 			s.refs = append(s.refs, h.in)
 			s.held = append(s.held, id)
 		}
-		slices.SortFunc(s.refs, func(a, b *Instance) int { return cmp.Compare(a.ID, b.ID) })
+		slices.SortFunc(s.refs, func(a, b *inst) int { return cmp.Compare(a.ID, b.ID) })
 		slices.Sort(s.held)
 	}
 	w.emit(s)
 }
 
 // colorLeft reports whether set has an instance of color c.
-func colorLeft(set []*Instance, c Color) bool {
+func colorLeft(set []*inst, c string) bool {
 	for _, in := range set {
-		if in.Color == c {
+		if in.info().Color == c {
 			return true
 		}
 	}
@@ -333,7 +422,7 @@ func colorLeft(set []*Instance, c Color) bool {
 // vanishedWithLease reports whether the deleted record of in went with its lease: true if
 // etcd no longer has the lease, or cannot say; false for a record without a lease or whose
 // lease lives (deleted on purpose).
-func (w *Watcher) vanishedWithLease(in *Instance) bool {
+func (w *Watcher) vanishedWithLease(in *inst) bool {
 	if in.lease == 0 {
 		return false
 	}
@@ -344,7 +433,7 @@ func (w *Watcher) vanishedWithLease(in *Instance) bool {
 }
 
 func (w *Watcher) emit(s instSet) {
-	s.ok = true
+	s.ok, s.app = true, w.app
 	w.mu.Lock()
 	w.last = s
 	w.mu.Unlock()

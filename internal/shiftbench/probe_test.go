@@ -120,8 +120,9 @@ type probe struct {
 	pickers int    // sent in total
 	base    int    // pickers when armed
 	// A state the balancer is applying carries the round's weights in its endpoint infos
-	// (applying) or also in the records (settling): the next picker, or the end of the update
-	// if it sends none, marks the consumer applied or settled.
+	// (applying and settling: without Rules the infos are the records', and with Rules the
+	// fleet waits for the re-puts themselves): the next picker, or the end of the update if it
+	// sends none, marks the consumer applied or settled.
 	applying, settling   bool
 	appliedAt, settledAt time.Time
 	ready                map[gbalancer.SubConn]bool // SubConns READY now
@@ -166,9 +167,9 @@ func (p *probe) accepting(s resolver.State) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, ep := range s.Endpoints {
-		if in, ok := registry.InstanceFromEndpoint(ep); ok {
+		if in, ok := balancer.EndpointInfoFrom(ep); ok {
 			for _, a := range ep.Addresses {
-				p.colorAt[a.Addr] = in.Color
+				p.colorAt[a.Addr] = registry.Color(in.Color)
 			}
 		}
 	}
@@ -176,16 +177,13 @@ func (p *probe) accepting(s resolver.State) {
 	if r == nil || !p.settledAt.IsZero() || len(s.Endpoints) != r.endpoints {
 		return
 	}
-	info, rec := true, true
+	info := true
 	for _, ep := range s.Endpoints {
-		in, _ := registry.InstanceFromEndpoint(ep)
 		ei, _ := balancer.EndpointInfoFrom(ep)
-		want := r.want(in.Color)
-		info = info && near(ei.TrafficWeight, want)
-		rec = rec && near(in.TrafficWeight, want)
+		info = info && near(ei.TrafficWeight, r.want(registry.Color(ei.Color)))
 	}
 	p.applying = info && p.appliedAt.IsZero()
-	p.settling = info && rec
+	p.settling = info
 }
 
 // accepted is called when the balancer has applied the state: a state applied without a new
