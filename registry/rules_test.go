@@ -2,10 +2,13 @@ package registry_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/resolver"
 
 	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
@@ -203,4 +206,78 @@ func TestShiftReachesTheResolverBeforeAnyReput(t *testing.T) {
 	step("the shift to 0 % blue", func() error { _, err := ctl.Shift(context.Background(), "trade", 0); return err }, "trade", 0, 100)
 	step("the shift to 20 % blue", func() error { _, err := ctl.Shift(context.Background(), "trade", 20); return err }, "trade", 25, 100)
 	step("the finish", func() error { _, err := ctl.Finish(context.Background(), "trade"); return err }, "", 100, 100)
+}
+
+// countingRules counts the calls of Traffic: the resolver asks it at every update it works
+// through (and once at Build and once when it starts following the rules).
+type countingRules struct {
+	*fakeRules
+	calls atomic.Int64
+}
+
+func (c *countingRules) Traffic(app string) (string, float64, float64, bool) {
+	c.calls.Add(1)
+	return c.fakeRules.Traffic(app)
+}
+
+// TestReputOfTheRulesOwnSplitCostsTheResolverNothing: with Rules, instances re-putting the
+// channel and traffic weight the rule already gave (what every instance does after a shift)
+// are not an update of the resolver at all: it does not walk its endpoints or ask the rules
+// for them, only a later real change (a weight) is one update.
+func TestReputOfTheRulesOwnSplitCostsTheResolverNothing(t *testing.T) {
+	defer registry.SetResolverCoalesce(0)()
+	e := etcdtest.Start(t)
+	cli := e.Client(t)
+	const n = 20
+	put := func(i int, in registry.Instance) {
+		t.Helper()
+		val, err := registry.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(context.Background(), in.Key(registry.DefaultPrefix), string(val)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record := func(i int) registry.Instance {
+		return registry.Instance{App: "greeter", ID: fmt.Sprintf("b-%02d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 7000+i),
+			Color: registry.ColorBlue, Weight: 100, TrafficWeight: 100}
+	}
+	for i := range n {
+		put(i, record(i))
+	}
+	rules := &countingRules{fakeRules: newFakeRules()}
+	rules.set("greeter", &appTraffic{channel: "trade", blue: 25, green: 100})
+	cc := newStubCC()
+	b, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: testutil.Logger(t), Rules: rules})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.Build(resolver.Target{URL: *mustParse(t, "switchyard:///greeter")}, cc, resolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	st := testutil.Receive(t, "the first state", cc.states)
+	if info, _ := balancer.EndpointInfoFrom(st.Endpoints[0]); len(st.Endpoints) != n || info.Channel != "trade" || info.TrafficWeight != 25 {
+		t.Fatalf("first state: %d endpoints, the first %+v; want %d in channel trade with weight 25", len(st.Endpoints), info, n)
+	}
+	// Build, the rules follower's start, the first update.
+	testutil.Eventually(t, "the resolver to ask the rules three times", func() bool { return rules.calls.Load() == 3 })
+	base := rules.calls.Load()
+	for i := range n { // one watch response each
+		in := record(i)
+		in.Channel, in.TrafficWeight = "trade", 25
+		put(i, in)
+	}
+	marker := record(0)
+	marker.Channel, marker.TrafficWeight, marker.Weight = "trade", 25, 50
+	put(0, marker)
+	st = testutil.Receive(t, "the state with the marker", cc.states)
+	if info, _ := balancer.EndpointInfoFrom(st.Endpoints[0]); info.Weight != 50 {
+		t.Fatalf("the next state carries %+v, want b-00 with weight 50 (the re-puts sent a state)", info)
+	}
+	if got := rules.calls.Load() - base; got != 1 {
+		t.Fatalf("the resolver worked through %d updates for %d re-puts of the rule's own split and one weight change; want 1", got, n)
+	}
 }
