@@ -8,12 +8,14 @@ import (
 	"math"
 	"math/big"
 	"math/rand/v2"
+	"runtime"
 	"sync/atomic"
 	"testing"
 
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
@@ -39,19 +41,34 @@ func benchPicker(n int) *picker {
 	return p
 }
 
-// BenchmarkPick: one Pick, without a sticky decision and with one (the color filter).
+// BenchmarkPick: one Pick, without a sticky decision and with one (the color filter): a
+// baggage seen before (traffic's interceptors reuse theirs), or each pick one of 1,024
+// distinct baggages of the same decision (built per request, as otelgrpc's extraction does:
+// the decision cache misses).
 func BenchmarkPick(b *testing.B) {
-	m, _ := baggage.NewMemberRaw(sticky.BaggageKey, "trade=green")
-	bg, _ := baggage.New(m)
-	decided := baggage.ContextWithBaggage(context.Background(), bg)
+	decided := func() context.Context {
+		m, _ := baggage.NewMemberRaw(sticky.BaggageKey, "trade=green")
+		bg, _ := baggage.New(m)
+		return baggage.ContextWithBaggage(context.Background(), bg)
+	}
+	unseen := make([]balancer.PickInfo, 1024)
+	for i := range unseen {
+		unseen[i] = balancer.PickInfo{FullMethodName: "/m", Ctx: decided()}
+	}
 	for _, n := range []int{10, 100, 1000, 10_000} {
 		p := benchPicker(n)
-		for name, ctx := range map[string]context.Context{"undecided": context.Background(), "sticky": decided} {
-			b.Run(fmt.Sprintf("endpoints=%d/%s", n, name), func(b *testing.B) {
-				info := balancer.PickInfo{FullMethodName: "/m", Ctx: ctx}
+		for _, c := range []struct {
+			name  string
+			infos []balancer.PickInfo
+		}{
+			{"undecided", []balancer.PickInfo{{FullMethodName: "/m", Ctx: context.Background()}}},
+			{"sticky", []balancer.PickInfo{{FullMethodName: "/m", Ctx: decided()}}},
+			{"sticky-unseen", unseen},
+		} {
+			b.Run(fmt.Sprintf("endpoints=%d/%s", n, c.name), func(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; i < b.N; i++ {
-					if _, err := p.Pick(info); err != nil {
+					if _, err := p.Pick(c.infos[i%len(c.infos)]); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -192,9 +209,24 @@ func TestPickAllocatesNothing(t *testing.T) {
 		t.Skip("the race detector changes allocation counts; see BenchmarkPick")
 	}
 	p := benchPicker(100)
-	info := balancer.PickInfo{Ctx: context.Background()}
-	if n := testing.AllocsPerRun(1000, func() { _, _ = p.Pick(info) }); n != 0 {
-		t.Fatalf("Pick allocates %v times", n)
+	decided := func(value string) balancer.PickInfo {
+		m, _ := baggage.NewMemberRaw(sticky.BaggageKey, value)
+		bg, _ := baggage.New(m)
+		return balancer.PickInfo{Ctx: baggage.ContextWithBaggage(context.Background(), bg)}
+	}
+	unseen := make([]balancer.PickInfo, 256) // more than the decision cache holds
+	for i := range unseen {
+		unseen[i] = decided([...]string{"trade=blue", "trade=green", "pay=blue"}[i%3])
+	}
+	for name, infos := range map[string][]balancer.PickInfo{
+		"undecided":                 {{Ctx: context.Background()}},
+		"sticky, baggage seen":      {decided("trade=blue"), decided("trade=green")},
+		"sticky, baggage each time": unseen,
+	} {
+		i := 0
+		if n := testing.AllocsPerRun(1000, func() { _, _ = p.Pick(infos[i%len(infos)]); i++ }); n != 0 {
+			t.Errorf("%s: Pick allocates %v times", name, n)
+		}
 	}
 }
 
@@ -248,6 +280,51 @@ func TestGuideTableFindsWhatBinarySearchFinds(t *testing.T) {
 			if got, want := s.index(k), searchAll(&s, k); got != want {
 				t.Fatalf("%s: pick %d: endpoint %d, binary search says %d", name, k, got, want)
 			}
+		}
+	}
+}
+
+// TestStickyPickFollowsLookup: through the decision cache, with baggages made, repeated and
+// dropped while the collector runs, every pick goes to the color sticky.Lookup reads from
+// the baggage, and an undecided one to the whole set.
+func TestStickyPickFollowsLookup(t *testing.T) {
+	p := &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"),
+		fallbacks: noop.Int64Counter{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	answer := func(s string) fixedPicker {
+		return fixedPicker{balancer.PickResult{Metadata: metadata.Pairs("set", s)}}
+	}
+	for i := range 4 {
+		p.all.add(answer("all"), nil, 1)
+		p.byColor[i%2].add(answer([...]string{sticky.Blue, sticky.Green}[i%2]), nil, 1)
+	}
+	p.all.finish()
+	p.byColor[0].finish()
+	p.byColor[1].finish()
+	values := []string{"trade=blue", "trade=green", "pay=green", "trade=red&trade=green",
+		"pay=blue&trade=blue", "trade", "tradex=blue", "trade=blue&trade=green"}
+	rng := rand.New(rand.NewPCG(8, 9))
+	live := make([]context.Context, 64)
+	for step := range 20_000 {
+		i := rng.IntN(len(live))
+		if live[i] == nil || rng.IntN(3) == 0 {
+			m, _ := baggage.NewMemberRaw(sticky.BaggageKey, values[rng.IntN(len(values))])
+			bg, _ := baggage.New(m)
+			live[i] = baggage.ContextWithBaggage(context.Background(), bg)
+		}
+		res, err := p.Pick(balancer.PickInfo{Ctx: live[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		value := baggage.FromContext(live[i]).Member(sticky.BaggageKey).Value()
+		want := "all"
+		if c, ok := sticky.Lookup(value, "trade"); ok {
+			want = c
+		}
+		if got := res.Metadata.Get("set"); len(got) != 1 || got[0] != want {
+			t.Fatalf("baggage %q: picked from %v, want %s", value, got, want)
+		}
+		if step%2000 == 0 {
+			runtime.GC()
 		}
 	}
 }
