@@ -87,7 +87,10 @@
 // When the app's traffic changes, the resolver hands gRPC one new state at once, whether or
 // not the instances have re-put their records yet (they still do, for consumers without
 // Rules); a record change that the rule already gave (an instance re-putting its channel and
-// traffic weight) changes no endpoint, and a state in which no endpoint changed is not sent.
+// traffic weight) is not even an update: the resolver's Watcher decodes it, finds nothing but
+// the channel and traffic weight changed, and keeps the record it has (so after a shift a
+// consumer spends a decode per re-put, not a walk over its endpoints); a state in which no
+// endpoint changed is not sent.
 // A rule change of another app sends nothing.
 //
 // Watch responses that follow each other within Coalesce (2 ms), for at most 10 × Coalesce,

@@ -40,7 +40,8 @@ type Config[T any] struct {
 	Decode func(name string, value []byte) (T, error)
 	// Stamp, if set, is given every decoded item with its key's create revision (it changes
 	// when the key is deleted and created again) and lease (0: none), and returns the item
-	// to keep. Optional.
+	// to keep. Optional. It is called right after the Decode of the same value, on the
+	// Watcher's goroutine, so Decode may leave it what it needs (registry's Watcher does).
 	Stamp func(item T, createRevision, lease int64) T
 	// Equal tells an unchanged item from a changed one. Required.
 	Equal func(a, b T) bool

@@ -38,7 +38,7 @@
 // (outside the timer) and reused across the benchmark's runs; b.N is the number of shifts:
 //
 //	go test -run '^$' -bench 'Shift/200x20' -benchtime 20x ./internal/shiftbench/
-//	go test -run '^$' -bench 'Shift/1000x50' -benchtime 5x -timeout 60m ./internal/shiftbench/
+//	go test -run '^$' -bench 'Shift/1000x50' -benchtime 8x -timeout 60m ./internal/shiftbench/
 //
 // Each sub-benchmark reports p50-ms and p99-ms (applied, over the b.N shifts of the last run),
 // settle-p50-ms, cpu-ms/shift and pickers/conn/shift (the mean over connections; the maximum
