@@ -13,8 +13,9 @@
 //	runs/<item>/<trigger> one claim per item and trigger
 //
 // The leader assigns items 0..N-1 round-robin over the executors whose color is not drained,
-// and rewrites the assignment as soon as an executor joins or leaves or a drain changes (rule
-// events reach every executor through lifecycle). At each trigger, an executor claims each of
+// and rewrites the assignment as soon as an executor joins or leaves or a drain changes
+// (Config.Drains, deploy.Drains: in a service the lifecycle.Instance, which reads them from the
+// app's traffic rule). At each trigger, an executor claims each of
 // its items with a transaction that succeeds only if nobody claimed (item, trigger) and the
 // assignment it acts on is still the current one: it never starts an item it no longer owns,
 // and no item runs twice for one trigger. An executor of a drained color starts nothing, from
@@ -70,7 +71,7 @@
 // time whatever the clock. The tests move a fake clock from trigger to trigger and check, in
 // etcd's claims and the handler calls (4 executors, 2 blue and 2 green, 8 items): every item
 // runs at every trigger, on the executor the assignment names; from the first trigger after
-// the executors' rule client shows blue drained, every item runs on green and no blue
+// the executors' drains show blue drained, every item runs on green and no blue
 // executor runs anything, even before the leader has reassigned; none is lost across the
 // undrain; a leader's Stop removes its registration and election key at once; a killed
 // executor's items run on the others once its lease expires, for the trigger that passed

@@ -21,6 +21,8 @@ func Example() {
 	ran := map[int]int{}
 	ex, err := job.NewExecutor(job.Config{
 		Client: cli, ID: "reports-1", Logger: testutil.Silent,
+		// Drains: inst — in a service, the lifecycle.Instance, so that the executor runs
+		// nothing while its color is drained; without Drains it is colorless.
 		Job: job.Job{Name: "daily-settlement", Every: 100 * time.Millisecond, Items: 4,
 			Handler: func(_ context.Context, item int) error {
 				mu.Lock()

@@ -16,10 +16,9 @@ import (
 	"github.com/robfig/cron/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/backoff"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
-	"github.com/switchyard-go/switchyard/registry"
-	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // claimTTL is how long run claims live: long enough that a new owner checking a missed
@@ -32,9 +31,10 @@ const claimTTL = 120
 // versioned assignment, guarded by its election key. At each trigger an executor claims
 // (item, trigger) in etcd with a transaction that also checks the assignment it acts on is
 // still current, so it never starts an item it no longer owns and no item runs twice for one
-// trigger. It is a lifecycle component: Stop waits for runs in progress (at most StopTimeout
-// and Stop's ctx, then cancels them) and deregisters, so the leader reassigns its items at
-// once.
+// trigger. Drains come from Config.Drains: an executor of a drained color starts nothing,
+// and the leader reassigns at each change of its drains. It is a lifecycle component
+// (lifecycle.Instance.Append): Stop waits for runs in progress (at most StopTimeout and
+// Stop's ctx, then cancels them) and deregisters, so the leader reassigns its items at once.
 //
 // Every etcd request is capped by Config.RequestTimeout and by the ctx of the loop or call
 // that makes it, which Stop ends first: nothing the executor does waits for etcd beyond those.
@@ -48,7 +48,10 @@ type Executor struct {
 	log   *slog.Logger
 	runs  sync.WaitGroup
 	nRun  atomic.Int64
-	kick  chan struct{} // wakes the leader: a drain changed who may run
+	color deploy.Color  // the Drains' color, fixed
+	kick  chan struct{} // wakes the leader: the executors or the assignment changed
+	// recheck is how often the leader checks the assignment with nothing to wake it.
+	recheck time.Duration
 
 	mu        sync.Mutex
 	started   bool
@@ -72,7 +75,15 @@ func NewExecutor(cfg Config) (*Executor, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Executor{cfg: cfg, sched: sched, log: cfg.Logger.With("job", cfg.Job.Name, "executor", cfg.ID), kick: make(chan struct{}, 1)}
+	color := deploy.None
+	if cfg.Drains != nil {
+		color = cfg.Drains.Color()
+	}
+	if !color.Valid() {
+		return nil, fmt.Errorf("job: Config.Drains has color %q; want blue, green or none", color)
+	}
+	e := &Executor{cfg: cfg, sched: sched, color: color, log: cfg.Logger.With("job", cfg.Job.Name, "executor", cfg.ID),
+		kick: make(chan struct{}, 1), recheck: time.Second}
 	p := jobPrefix(cfg.Prefix, cfg.Job.Name)
 	e.keys.executors = p + "executors/"
 	e.keys.exec = e.keys.executors + cfg.ID
@@ -82,16 +93,8 @@ func NewExecutor(cfg Config) (*Executor, error) {
 	return e, nil
 }
 
-// UseRules tells the executor its app, color and where to read drains (lifecycle calls it).
-func (e *Executor) UseRules(rules *traffic.Client, app string, color registry.Color) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.cfg.Rules, e.cfg.App, e.cfg.Color = rules, app, color
-}
-
-// HandleEvent makes a drain take effect at once: the leader reassigns, and no executor of
-// the drained color starts an item from now on (lifecycle.EventHandler).
-func (e *Executor) HandleEvent(traffic.Event) {
+// kickLeader wakes the leader's loop, if this executor leads, to check the assignment.
+func (e *Executor) kickLeader() {
 	select {
 	case e.kick <- struct{}{}:
 	default:
@@ -101,20 +104,19 @@ func (e *Executor) HandleEvent(traffic.Event) {
 // Runs counts the runs this executor started.
 func (e *Executor) Runs() int64 { return e.nRun.Load() }
 
+// drains are the drains now and a channel closed at their next change (nil, which never
+// closes, without Drains).
+func (e *Executor) drains() (deploy.Drain, <-chan struct{}) {
+	if e.cfg.Drains == nil {
+		return deploy.Drain{}, nil
+	}
+	return e.cfg.Drains.Drained()
+}
+
 // drained reports whether color c is drained now.
-func (e *Executor) drained(c string) bool {
-	e.mu.Lock()
-	rules, app := e.cfg.Rules, e.cfg.App
-	e.mu.Unlock()
-	if rules == nil || c == "" {
-		return false
-	}
-	r, ok := rules.ChannelOf(app)
-	if !ok {
-		return false
-	}
-	p := traffic.EffectivePercent(r)
-	return (c == string(registry.ColorBlue) && p == 0) || (c == string(registry.ColorGreen) && p == 100)
+func (e *Executor) drained(c deploy.Color) bool {
+	d, _ := e.drains()
+	return d.Of(c)
 }
 
 // request is ctx capped by RequestTimeout, for one etcd request.
@@ -135,7 +137,7 @@ func (e *Executor) failed(ctx context.Context, what string, err error) error {
 }
 
 func (e *Executor) record() string {
-	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.cfg.Color)})
+	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.color)})
 	return string(val)
 }
 
@@ -183,7 +185,7 @@ func (e *Executor) Start(ctx context.Context) error {
 				e.mu.Lock()
 				e.assignBad = true
 				e.mu.Unlock()
-				e.HandleEvent(traffic.Event{}) // the leader writes its own again
+				e.kickLeader() // the leader writes its own again
 			}
 		},
 	})
@@ -194,7 +196,7 @@ func (e *Executor) Start(ctx context.Context) error {
 			e.mu.Lock()
 			e.execs = ex
 			e.mu.Unlock()
-			e.HandleEvent(traffic.Event{})
+			e.kickLeader()
 		},
 		OnSkip:         func(key string, err error) { e.log.Warn("job: ignoring an executor record", "key", key, "err", err) },
 		RequestTimeout: e.cfg.RequestTimeout, Logger: e.log,
@@ -326,7 +328,7 @@ func (e *Executor) onAssignment(as []assignment, rev int64) {
 	last, started := e.last, e.started
 	items := slices.Clone(a.Items[e.cfg.ID])
 	e.mu.Unlock()
-	e.HandleEvent(traffic.Event{}) // the leader checks it is its own
+	e.kickLeader() // the leader checks it is its own
 	// RunOnce: the last trigger may have passed while these items had no owner, or while this
 	// executor's view was stale and its claims were refused. Claims make this safe: whatever
 	// already ran for that trigger is not run again.
@@ -382,7 +384,7 @@ func (e *Executor) schedule(ctx context.Context) {
 // someone claimed it already or the assignment changed since revision rev, the one item was
 // read from.
 func (e *Executor) tryRun(item int, trigger time.Time, rev int64) {
-	if e.drained(string(e.cfg.Color)) {
+	if e.drained(e.color) {
 		return
 	}
 	e.mu.Lock()
@@ -443,13 +445,14 @@ func (e *Executor) campaign(ctx context.Context, sess *session) error {
 		return err
 	}
 	e.log.Info("job: leading")
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(e.recheck)
 	defer t.Stop()
 	e.mu.Lock()
 	// What is in etcd as far as we know, then what we wrote, and the revision of that.
 	written, writtenRv := e.assign, e.assignRv
 	e.mu.Unlock()
 	for {
+		_, drainsChanged := e.drains() // before reassigning, so no change is missed
 		e.reassign(ctx, key, rev, &written, &writtenRv)
 		select {
 		case <-ctx.Done():
@@ -457,6 +460,7 @@ func (e *Executor) campaign(ctx context.Context, sess *session) error {
 		case <-sess.done:
 			e.log.Warn("job: session lost; no longer leading")
 			return nil
+		case <-drainsChanged: // a drain changed who may run
 		case <-e.kick:
 		case <-t.C:
 		}
@@ -481,7 +485,7 @@ func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *ass
 	foreign := bad || (seenRv > *curRv && !sameItems(seen.Items, cur.Items))
 	var eligible []string
 	for _, x := range execs {
-		if !e.drained(x.Color) {
+		if !e.drained(deploy.Color(x.Color)) {
 			eligible = append(eligible, x.ID)
 		}
 	}

@@ -1,5 +1,7 @@
 package job
 
+import "time"
+
 // Kill stops the executor as a crash would: no deregistration, no resignation; its lease
 // expires after the TTL.
 func (e *Executor) Kill() {
@@ -22,3 +24,7 @@ func (e *Executor) SessionDone() <-chan struct{} {
 	defer e.mu.Unlock()
 	return e.sess.done
 }
+
+// NoRecheck makes the leader check the assignment only when woken (an executor or the
+// assignment changed, or its drains did), so a test shows what wakes it. Before Start.
+func (e *Executor) NoRecheck() { e.recheck = time.Hour }

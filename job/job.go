@@ -15,8 +15,8 @@ import (
 	"github.com/robfig/cron/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/registry"
-	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // DefaultRequestTimeout is Config.RequestTimeout's default.
@@ -67,11 +67,10 @@ type Config struct {
 	Job Job
 	// ID identifies the executor (the instance id). Required.
 	ID string
-	// Color is the instance's color; set by lifecycle (UseRules).
-	Color registry.Color
-	// Rules and App tell which color is drained; set by lifecycle (UseRules).
-	Rules *traffic.Client
-	App   string
+	// Drains tells the executor its instance's color and which colors of its app are
+	// drained, and when that changes: in a service the lifecycle.Instance, or
+	// deploy.ManualDrains to set them by hand. Nil: a colorless executor, never drained.
+	Drains deploy.Drains
 	// TTL is the executor's session TTL: a dead executor's items move after at most this.
 	// Default 10 s.
 	TTL time.Duration

@@ -15,11 +15,10 @@ import (
 	"github.com/jonboulle/clockwork"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/job"
-	"github.com/switchyard-go/switchyard/registry"
-	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // The tests spend their time waiting for etcd's leases to expire in real time, not on the
@@ -38,6 +37,21 @@ const (
 	keys  = "/switchyard/jobs/settle/"
 )
 
+// The leader reassigns at a change of its drains because the change wakes it (its Drains'
+// channel), not at its next periodic check, which this test turns off.
+func TestLeaderWakesAtADrainChange(t *testing.T) {
+	v := newEnv(t)
+	v.noRecheck = true
+	v.startAll(long, "blue-1", "green-1")
+	v.assigned("blue-1", "green-1")
+	v.drain(deploy.Drain{Blue: true})
+	v.assigned("green-1")
+	v.drain(deploy.Drain{})
+	v.assigned("blue-1", "green-1")
+	v.drain(deploy.Drain{Green: true})
+	v.assigned("blue-1")
+}
+
 // call is one handler call.
 type call struct {
 	executor string
@@ -47,14 +61,16 @@ type call struct {
 type env struct {
 	t      *testing.T
 	e      *etcdtest.Server
-	cli    *clientv3.Client // through the proxy, as the executors reach etcd
-	direct *clientv3.Client // around the proxy, to look while it is cut
-	rules  *traffic.Client
-	ctl    *traffic.Controller
-	clk    *clockwork.FakeClock
-	execs  map[string]*job.Executor
-	live   int  // executors whose schedule runs: the clock's waiters between triggers
-	lostOK bool // accounted allows claims that never ran (etcd was stopped)
+	cli    *clientv3.Client                // through the proxy, as the executors reach etcd
+	direct *clientv3.Client                // around the proxy, to look while it is cut
+	drains map[string]*deploy.ManualDrains // executor id → its instance's drains
+	d      deploy.Drain                    // what drain sets them to
+	// noRecheck: the leader checks the assignment only when woken (Executor.NoRecheck).
+	noRecheck bool
+	clk       *clockwork.FakeClock
+	execs     map[string]*job.Executor
+	live      int  // executors whose schedule runs: the clock's waiters between triggers
+	lostOK    bool // accounted allows claims that never ran (etcd was stopped)
 
 	// hold, if set, is called by the handler after it counted the call: a test holds runs in
 	// progress with it. Set it before starting executors.
@@ -69,28 +85,31 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	rules, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rules.Close)
-	ctl, _ := traffic.NewController(traffic.Config{Client: cli})
-	if _, err := ctl.Open(context.Background(), "trade", []string{"reports"}); err != nil {
-		t.Fatal(err)
-	}
-	return &env{t: t, e: e, cli: cli, direct: e.DirectClient(t), rules: rules, ctl: ctl,
+	return &env{t: t, e: e, cli: cli, direct: e.DirectClient(t), drains: map[string]*deploy.ManualDrains{},
 		clk:   clockwork.NewFakeClockAt(time.Date(2030, 1, 2, 3, 4, 0, 0, time.UTC)),
 		execs: map[string]*job.Executor{}, calls: map[call]int{}}
 }
 
-func colorOf(id string) registry.Color { return registry.Color(id[:strings.Index(id, "-")]) }
+func colorOf(id string) deploy.Color { return deploy.Color(id[:strings.Index(id, "-")]) }
+
+// drain sets the drains of every executor, started or to come, to d: what lifecycle's
+// Instance does at a change of the app's rule.
+func (v *env) drain(d deploy.Drain) {
+	v.d = d
+	for _, m := range v.drains {
+		m.Set(d)
+	}
+}
 
 // start starts executor id (its color is the id's prefix: "blue-1") with session TTL ttl and
 // Start's ctx ctx.
 func (v *env) start(ctx context.Context, id string, ttl time.Duration) *job.Executor {
 	v.t.Helper()
+	drains := deploy.NewManualDrains(colorOf(id))
+	drains.Set(v.d)
+	v.drains[id] = drains
 	cfg := job.Config{
-		Client: v.cli, ID: id, TTL: ttl, Logger: testutil.Logger(v.t), Clock: v.clk,
+		Client: v.cli, ID: id, TTL: ttl, Logger: testutil.Logger(v.t), Clock: v.clk, Drains: drains,
 		Job: job.Job{Name: "settle", Every: every, Items: items,
 			Handler: func(ctx context.Context, item int) error {
 				v.mu.Lock()
@@ -109,8 +128,9 @@ func (v *env) start(ctx context.Context, id string, ttl time.Duration) *job.Exec
 	if err != nil {
 		v.t.Fatal(err)
 	}
-	ex.UseRules(v.rules, "reports", colorOf(id)) // what lifecycle does
-	v.t.Cleanup(v.rules.Subscribe("trade", ex.HandleEvent))
+	if v.noRecheck {
+		ex.NoRecheck()
+	}
 	if err := ex.Start(ctx); err != nil {
 		v.t.Fatal(err)
 	}
@@ -246,7 +266,7 @@ func (v *env) ran(at time.Time) map[int]string {
 	return owners
 }
 
-func (v *env) callsBy(color registry.Color) int {
+func (v *env) callsBy(color deploy.Color) int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	n := 0
@@ -328,47 +348,35 @@ func TestEveryTriggerRunsEveryItemAndDrainsAreObeyed(t *testing.T) {
 		}
 	}
 
-	// Drain blue. The executors read drains from this rule client: once it shows the drain,
-	// no blue executor starts an item, and no item is lost, from the next trigger on, even
-	// before the leader has given blue's items to green.
-	blueRuns := v.callsBy(registry.ColorBlue)
-	if _, err := v.ctl.Shift(context.Background(), "trade", 0); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, "the executors' rule client showing blue drained", func() bool {
-		r, ok := v.rules.ChannelOf("reports")
-		return ok && traffic.EffectivePercent(r) == 0
-	})
+	// Drain blue. Once the executors' drains show it, no blue executor starts an item, and no
+	// item is lost, from the next trigger on, even before the leader has given blue's items
+	// to green.
+	blueRuns := v.callsBy(deploy.Blue)
+	v.drain(deploy.Drain{Blue: true})
 	for i := range 3 {
 		if i == 2 {
 			v.assigned("green-1", "green-2")
 		}
 		at := v.trigger()
 		for it, id := range v.ran(at) {
-			if colorOf(id) == registry.ColorBlue {
+			if colorOf(id) == deploy.Blue {
 				t.Fatalf("trigger %d after the drain: item %d claimed by %s", i, it, id)
 			}
 		}
-		if n := v.callsBy(registry.ColorBlue); n != blueRuns {
+		if n := v.callsBy(deploy.Blue); n != blueRuns {
 			t.Fatalf("blue executors ran %d items after the drain", n-blueRuns)
 		}
 	}
 
 	// Undrain: no item is lost at the next trigger, and blue executors take their items again.
-	if _, err := v.ctl.Shift(context.Background(), "trade", 50); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, "the executors' rule client showing blue undrained", func() bool {
-		r, ok := v.rules.ChannelOf("reports")
-		return ok && traffic.EffectivePercent(r) == 50
-	})
+	v.drain(deploy.Drain{})
 	v.ran(v.trigger())
 	want = v.assigned(ids...)
 	at := v.trigger()
 	if got := v.ran(at); !maps.Equal(got, want) {
 		t.Fatalf("after the undrain, items ran on %v; the assignment says %v", got, want)
 	}
-	if v.callsBy(registry.ColorBlue) == blueRuns {
+	if v.callsBy(deploy.Blue) == blueRuns {
 		t.Fatal("blue executors got no runs back after the undrain")
 	}
 	v.accounted()

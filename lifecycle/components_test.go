@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/job"
@@ -159,12 +160,10 @@ func TestOnlineFailureStaysDrained(t *testing.T) {
 	}
 }
 
-// mq.Consumer and job.Executor are lifecycle components that follow the rule and take events.
+// mq.Consumer and job.Executor are lifecycle components; they follow the Instance as their
+// deploy.Drains.
 var (
-	_ lifecycle.Component    = (*mq.Consumer)(nil)
-	_ lifecycle.RulesUser    = (*mq.Consumer)(nil)
-	_ lifecycle.EventHandler = (*mq.Consumer)(nil)
-	_ lifecycle.Component    = (*job.Executor)(nil)
-	_ lifecycle.RulesUser    = (*job.Executor)(nil)
-	_ lifecycle.EventHandler = (*job.Executor)(nil)
+	_ lifecycle.Component = (*mq.Consumer)(nil)
+	_ lifecycle.Component = (*job.Executor)(nil)
+	_ deploy.Drains       = (*lifecycle.Instance)(nil)
 )

@@ -13,12 +13,16 @@
 //	green      G, G-green       none                G, G-green, G-blue
 //	colorless  G (everything)
 //
-// The Consumer is a lifecycle.Component: given to lifecycle.Config.Components, it is handed
-// the rule client (UseRules), started once the instance is registered, told of every rule
-// event of the app's channel — on which it re-reads the rule and joins or leaves groups — and
-// stopped, after its messages in flight, while the instance drains. A stopping group member
-// finishes and acknowledges the call in progress, hands back what it fetched but has not
-// started, and the member taking over continues from there.
+// A Consumer follows its ConsumerConfig.Drains (deploy.Drains): its instance's color, which
+// colors of its app are drained and when that changes. In a service that is the
+// lifecycle.Instance, which reads them from the app's traffic rule; the Consumer is built
+// with it and handed to its Append, and is then started once the instance is registered and
+// stopped, after its messages in flight, while the instance drains. Between the two it joins
+// or leaves groups at every change of the drains, from a goroutine of its own. A stopping
+// group member finishes and acknowledges the call in progress, hands back what it fetched
+// but has not started, and the member taking over continues from there. Without lifecycle,
+// deploy.ManualDrains sets the drains by hand; with no Drains the consumer is colorless.
+// Package mq imports neither etcd nor gRPC.
 //
 // # Stop contract
 //
@@ -43,7 +47,7 @@
 // On a drain the consumers of the drained color leave their groups together, hand back what
 // they fetched and had not started, and handle nothing later than the calls in progress.
 // In mqtest.TestIsolationAcrossADrain (both adapters) no message is handled by the drained
-// color later than mqtest.DrainGrace (300 ms) after the drain is stored, and none is lost. NATS
+// color later than mqtest.DrainGrace (300 ms) after the drain is set, and none is lost. NATS
 // JetStream members fetch few messages ahead (natsjs.Options.PullBatch, default 16) and NAK
 // the rest at once on Stop; before, a member fetched up to 500 and handled them all while
 // stopping (469 messages handled by blue later than the grace, the last 2.8 s after the

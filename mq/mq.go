@@ -10,12 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/switchyard-go/switchyard/registry"
-	"github.com/switchyard-go/switchyard/traffic"
+	"github.com/switchyard-go/switchyard/deploy"
 )
-
-// ColorHeader is the message header that carries the producing instance's color.
-const ColorHeader = "x-deploy-color"
 
 // Message is one message. Headers may be nil.
 type Message struct {
@@ -29,7 +25,7 @@ type Message struct {
 }
 
 // Color is the message's color tag, "" when untagged.
-func (m Message) Color() registry.Color { return registry.Color(m.Headers[ColorHeader]) }
+func (m Message) Color() deploy.Color { return deploy.Color(m.Headers[deploy.ColorHeader]) }
 
 // Broker is what an adapter (mq/natsjs, mq/kafka) implements.
 type Broker interface {
@@ -54,23 +50,23 @@ type Subscription interface {
 // Producer tags every message with the producing instance's color.
 type Producer struct {
 	b     Broker
-	color registry.Color
+	color deploy.Color
 }
 
 // NewProducer returns a producer for an instance of color (none: messages go untagged).
-func NewProducer(b Broker, color registry.Color) *Producer { return &Producer{b: b, color: color} }
+func NewProducer(b Broker, color deploy.Color) *Producer { return &Producer{b: b, color: color} }
 
 // Publish sends m to topic with x-deploy-color set to the producer's color (any tag already
 // in m.Headers is replaced; m's map is not modified).
 func (p *Producer) Publish(ctx context.Context, topic string, m Message) error {
-	if p.color != registry.ColorNone {
+	if p.color != deploy.None {
 		h := make(map[string]string, len(m.Headers)+1)
 		maps.Copy(h, m.Headers)
-		h[ColorHeader] = string(p.color)
+		h[deploy.ColorHeader] = string(p.color)
 		m.Headers = h
-	} else if _, tagged := m.Headers[ColorHeader]; tagged {
+	} else if _, tagged := m.Headers[deploy.ColorHeader]; tagged {
 		m.Headers = maps.Clone(m.Headers)
-		delete(m.Headers, ColorHeader)
+		delete(m.Headers, deploy.ColorHeader)
 	}
 	return p.b.Publish(ctx, topic, m)
 }
@@ -84,13 +80,10 @@ type ConsumerConfig struct {
 	// Handler processes a message. It must be idempotent: around a drain, a message in
 	// flight on a stopping instance can be delivered again to the instance taking over.
 	Handler func(ctx context.Context, m Message) error // required
-	// Color is this instance's color. Set by lifecycle (UseRules) when the Consumer is one of
-	// its components.
-	Color registry.Color
-	// Rules and App tell the Consumer which colors are drained. Set by lifecycle (UseRules);
-	// without them the Consumer never sees a drain.
-	Rules *traffic.Client
-	App   string
+	// Drains tells the Consumer its instance's color and which colors of its app are drained,
+	// and when that changes: in a service the lifecycle.Instance, or deploy.ManualDrains to
+	// set them by hand. Nil: a colorless consumer, in group G only, never drained.
+	Drains deploy.Drains
 	// Logger, default slog.Default().
 	Logger *slog.Logger
 }
@@ -104,19 +97,35 @@ type ConsumerConfig struct {
 //
 // A group receives every message of the topic and acknowledges, without calling the handler,
 // those that are not its color, so every message is processed by exactly the group of its
-// color. It is a lifecycle.Component: lifecycle starts it once the instance is registered,
-// stops it while draining, and forwards rule events, which make it re-read the rule and
-// reconcile its groups. It counts redeliveries (Redeliveries).
+// color. The Consumer follows its Drains: Start joins the groups they call for now, and
+// until Stop a goroutine of its own joins or leaves groups at each change. It is a
+// lifecycle.Component (lifecycle.Instance.Append): started once the instance is registered,
+// stopped while it drains. It counts redeliveries (Redeliveries).
 //
 // Locking: mu guards the fields below it and serializes reconciling; it is held while
-// subscriptions start and stop (bounded by the ctx given), never while the handler runs.
+// subscriptions start and stop (bounded by the ctx given: Stop's ctx also bounds a reconcile
+// of the following goroutine that Stop waits for), never while the handler runs. followMu
+// guards follow alone, so that Stop reaches the goroutine while it reconciles under mu; it is
+// taken inside mu (Start) or alone (Stop), never the other way round.
 type Consumer struct {
 	cfg     ConsumerConfig
+	color   deploy.Color // the Drains' color, fixed
 	redeliv atomic.Uint64
+
+	followMu sync.Mutex
+	follow   *follower // the goroutine following the drains, while started
 
 	mu      sync.Mutex
 	started bool
 	subs    map[string]Subscription // broker group name → membership
+	changed <-chan struct{}         // closed at the next change of the drains reconciled to
+}
+
+// follower is the goroutine that reconciles at each change of the drains, until stop.
+type follower struct {
+	stop   chan struct{}      // closed by Stop
+	cancel context.CancelFunc // ends the ctx of its reconcile in progress (at Stop's deadline)
+	done   chan error         // its last reconcile's error if Stop came during it, then closed
 }
 
 // NewConsumer checks cfg.
@@ -128,48 +137,105 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		return nil, errors.New("mq: ConsumerConfig.Topic and Group are required")
 	case cfg.Handler == nil:
 		return nil, errors.New("mq: ConsumerConfig.Handler is nil")
-	case !cfg.Color.Valid():
-		return nil, fmt.Errorf("mq: color %q must be blue, green or empty", cfg.Color)
+	}
+	color := deploy.None
+	if cfg.Drains != nil {
+		color = cfg.Drains.Color()
+	}
+	if !color.Valid() {
+		return nil, fmt.Errorf("mq: ConsumerConfig.Drains has color %q; want blue, green or none", color)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Consumer{cfg: cfg, subs: map[string]Subscription{}}, nil
+	return &Consumer{cfg: cfg, color: color, subs: map[string]Subscription{}}, nil
 }
 
-// UseRules tells the Consumer its app, color and where to read the app's rule. lifecycle
-// calls it before Start.
-func (c *Consumer) UseRules(rules *traffic.Client, app string, color registry.Color) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.cfg.Rules, c.cfg.App, c.cfg.Color = rules, app, color
-}
-
-// Start joins the groups the current rule calls for.
+// Start joins the groups the drains call for now and follows them until Stop. If a group
+// cannot be joined it leaves those it joined and returns the error.
 func (c *Consumer) Start(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.started {
+		return nil
+	}
 	c.started = true
-	return c.reconcileLocked(ctx)
+	if err := c.reconcileLocked(ctx); err != nil {
+		c.started = false
+		return errors.Join(err, c.reconcileLocked(ctx))
+	}
+	if c.color != deploy.None { // a colorless consumer is never drained
+		fctx, cancel := context.WithCancel(context.Background())
+		f := &follower{stop: make(chan struct{}), cancel: cancel, done: make(chan error, 1)}
+		c.followMu.Lock()
+		c.follow = f
+		c.followMu.Unlock()
+		go c.following(fctx, f)
+	}
+	return nil
 }
 
-// Stop leaves every group at once, after the handler calls in progress, under the package's
-// Stop contract: calls still running when ctx ends have their ctx cancelled, and Stop returns
-// by ctx's deadline with an error naming the groups concerned.
+// following reconciles at each change of the drains until f.stop. A reconcile that fails is
+// logged and tried again at the next change.
+func (c *Consumer) following(ctx context.Context, f *follower) {
+	defer close(f.done)
+	defer f.cancel()
+	for {
+		c.mu.Lock()
+		changed := c.changed
+		c.mu.Unlock()
+		select {
+		case <-f.stop:
+			return
+		case <-changed:
+		}
+		c.mu.Lock()
+		select {
+		case <-f.stop: // Stop came first: it reconciles to nothing itself
+			c.mu.Unlock()
+			return
+		default:
+		}
+		err := c.reconcileLocked(ctx)
+		c.mu.Unlock()
+		select {
+		case <-f.stop: // Stop waited for this reconcile: its error is Stop's
+			f.done <- err
+			return
+		default:
+		}
+		if err != nil {
+			c.cfg.Logger.Error("mq: could not follow the drains; retried at their next change", "group", c.cfg.Group, "color", c.color, "err", err)
+		}
+	}
+}
+
+// Stop stops following the drains and leaves every group at once, after the handler calls
+// in progress, under the package's Stop contract: calls still running when ctx ends have
+// their ctx cancelled, and Stop returns by ctx's deadline with an error naming the groups
+// concerned. A change of the drains being followed when Stop begins is finished first, under
+// the same ctx.
 func (c *Consumer) Stop(ctx context.Context) error {
+	c.followMu.Lock()
+	f := c.follow
+	c.follow = nil
+	c.followMu.Unlock()
+	var errs []error
+	if f != nil {
+		close(f.stop)
+		cut := context.AfterFunc(ctx, f.cancel)
+		err := <-f.done
+		cut()
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("mq: leaving groups for a drain when Stop began, cut when Stop's ctx ended (%w): %w", ctx.Err(), err)
+		}
+		errs = append(errs, err)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.started = false
-	return c.reconcileLocked(ctx)
-}
-
-// HandleEvent re-reads the rule and joins or leaves groups accordingly (lifecycle.EventHandler).
-func (c *Consumer) HandleEvent(traffic.Event) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.reconcileLocked(context.Background()); err != nil {
-		c.cfg.Logger.Error("mq: could not follow the rule; retried on the next event", "group", c.cfg.Group, "err", err)
-	}
+	errs = append(errs, c.reconcileLocked(ctx))
+	return errors.Join(errs...)
 }
 
 // Groups are the broker groups this instance is in now, sorted.
@@ -183,48 +249,44 @@ func (c *Consumer) Groups() []string {
 func (c *Consumer) Redeliveries() uint64 { return c.redeliv.Load() }
 
 // GroupName is the broker group of logical group g for messages of color ("" is the origin).
-func GroupName(g string, color registry.Color) string {
-	if color == registry.ColorNone {
+func GroupName(g string, color deploy.Color) string {
+	if color == deploy.None {
 		return g
 	}
 	return g + "-" + string(color)
 }
 
-// wantedLocked maps broker group → the color it processes ("*" for every message).
-func (c *Consumer) wantedLocked() map[string]string {
+// wantedLocked maps broker group → the color it processes ("*" for every message), for the
+// drains d.
+func (c *Consumer) wantedLocked(d deploy.Drain) map[string]string {
 	want := map[string]string{}
 	if !c.started {
 		return want
 	}
-	g, own := c.cfg.Group, c.cfg.Color
-	if own == registry.ColorNone {
+	g, own := c.cfg.Group, c.color
+	if own == deploy.None {
 		want[g] = "*"
 		return want
 	}
-	percent := float64(traffic.EvenSplit)
-	if c.cfg.Rules != nil {
-		if r, ok := c.cfg.Rules.ChannelOf(c.cfg.App); ok {
-			percent = traffic.EffectivePercent(r)
-		}
-	}
-	drained := map[registry.Color]bool{registry.ColorBlue: percent == 0, registry.ColorGreen: percent == 100}
-	if drained[own] {
+	if d.Of(own) {
 		return want
 	}
 	want[g] = ""
 	want[GroupName(g, own)] = string(own)
-	other := registry.ColorGreen
-	if own == registry.ColorGreen {
-		other = registry.ColorBlue
-	}
-	if drained[other] {
+	if other := own.Other(); d.Of(other) {
 		want[GroupName(g, other)] = string(other)
 	}
 	return want
 }
 
+// reconcileLocked joins and leaves groups as the drains now call for, and notes the channel
+// that tells their next change.
 func (c *Consumer) reconcileLocked(ctx context.Context) error {
-	want := c.wantedLocked()
+	var d deploy.Drain
+	if c.cfg.Drains != nil {
+		d, c.changed = c.cfg.Drains.Drained()
+	}
+	want := c.wantedLocked(d)
 	// Leave first: a drained instance stops before others start. The groups left stop
 	// together, so that none goes on handling while another finishes its call in progress.
 	var (
@@ -241,7 +303,7 @@ func (c *Consumer) reconcileLocked(ctx context.Context) error {
 					errs = append(errs, fmt.Errorf("mq: leave group %s: %w", name, err))
 					errMu.Unlock()
 				}
-				c.cfg.Logger.Info("mq: left group", "group", name, "color", c.cfg.Color, "err", err)
+				c.cfg.Logger.Info("mq: left group", "group", name, "color", c.color, "err", err)
 			})
 			delete(c.subs, name)
 		}
@@ -257,7 +319,7 @@ func (c *Consumer) reconcileLocked(ctx context.Context) error {
 			continue
 		}
 		c.subs[name] = sub
-		c.cfg.Logger.Info("mq: joined group", "group", name, "color", c.cfg.Color)
+		c.cfg.Logger.Info("mq: joined group", "group", name, "color", c.color)
 	}
 	return errors.Join(errs...)
 }
@@ -268,8 +330,8 @@ func (c *Consumer) reconcileLocked(ctx context.Context) error {
 func (c *Consumer) filter(color string) func(context.Context, Message) error {
 	return func(ctx context.Context, m Message) error {
 		mc := m.Color()
-		if mc != registry.ColorBlue && mc != registry.ColorGreen {
-			mc = registry.ColorNone
+		if mc != deploy.Blue && mc != deploy.Green {
+			mc = deploy.None
 		}
 		if color != "*" && string(mc) != color {
 			return nil

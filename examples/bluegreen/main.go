@@ -10,9 +10,10 @@
 // Order instances also consume an MQ topic and inventory instances run a sharded job; the
 // verdict counts work done on a drained color from events, not from when a phase began: an
 // MQ message handled by a consumer after it left its groups for the drain, and a job run
-// claimed for a trigger after the executor's rule client showed the drain and before the rule
-// write that ended it. Each phase's load begins once its step has taken effect (every
-// instance's rule client shows the new rule; the drained color has seen its drain).
+// claimed for a trigger after the executor's drains (its lifecycle instance's) showed the
+// drain and before the rule write that ended it. Each phase's load begins once its step has
+// taken effect (every instance's drains show what the new rule drains; the drained color's
+// consumers have left their groups).
 //
 //	go run ./examples/bluegreen            # ~30 s
 //	go run ./examples/bluegreen -phase 500ms
@@ -53,6 +54,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/natstest"
@@ -208,22 +210,22 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 	if err != nil {
 		return err
 	}
-	comps, closeComps, err := d.components(cli, app, id, color)
-	if err != nil {
-		cli.Close()
-		return err
-	}
 	inst, err := lifecycle.New(lifecycle.Config{
 		Client: cli, App: app, ID: id, Color: registry.Color(color), Version: version,
 		Warmup: 500 * time.Millisecond, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		QuietPeriod: 300 * time.Millisecond, MaxDrain: 5 * time.Second, StopTimeout: 5 * time.Second, Logger: d.log,
-		Components: comps,
 	})
 	if err != nil {
-		closeComps()
 		cli.Close()
 		return err
 	}
+	comps, closeComps, err := d.components(cli, app, id, color, inst)
+	if err != nil {
+		_ = inst.Offline(ctx) // never started: only ends what New made
+		cli.Close()
+		return err
+	}
+	inst.Append(comps...)
 	s := &server{app: app, id: id, color: color, version: version, crossed: &d.crossed}
 	if next != nil {
 		s.next = greeterpb.NewGreeterClient(next)
@@ -267,125 +269,74 @@ func (d *demo) server(app, color string) *server {
 }
 
 // watched is what the demo sees of one instance's MQ consumer or job executor, for the
-// verdict, from events the code controls rather than from the time a phase began: the rule
-// client lifecycle gave the component (the one it reads drains from), when that client
-// first showed the instance's color drained, and, for a consumer, whether it has left its
-// groups because of the drain.
+// verdict, from events the code controls rather than from the time a phase began. It is the
+// deploy.Drains the component follows: the instance's, noting the first time the component
+// (or the demo) read them showing the instance's color drained. For a consumer it also counts
+// the group memberships it holds, through its broker (a message handled while it holds none
+// is one handled after it left its groups for a drain).
 type watched struct {
-	app, id, color string
-	mu             sync.Mutex
-	rules          *traffic.Client
-	drainSeen      time.Time // zero until the rule client showed the color drained
-	left           bool      // consumer: in no group (drained, or stopped); a message handled now is a violation
+	deploy.Drains // the instance's
+	app, id       string
+	color         deploy.Color
+	mu            sync.Mutex
+	drainSeen     time.Time    // zero until the drains showed the color drained
+	members       atomic.Int64 // consumer: its group memberships now
 }
 
-// drainedNow reports whether the instance's rule client shows its color drained, and notes
-// the first time it did.
-func (w *watched) drainedNow() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.rules == nil {
-		return false
+// Drained is the instance's, noting the first time they showed its color drained: a
+// component acts on what it reads here, so it saw the drain no earlier than that.
+func (w *watched) Drained() (deploy.Drain, <-chan struct{}) {
+	d, changed := w.Drains.Drained()
+	if d.Of(w.color) {
+		w.mu.Lock()
+		if w.drainSeen.IsZero() {
+			w.drainSeen = time.Now()
+		}
+		w.mu.Unlock()
 	}
-	r, ok := w.rules.ChannelOf(w.app)
-	drained := ok && ((w.color == "blue" && traffic.EffectivePercent(r) == 0) || (w.color == "green" && traffic.EffectivePercent(r) == 100))
-	if drained && w.drainSeen.IsZero() {
-		w.drainSeen = time.Now()
-	}
-	return drained
+	return d, changed
 }
 
-// revision is the rule revision the instance's rule client reflects.
-func (w *watched) revision() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.rules == nil {
-		return 0
-	}
-	return w.rules.Revision()
+// drains is what the instance's drains show now.
+func (w *watched) drains() deploy.Drain {
+	d, _ := w.Drained()
+	return d
 }
 
-func (w *watched) useRules(rules *traffic.Client) {
-	w.mu.Lock()
-	w.rules = rules
-	w.mu.Unlock()
-}
+// hasLeft reports whether the consumer is in no group (drained, or stopped).
+func (w *watched) hasLeft() bool { return w.members.Load() == 0 }
 
-// watchedConsumer is an mq.Consumer that tells its watched when it has left its groups.
-type watchedConsumer struct {
-	*mq.Consumer
+// countedBroker is the consumer's broker, counting its memberships into w: a membership
+// counts from before it joins until its Stop has returned (its handler calls are over).
+type countedBroker struct {
+	mq.Broker
 	w *watched
 }
 
-func (c *watchedConsumer) UseRules(rules *traffic.Client, app string, color registry.Color) {
-	c.w.useRules(rules)
-	c.Consumer.UseRules(rules, app, color)
+func (b countedBroker) Subscribe(ctx context.Context, topic, group string, fn func(context.Context, mq.Message) error) (mq.Subscription, error) {
+	b.w.members.Add(1)
+	sub, err := b.Broker.Subscribe(ctx, topic, group, fn)
+	if err != nil {
+		b.w.members.Add(-1)
+		return nil, err
+	}
+	return countedSub{sub, b.w}, nil
 }
 
-func (c *watchedConsumer) Start(ctx context.Context) error {
-	c.w.drainedNow()
-	err := c.Consumer.Start(ctx)
-	c.setLeft()
-	return err
-}
-
-func (c *watchedConsumer) Stop(ctx context.Context) error {
-	err := c.Consumer.Stop(ctx)
-	c.setLeft()
-	return err
-}
-
-// HandleEvent: while the consumer reconciles, it may join groups again (an undrain), so
-// left is cleared first — it has no group then, so nothing is handled meanwhile — and set
-// again if it is in none after.
-func (c *watchedConsumer) HandleEvent(e traffic.Event) {
-	c.w.drainedNow()
-	c.w.mu.Lock()
-	c.w.left = false
-	c.w.mu.Unlock()
-	c.Consumer.HandleEvent(e)
-	c.setLeft()
-}
-
-func (c *watchedConsumer) setLeft() {
-	left := len(c.Consumer.Groups()) == 0
-	c.w.mu.Lock()
-	c.w.left = left
-	c.w.mu.Unlock()
-}
-
-func (w *watched) hasLeft() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.left
-}
-
-// watchedExecutor is a job.Executor whose watched notes when its rule client showed the
-// drain: at Start (an instance started while its color is drained) and at every rule event.
-type watchedExecutor struct {
-	*job.Executor
+type countedSub struct {
+	mq.Subscription
 	w *watched
 }
 
-func (x *watchedExecutor) UseRules(rules *traffic.Client, app string, color registry.Color) {
-	x.w.useRules(rules)
-	x.Executor.UseRules(rules, app, color)
-}
-
-func (x *watchedExecutor) Start(ctx context.Context) error {
-	x.w.drainedNow()
-	return x.Executor.Start(ctx)
-}
-
-func (x *watchedExecutor) HandleEvent(e traffic.Event) {
-	x.w.drainedNow()
-	x.Executor.HandleEvent(e)
+func (s countedSub) Stop(ctx context.Context) error {
+	defer s.w.members.Add(-1)
+	return s.Subscription.Stop(ctx)
 }
 
 // components are what an instance runs besides RPCs: order instances consume "orders.events"
 // in group "audit"; inventory instances run the sharded job "reconcile" (4 items, every 100 ms).
-func (d *demo) components(cli *clientv3.Client, app, id, color string) ([]lifecycle.Component, func(), error) {
-	w := &watched{app: app, id: id, color: color}
+func (d *demo) components(cli *clientv3.Client, app, id, color string, drains deploy.Drains) ([]lifecycle.Component, func(), error) {
+	w := &watched{Drains: drains, app: app, id: id, color: deploy.Color(color)}
 	if app == "order" || app == "inventory" {
 		d.mu.Lock()
 		d.watched[app+"/"+color] = w
@@ -402,7 +353,7 @@ func (d *demo) components(cli *clientv3.Client, app, id, color string) ([]lifecy
 			nc.Close()
 			return nil, nil, err
 		}
-		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: b, Topic: "orders.events", Group: "audit", Logger: d.log,
+		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: countedBroker{b, w}, Topic: "orders.events", Group: "audit", Drains: w, Logger: d.log,
 			Handler: func(context.Context, mq.Message) error {
 				d.work.add("mq", color)
 				if w.hasLeft() { // delivered after the consumer left its groups for the drain
@@ -414,9 +365,9 @@ func (d *demo) components(cli *clientv3.Client, app, id, color string) ([]lifecy
 			nc.Close()
 			return nil, nil, err
 		}
-		return []lifecycle.Component{&watchedConsumer{c, w}}, nc.Close, nil
+		return []lifecycle.Component{c}, nc.Close, nil
 	case "inventory":
-		ex, err := job.NewExecutor(job.Config{Client: cli, ID: id, TTL: 2 * time.Second, Logger: d.log,
+		ex, err := job.NewExecutor(job.Config{Client: cli, ID: id, TTL: 2 * time.Second, Drains: w, Logger: d.log,
 			Job: job.Job{Name: "reconcile", Every: 100 * time.Millisecond, Items: 4,
 				Handler: func(context.Context, int) error { d.work.add("job", color); return nil }}})
 		if err != nil {
@@ -425,7 +376,7 @@ func (d *demo) components(cli *clientv3.Client, app, id, color string) ([]lifecy
 		d.mu.Lock()
 		d.execs[id] = w
 		d.mu.Unlock()
-		return []lifecycle.Component{&watchedExecutor{ex, w}}, func() {}, nil
+		return []lifecycle.Component{ex}, func() {}, nil
 	}
 	return nil, func() {}, nil
 }
@@ -474,7 +425,7 @@ func (w *workLog) summary() (string, int) {
 }
 
 // take removes the instance of app and color from the demo's tables and returns it with its
-// etcd client and its components' closer; unwatch also forgets its rule client's view.
+// etcd client and its components' closer; unwatch also forgets what its components saw.
 func (d *demo) take(app, color string, unwatch bool) (*lifecycle.Instance, *clientv3.Client, func()) {
 	key := app + "/" + color
 	d.mu.Lock()
@@ -841,8 +792,8 @@ func (k *canaryKill) verdict(out io.Writer, total *stats, crossed int64, drained
 }
 
 // afterStep waits until a step has taken effect where the verdict looks — every instance's
-// rule client shows the rule the step wrote, and every instance of the drained color (if
-// any) has seen the drain, its consumer out of every group — then collects the job's claims
+// drains show what the rule the step wrote drains, and every consumer of the drained color
+// (if any) is out of every group — then collects the job's claims
 // so far. When a step ends a color's drain, it notes the revision of that rule write: the
 // job verdict's bound.
 func (d *demo) afterStep(ctx context.Context, drained string) error {
@@ -864,16 +815,17 @@ func (d *demo) afterStep(ctx context.Context, drained string) error {
 		ws = append(ws, w)
 	}
 	d.mu.Unlock()
-	what := "every instance to follow the rule"
+	want := deploy.Drain{Blue: drained == "blue", Green: drained == "green"}
+	what := "every instance's components to see " + drainName(want)
 	if drained != "" {
-		what += " and " + drained + " to be drained everywhere"
+		what += " and the drained consumers out of every group"
 	}
 	if err := waitFor(ctx, what, func() bool {
 		for _, w := range ws {
-			if w.revision() < rev {
+			if w.drains() != want {
 				return false
 			}
-			if drained != "" && w.color == drained && (!w.drainedNow() || (w.app == "order" && !w.hasLeft())) {
+			if want.Of(w.color) && w.app == "order" && !w.hasLeft() {
 				return false
 			}
 		}
@@ -882,6 +834,18 @@ func (d *demo) afterStep(ctx context.Context, drained string) error {
 		return err
 	}
 	return d.collectClaims(ctx)
+}
+
+func drainName(d deploy.Drain) string {
+	switch {
+	case d.Blue && d.Green:
+		return "blue and green drained"
+	case d.Blue:
+		return "blue drained"
+	case d.Green:
+		return "green drained"
+	}
+	return "nothing drained"
 }
 
 // waitFor polls cond until it holds, for at most 30 s.
@@ -929,7 +893,7 @@ func (d *demo) collectClaims(ctx context.Context) error {
 }
 
 // judgeJobs counts the job runs made on a drained color: a claim by an executor for a trigger
-// after its rule client showed its color drained (an executor acts on a trigger only once
+// after its drains showed its color drained (an executor acts on a trigger only once
 // it passed, so it decided to run with the drain in view), committed before the rule write
 // that ended the drain (so it cannot have seen the end). Each color is drained once in this
 // release. A run claimed just before the drain reached the executor is not one, however
@@ -948,9 +912,9 @@ func (d *demo) judgeJobs(ctx context.Context) error {
 		w.mu.Lock()
 		seen := w.drainSeen
 		w.mu.Unlock()
-		end := d.undrainRev[w.color]
+		end := d.undrainRev[string(w.color)]
 		if !seen.IsZero() && c.trigger.After(seen) && (end == 0 || c.rev < end) {
-			d.work.violation(fmt.Sprintf("%s ran item %s for the trigger at %s, %v after its rule client showed %s drained",
+			d.work.violation(fmt.Sprintf("%s ran item %s for the trigger at %s, %v after its drains showed %s drained",
 				c.exec, c.item, c.trigger.Format("15:04:05.000"), c.trigger.Sub(seen).Round(time.Millisecond), w.color))
 		}
 	}

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/kafka"
-	"github.com/switchyard-go/switchyard/registry"
 )
 
 // BenchmarkConsume: b.N blue records consumed by one plain franz-go consumer group (the
@@ -25,7 +25,7 @@ func BenchmarkConsume(b *testing.B) {
 	defer brk.Close()
 	ctx := context.Background()
 	publish := func(topic string, n int) {
-		p := mq.NewProducer(brk, registry.ColorBlue)
+		p := mq.NewProducer(brk, deploy.Blue)
 		for k := 0; k < n; k++ {
 			if err := p.Publish(ctx, topic, mq.Message{Value: []byte("x")}); err != nil {
 				b.Fatal(err)
@@ -56,7 +56,7 @@ func BenchmarkConsume(b *testing.B) {
 				}
 				stop = sub.Stop
 			} else {
-				c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: brk, Topic: topic, Group: group, Color: registry.ColorBlue,
+				c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: brk, Topic: topic, Group: group, Drains: deploy.NewManualDrains(deploy.Blue),
 					Handler: handler, Logger: testutil.Silent})
 				if err != nil {
 					b.Fatal(err)

@@ -9,6 +9,8 @@
 // SWITCHYARD_KAFKA_BROKERS is set.
 //
 //	broker, _ := kafka.New([]string{"kafka-0:9092"})
+//	inst, _ := lifecycle.New(lifecycle.Config{...})
 //	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",
-//		Group: "billing", Handler: handle})
+//		Group: "billing", Drains: inst, Handler: handle})
+//	inst.Append(consumer)
 package kafka

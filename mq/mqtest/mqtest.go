@@ -1,5 +1,7 @@
 // Package mqtest is the conformance test every mq adapter runs against its real broker:
-// blue/green isolation across a drain, and no loss across a broker outage.
+// blue/green isolation across a drain, and no loss across a broker outage. The drains are set
+// by hand (deploy.ManualDrains), as lifecycle's Instance sets them at a rule change (tested
+// in lifecycle), so the tests need no etcd.
 //
 // The tests wait for events, never for a fixed time: a consumer's groups, a count of
 // messages handled, and at the end a barrier after which no handling can still come (see
@@ -18,11 +20,9 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/switchyard-go/switchyard/internal/etcdtest"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
-	"github.com/switchyard-go/switchyard/registry"
-	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // NewBroker returns a broker client for one instance (its own connection), closed at cleanup.
@@ -80,11 +80,11 @@ func (p *processed) release() {
 
 type handling struct {
 	instance string
-	color    registry.Color
+	color    deploy.Color
 	at       time.Time
 }
 
-func (p *processed) add(id, instance string, color registry.Color) {
+func (p *processed) add(id, instance string, color deploy.Color) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if strings.HasPrefix(id, "marker-") {
@@ -106,15 +106,14 @@ func (p *processed) distinct() int {
 
 type instance struct {
 	name     string
-	color    registry.Color
+	color    deploy.Color
+	drains   *deploy.ManualDrains
 	consumer *mq.Consumer
 }
 
-// rig is an app "orders" in channel "trade" with blue and green consumer instances.
+// rig is blue and green consumer instances of one app, each following drains of its own.
 type rig struct {
 	t      *testing.T
-	rules  *traffic.Client
-	ctl    *traffic.Controller
 	insts  []*instance
 	proc   *processed
 	topic  string
@@ -122,29 +121,15 @@ type rig struct {
 }
 
 func newRig(t *testing.T, newBroker NewBroker, topic string, perColor int) *rig {
-	e := etcdtest.Start(t)
-	cli := e.Client(t)
 	ctx := context.Background()
-	rules, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: testutil.Logger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(rules.Close)
-	ctl, err := traffic.NewController(traffic.Config{Client: cli})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ctl.Open(ctx, "trade", []string{"orders"}); err != nil {
-		t.Fatal(err)
-	}
-	r := &rig{t: t, rules: rules, ctl: ctl, proc: &processed{seen: map[string][]handling{}, marked: map[string]bool{}}, topic: topic, newBrk: newBroker}
-	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
+	r := &rig{t: t, proc: &processed{seen: map[string][]handling{}, marked: map[string]bool{}}, topic: topic, newBrk: newBroker}
+	for _, color := range []deploy.Color{deploy.Blue, deploy.Green} {
 		for k := 1; k <= perColor; k++ {
-			in := &instance{name: fmt.Sprintf("%s-%d", color, k), color: color}
+			in := &instance{name: fmt.Sprintf("%s-%d", color, k), color: color, drains: deploy.NewManualDrains(color)}
 			c, err := mq.NewConsumer(mq.ConsumerConfig{
-				Broker: newBroker(t), Topic: topic, Group: "billing", Logger: testutil.Logger(t),
+				Broker: newBroker(t), Topic: topic, Group: "billing", Drains: in.drains, Logger: testutil.Logger(t),
 				Handler: func(_ context.Context, m mq.Message) error {
-					if in.color == registry.ColorBlue {
+					if in.color == deploy.Blue {
 						r.proc.wait()
 					}
 					r.proc.add(string(m.Value), in.name, in.color)
@@ -154,8 +139,6 @@ func newRig(t *testing.T, newBroker NewBroker, topic string, perColor int) *rig 
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.UseRules(rules, "orders", color) // what lifecycle does
-			t.Cleanup(rules.Subscribe("trade", c.HandleEvent))
 			if err := c.Start(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -167,8 +150,15 @@ func newRig(t *testing.T, newBroker NewBroker, topic string, perColor int) *rig 
 	return r
 }
 
+// drain sets every instance's drains to d, as a rule change reaches every instance.
+func (r *rig) drain(d deploy.Drain) {
+	for _, in := range r.insts {
+		in.drains.Set(d)
+	}
+}
+
 // waitGroups waits until every instance of color is in exactly the groups want.
-func (r *rig) waitGroups(color registry.Color, want ...string) {
+func (r *rig) waitGroups(color deploy.Color, want ...string) {
 	r.t.Helper()
 	slices.Sort(want)
 	for _, in := range r.insts {
@@ -258,7 +248,7 @@ func (r *rig) settle(producers []*mq.Producer, settled SettledFunc) {
 		return r.proc.markers == len(tags)*MarkerKeys
 	})
 	if settled != nil {
-		groups := []string{"billing", mq.GroupName("billing", registry.ColorBlue), mq.GroupName("billing", registry.ColorGreen)}
+		groups := []string{"billing", mq.GroupName("billing", deploy.Blue), mq.GroupName("billing", deploy.Green)}
 		testutil.EventuallyNoError(r.t, fmt.Sprintf("the broker settled for %v", groups), func() error {
 			return settled(context.Background(), r.topic, groups)
 		})
@@ -279,8 +269,8 @@ type options struct{ settled SettledFunc }
 // end-of-test markers alone do not show that no late duplicate can come.
 func Settled(f SettledFunc) Option { return func(o *options) { o.settled = f } }
 
-// DrainGrace is how long after a drain (the rule stored) a consumer of the drained color may
-// still handle messages in TestIsolationAcrossADrain: the time to see the rule and finish the
+// DrainGrace is how long after a drain (its drains set) a consumer of the drained color may
+// still handle messages in TestIsolationAcrossADrain: the time to see the drain and finish the
 // calls in progress. Messages it has fetched but not started must go back to the broker at
 // once, for the other color, rather than be handled late.
 const DrainGrace = 300 * time.Millisecond
@@ -289,7 +279,7 @@ const DrainGrace = 300 * time.Millisecond
 // and untagged producers; blue is drained in the middle, while a blue handler is still busy
 // with a message, and then undrained. Every message is processed, by an instance of the
 // group of its color, none by a blue instance between the end of its drain and the
-// undrain, and none by blue later than DrainGrace after the drain was stored. At the end it
+// undrain, and none by blue later than DrainGrace after the drain was set. At the end it
 // waits until no handling can still come (settle) before it judges: end-of-test markers, and
 // the adapter's Settled check if given.
 func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option) {
@@ -298,37 +288,28 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 		opt(&o)
 	}
 	r := newRig(t, newBroker, "orders.created", 2)
-	r.waitGroups(registry.ColorBlue, "billing", "billing-blue")
-	r.waitGroups(registry.ColorGreen, "billing", "billing-green")
+	r.waitGroups(deploy.Blue, "billing", "billing-blue")
+	r.waitGroups(deploy.Green, "billing", "billing-green")
 	b := newBroker(t)
-	producers := []*mq.Producer{mq.NewProducer(b, registry.ColorBlue), mq.NewProducer(b, registry.ColorGreen), mq.NewProducer(b, registry.ColorNone)}
+	producers := []*mq.Producer{mq.NewProducer(b, deploy.Blue), mq.NewProducer(b, deploy.Green), mq.NewProducer(b, deploy.None)}
 	const total = 3000
-	ctx := context.Background()
 
 	r.proc.holdBlue()         // the drain begins with blue busy
 	t.Cleanup(r.proc.release) // before the consumers stop, should the test fail while held
 	r.publish(producers, 0, 1200)
 	testutil.Eventually(t, "a blue handler busy with a message", func() bool { return r.proc.holding() > 0 })
-	if _, err := r.ctl.Shift(ctx, "trade", 0); err != nil { // drain blue
-		t.Fatal(err)
-	}
-	drainAt := time.Now() // the drain event: the rule is stored
-	testutil.Eventually(t, "the rule client shows blue drained", func() bool {
-		rule, ok := r.rules.ChannelOf("orders")
-		return ok && traffic.EffectivePercent(rule) == 0
-	})
+	drainAt := time.Now() // the drain event: what lifecycle does at the rule's change
+	r.drain(deploy.Drain{Blue: true})
 	r.proc.release() // the blue consumers finish what they hold, then leave
-	r.waitGroups(registry.ColorBlue)
+	r.waitGroups(deploy.Blue)
 	drained := time.Now()
-	r.waitGroups(registry.ColorGreen, "billing", "billing-blue", "billing-green")
+	r.waitGroups(deploy.Green, "billing", "billing-blue", "billing-green")
 	r.publish(producers, 1200, 2100)
 	r.waitProcessed(2100) // everything sent while drained is handled by green
 	undrain := time.Now()
-	if _, err := r.ctl.Shift(ctx, "trade", 50); err != nil {
-		t.Fatal(err)
-	}
-	r.waitGroups(registry.ColorBlue, "billing", "billing-blue")
-	r.waitGroups(registry.ColorGreen, "billing", "billing-green")
+	r.drain(deploy.Drain{})
+	r.waitGroups(deploy.Blue, "billing", "billing-blue")
+	r.waitGroups(deploy.Green, "billing", "billing-green")
 	r.publish(producers, 2100, total)
 	r.waitProcessed(total)
 	r.settle(producers, o.settled) // no late duplicate can come after this
@@ -341,10 +322,10 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 		dups += len(hs) - 1
 		tag := id[len(id)-1] // '0' blue, '1' green, '2' untagged
 		for _, h := range hs {
-			if h.color == registry.ColorBlue && h.at.After(drained) && h.at.Before(undrain) {
+			if h.color == deploy.Blue && h.at.After(drained) && h.at.Before(undrain) {
 				byBlueWhileDrained++
 			}
-			if h.color == registry.ColorBlue && h.at.Before(undrain) {
+			if h.color == deploy.Blue && h.at.Before(undrain) {
 				if h.at.After(drainAt.Add(DrainGrace)) {
 					byBlueAfterGrace++
 				}
@@ -353,7 +334,7 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 			// green-tagged messages belong to billing-green, which only green instances run
 			// here; blue ones to billing-blue (blue instances, or green ones while blue is
 			// drained); untagged ones to billing, which both run.
-			if tag == '1' && h.color != registry.ColorGreen {
+			if tag == '1' && h.color != deploy.Green {
 				wrongGroup++
 			}
 		}
@@ -380,7 +361,7 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 	}
 	var blueOnGreen int
 	for id, hs := range r.proc.seen {
-		if strings.HasSuffix(id, "-0") && hs[0].color == registry.ColorGreen {
+		if strings.HasSuffix(id, "-0") && hs[0].color == deploy.Green {
 			blueOnGreen++
 		}
 	}
@@ -394,10 +375,10 @@ func TestIsolationAcrossADrain(t *testing.T, newBroker NewBroker, opts ...Option
 // gone (the adapter's test knows how to tell); start brings it back.
 func TestBrokerOutage(t *testing.T, newBroker NewBroker, stop, start func()) {
 	r := newRig(t, newBroker, "orders.paid", 1)
-	r.waitGroups(registry.ColorBlue, "billing", "billing-blue")
-	r.waitGroups(registry.ColorGreen, "billing", "billing-green")
+	r.waitGroups(deploy.Blue, "billing", "billing-blue")
+	r.waitGroups(deploy.Green, "billing", "billing-green")
 	b := newBroker(t)
-	producers := []*mq.Producer{mq.NewProducer(b, registry.ColorBlue), mq.NewProducer(b, registry.ColorGreen), mq.NewProducer(b, registry.ColorNone)}
+	producers := []*mq.Producer{mq.NewProducer(b, deploy.Blue), mq.NewProducer(b, deploy.Green), mq.NewProducer(b, deploy.None)}
 	r.publish(producers, 0, 600)
 	r.waitProcessed(600)
 	stop()

@@ -7,11 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/natstest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/natsjs"
-	"github.com/switchyard-go/switchyard/registry"
 )
 
 // BenchmarkConsume: b.N blue messages consumed by one plain JetStream durable consumer (the
@@ -27,7 +27,7 @@ func BenchmarkConsume(b *testing.B) {
 	}
 	ctx := context.Background()
 	publish := func(topic string, n int) {
-		p := mq.NewProducer(brk, registry.ColorBlue)
+		p := mq.NewProducer(brk, deploy.Blue)
 		for k := 0; k < n; k++ {
 			if err := p.Publish(ctx, topic, mq.Message{Value: []byte("x")}); err != nil {
 				b.Fatal(err)
@@ -61,7 +61,7 @@ func BenchmarkConsume(b *testing.B) {
 		publish(topic, b.N)
 		var n atomic.Int64
 		done := make(chan struct{})
-		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: brk, Topic: topic, Group: "billing", Color: registry.ColorBlue,
+		c, err := mq.NewConsumer(mq.ConsumerConfig{Broker: brk, Topic: topic, Group: "billing", Drains: deploy.NewManualDrains(deploy.Blue),
 			Logger: testutil.Silent,
 			Handler: func(context.Context, mq.Message) error {
 				if n.Add(1) == int64(b.N) {

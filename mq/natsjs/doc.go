@@ -14,7 +14,8 @@
 //
 //	nc, _ := nats.Connect(url, nats.MaxReconnects(-1))
 //	broker, _ := natsjs.New(nc, natsjs.Options{})
+//	inst, _ := lifecycle.New(lifecycle.Config{...})
 //	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",
-//		Group: "billing", Handler: handle})
-//	// lifecycle.Config{Components: []lifecycle.Component{consumer}, ...}
+//		Group: "billing", Drains: inst, Handler: handle})
+//	inst.Append(consumer)
 package natsjs
