@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -55,17 +57,39 @@ type consumer struct{ component }
 
 func (c *consumer) HandleEvent(e traffic.Event) { c.j.add(c.name + ":" + e.Kind.String()) }
 
+// startWith builds an instance, appends comps and starts it (stopped at cleanup).
+func startWith(t *testing.T, cli *clientv3.Client, id string, comps []lifecycle.Component, mod ...func(*lifecycle.Config)) *lifecycle.Instance {
+	t.Helper()
+	inst, err := lifecycle.New(config(t, cli, id, mod...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.Append(comps...)
+	t.Cleanup(func() { _ = inst.Offline(context.Background()) })
+	if err := inst.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return inst
+}
+
 func TestComponentsStartInOrderStopInReverseAndGetEvents(t *testing.T) {
 	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	a := &component{name: "a", j: j}
 	mq := &consumer{component{name: "mq", j: j}}
-	inst, _ := start(t, cli, "blue-1", func(c *lifecycle.Config) {
-		c.Color = "blue"
-		c.Components = []lifecycle.Component{a, mq}
-	})
-	if got := j.String(); got != "start:a start:mq" {
+	b := &component{name: "b", j: j}
+	inst, err := lifecycle.New(config(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = "blue" }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.Append(a, mq) // appended in two calls: they start in the order of the calls
+	inst.Append(b)
+	t.Cleanup(func() { _ = inst.Offline(context.Background()) })
+	if err := inst.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := j.String(); got != "start:a start:mq start:b" {
 		t.Fatalf("after Start: %q", got)
 	}
 	ctl, _ := traffic.NewController(traffic.Config{Client: cli, Logger: testutil.Logger(t)})
@@ -79,7 +103,7 @@ func TestComponentsStartInOrderStopInReverseAndGetEvents(t *testing.T) {
 	if err := inst.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	want := "start:a start:mq mq:OnStart mq:OnFlowChange mq:OnEnterAllGreen stop:mq stop:a"
+	want := "start:a start:mq start:b mq:OnStart mq:OnFlowChange mq:OnEnterAllGreen stop:b stop:mq stop:a"
 	if got := j.String(); got != want {
 		t.Fatalf("journal\n got %q\nwant %q", got, want)
 	}
@@ -93,12 +117,11 @@ func TestStartFailureUndoesWhatStarted(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	boom := errors.New("broker unreachable")
-	inst, err := lifecycle.New(config(t, cli, "a", func(c *lifecycle.Config) {
-		c.Components = []lifecycle.Component{&component{name: "a", j: j}, &component{name: "b", j: j, failWith: boom}}
-	}))
+	inst, err := lifecycle.New(config(t, cli, "a"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	inst.Append(&component{name: "a", j: j}, &component{name: "b", j: j, failWith: boom})
 	err = inst.Start(context.Background())
 	if !errors.Is(err, boom) {
 		t.Fatalf("Start = %v, want it to wrap the component's error", err)
@@ -136,7 +159,7 @@ func TestOnlineFailureStaysDrained(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	j := &journal{}
 	f := &flaky{component: component{name: "f", j: j}}
-	inst, _ := start(t, cli, "a", func(c *lifecycle.Config) { c.Components = []lifecycle.Component{f} })
+	inst := startWith(t, cli, "a", []lifecycle.Component{f})
 	if err := inst.Drain(context.Background()); err != nil {
 		t.Fatal(err)
 	}

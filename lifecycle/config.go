@@ -32,10 +32,11 @@ const (
 )
 
 // Component is a part of the instance that consumes work other than RPCs (an MQ consumer, a
-// job executor): started in order once the instance is registered, stopped in reverse while
-// it drains, after its in-flight work. Stop's ctx ends when the drain's time is up (MaxDrain
-// after it began); Stop must return by then. If it also implements EventHandler it receives
-// the rule events of the app's channel (drains).
+// job executor), given to Instance.Append: started in order once the instance is registered,
+// stopped in reverse while it drains, after its in-flight work. Stop's ctx ends when the
+// drain's time is up (MaxDrain after it began); Stop must return by then. A component that
+// must leave a drained color follows the Instance as its deploy.Drains; one that also
+// implements EventHandler receives the rule events of the app's channel.
 type Component interface {
 	Start(ctx context.Context) error
 	Stop(ctx context.Context) error
@@ -113,10 +114,6 @@ type Config struct {
 	// 36 s by default), whether etcd answers or not: terminationGracePeriodSeconds must
 	// cover it.
 	StopTimeout time.Duration
-
-	// Components are started in order after registration and stopped in reverse when
-	// draining. Default none.
-	Components []Component
 
 	// Logger, default slog.Default().
 	Logger *slog.Logger

@@ -50,8 +50,26 @@
 //
 // The instance's server (Server) comes with its interceptors: in-flight accounting, the
 // offline flag, baggage extraction for sticky decisions, and the own-color mark. It follows
-// its app's channel and re-puts its record's channel and traffic_weight when the rule changes,
-// and passes the channel's events to components that implement EventHandler.
+// its app's channel and re-puts its record's channel and traffic_weight when the rule changes.
+//
+// # Components
+//
+// Work other than RPCs (an mq.Consumer, a job.Executor) runs as components, given to
+// Instance.Append before Start: started in order once the instance is registered (and again
+// by Online), stopped in reverse while it drains. Those that must leave a drained color are
+// built with the Instance as their deploy.Drains: its Color, and Drained, which says what the
+// app's channel rule drains (traffic.DrainOf: blue at 0 %, green at 100 %, nothing outside an
+// open channel) and closes a channel at each change, set when the rules load (before any
+// component starts) and at each rule event, before the record's re-put:
+//
+//	inst, _ := lifecycle.New(cfg)
+//	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{..., Drains: inst})
+//	executor, _ := job.NewExecutor(job.Config{..., Drains: inst})
+//	inst.Append(consumer, executor)
+//	err := inst.Run(ctx)
+//
+// A component that implements EventHandler also receives the rule events of the app's
+// channel, as delivered.
 //
 // # Faults downstream: new code never calls old code
 //

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/lifecycle"
+	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // An instance starts, serves, and goes offline. In a real main, inst.Run(ctx) does the same
@@ -39,4 +41,41 @@ func Example() {
 	// Output:
 	// serving registered ready: true traffic weight: 100
 	// stopped closed offline flag: true
+}
+
+// worker is a component that follows its instance's drains, as an mq.Consumer does.
+type worker struct{ drains deploy.Drains }
+
+func (w worker) Start(context.Context) error {
+	d, _ := w.drains.Drained()
+	fmt.Printf("worker of a %s instance starts; drained: %v\n", w.drains.Color(), d.Of(w.drains.Color()))
+	return nil
+}
+
+func (w worker) Stop(context.Context) error { fmt.Println("worker stops"); return nil }
+
+// Components are built with the instance as their deploy.Drains and appended before Start.
+// Blue is drained before this blue instance starts: its worker knows from its start.
+func ExampleInstance_Append() {
+	cli, stop := etcdtest.ForExample()
+	defer stop()
+	ctl, _ := traffic.NewController(traffic.Config{Client: cli})
+	_, _ = ctl.Open(context.Background(), "trade", []string{"greeter"})
+	_, _ = ctl.Shift(context.Background(), "trade", 0) // blue drained
+
+	inst, err := lifecycle.New(lifecycle.Config{
+		Client: cli, App: "greeter", ID: "greeter-1", Color: deploy.Blue,
+		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testutil.Silent,
+	})
+	if err != nil {
+		panic(err)
+	}
+	inst.Append(worker{drains: inst})
+	if err := inst.Start(context.Background()); err != nil {
+		panic(err)
+	}
+	_ = inst.Offline(context.Background())
+	// Output:
+	// worker of a blue instance starts; drained: true
+	// worker stops
 }

@@ -11,21 +11,15 @@ import (
 	"github.com/switchyard-go/switchyard/balancer"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/internal/streamctx"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // EventHandler is implemented by components that want the rule events of the app's channel
-// (e.g. an MQ consumer leaving a drained color). Events arrive in order, from one goroutine.
+// (the event as the rule client delivers it: kind, channel, rule, percents). Events arrive in
+// order, from one goroutine. To follow only which color is drained, use the Instance as a
+// deploy.Drains instead.
 type EventHandler interface {
 	HandleEvent(traffic.Event)
-}
-
-// RulesUser is implemented by components that follow the app's rule themselves (an
-// mq.Consumer reads which color is drained): lifecycle hands them the rule client, the app
-// and the instance's color before starting them.
-type RulesUser interface {
-	UseRules(rules *traffic.Client, app string, color registry.Color)
 }
 
 // gate counts requests and flags responses while the instance is offline, and marks the

@@ -97,7 +97,7 @@ func New(cfg Config) (*Instance, error) {
 	}
 	i := &Instance{cfg: cfg, health: health.NewServer(), state: StateNew, goingOff: make(chan struct{}),
 		reachKick: make(chan struct{}, 1), log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID),
-		drains: deploy.NewManualDrains(cfg.Color), loaded: make(chan struct{}), comps: slices.Clone(cfg.Components)}
+		drains: deploy.NewManualDrains(cfg.Color), loaded: make(chan struct{})}
 	i.bg, i.bgCancel = context.WithCancel(context.Background())
 	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -466,12 +466,9 @@ func (i *Instance) onEvent(e traffic.Event) {
 
 func (i *Instance) startComponents(ctx context.Context) error {
 	i.mu.Lock()
-	rules, comps := i.rules, i.comps
+	comps := i.comps
 	i.mu.Unlock()
 	for k, c := range comps {
-		if u, ok := c.(RulesUser); ok {
-			u.UseRules(rules, i.cfg.App, i.cfg.Color)
-		}
 		if err := c.Start(ctx); err != nil {
 			return fmt.Errorf("lifecycle: start component %d (%T): %w", k, c, err)
 		}
