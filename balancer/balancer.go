@@ -24,17 +24,13 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
 
 // Name is the policy's name in a service config: {"loadBalancingConfig":[{"switchyard_weighted":{}}]}.
 const Name = "switchyard_weighted"
-
-// OfflineHeader is the response metadata key, sent in header and trailer with value "1", by
-// which an instance that is going offline tells its callers to stop picking it (DESIGN.md
-// "Offline notification").
-const OfflineHeader = "x-switchyard-offline"
 
 const meterName = "github.com/switchyard-go/switchyard/balancer"
 
@@ -562,11 +558,11 @@ func (b *wBalancer) sendLocked() {
 }
 
 // colorSlot is 0 for blue, 1 for green, -1 for an endpoint of neither color.
-func colorSlot(c string) int {
+func colorSlot(c deploy.Color) int {
 	switch c {
-	case sticky.Blue:
+	case deploy.Blue:
 		return 0
-	case sticky.Green:
+	case deploy.Green:
 		return 1
 	}
 	return -1
@@ -670,7 +666,7 @@ func endpointKey(ep resolver.Endpoint) string {
 }
 
 func isOffline(md metadata.MD) bool {
-	for _, v := range md[OfflineHeader] {
+	for _, v := range md[deploy.OfflineHeader] {
 		if v == "1" {
 			return true
 		}

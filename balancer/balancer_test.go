@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -21,7 +22,7 @@ import (
 )
 
 // colored is an instance of the greeter in channel trade.
-func colored(id string, c registry.Color, percent float64) registry.Instance {
+func colored(id string, c deploy.Color, percent float64) registry.Instance {
 	r := traffic.Rule{Releasing: true, BluePercent: percent}
 	return registry.Instance{ID: id, Color: c, Channel: "trade", TrafficWeight: traffic.TrafficWeight(r, c)}
 }
@@ -29,7 +30,7 @@ func colored(id string, c registry.Color, percent float64) registry.Instance {
 // setBluePercent updates the traffic weights of blue and green as a release at p % blue does.
 func setBluePercent(t testing.TB, p float64, blue, green *instance) {
 	t.Helper()
-	for in, color := range map[*instance]registry.Color{blue: registry.ColorBlue, green: registry.ColorGreen} {
+	for in, color := range map[*instance]deploy.Color{blue: deploy.Blue, green: deploy.Green} {
 		err := in.reg.Update(context.Background(), func(r *registry.Instance) {
 			r.TrafficWeight = traffic.TrafficWeight(traffic.Rule{Releasing: true, BluePercent: p}, color)
 		})
@@ -44,8 +45,8 @@ func setBluePercent(t testing.TB, p float64, blue, green *instance) {
 // without new connections. BenchmarkSplitAccuracy measures the split over many calls.
 func TestSplitFollowsTheBluePercentAndReusesConnections(t *testing.T) {
 	c := newCluster(t)
-	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
-	green := c.start(colored("green-1", registry.ColorGreen, 50))
+	blue := c.start(colored("blue-1", deploy.Blue, 50))
+	green := c.start(colored("green-1", deploy.Green, 50))
 	client := c.dial()
 	client.waitReady(context.Background(), "blue-1", "green-1")
 	for _, p := range []float64{1, 10, 50, 99} {
@@ -71,8 +72,8 @@ func TestSplitFollowsTheBluePercentAndReusesConnections(t *testing.T) {
 
 func TestOneColorIgnoresColorWeights(t *testing.T) {
 	c := newCluster(t)
-	c.start(colored("blue-1", registry.ColorBlue, 0)) // traffic weight 0, but no green exists
-	c.start(colored("blue-2", registry.ColorBlue, 1))
+	c.start(colored("blue-1", deploy.Blue, 0)) // traffic weight 0, but no green exists
+	c.start(colored("blue-2", deploy.Blue, 1))
 	client := c.dial()
 	picker := client.waitReady(context.Background(), "blue-1", "blue-2")
 	checkShare(t, "picks of blue-1", client.picks(picker, context.Background(), fibPicks)["blue-1"], fibPicks, 0.5)
@@ -94,8 +95,8 @@ func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 
 	// Both colors drained (only a hand-edited etcd does that): pick evenly rather than fail.
 	z := newCluster(t)
-	z.start(colored("blue-1", registry.ColorBlue, 0))
-	z.start(registry.Instance{ID: "green-1", Color: registry.ColorGreen, Channel: "trade", TrafficWeight: 0})
+	z.start(colored("blue-1", deploy.Blue, 0))
+	z.start(registry.Instance{ID: "green-1", Color: deploy.Green, Channel: "trade", TrafficWeight: 0})
 	zc := z.dial()
 	zc.waitReady(context.Background(), "blue-1", "green-1")
 	seen = calls(t, zc, context.Background(), fibRPCs, 4)
@@ -145,13 +146,13 @@ func TestWarmupRampsLinearly(t *testing.T) {
 
 func TestStickyRequestsNeverCrossColors(t *testing.T) {
 	c := newCluster(t)
-	c.start(colored("blue-1", registry.ColorBlue, 0)) // blue drained: weight 0
-	c.start(colored("blue-2", registry.ColorBlue, 0))
-	c.start(colored("green-1", registry.ColorGreen, 0))
-	c.start(colored("green-2", registry.ColorGreen, 0))
+	c.start(colored("blue-1", deploy.Blue, 0)) // blue drained: weight 0
+	c.start(colored("blue-2", deploy.Blue, 0))
+	c.start(colored("green-1", deploy.Green, 0))
+	c.start(colored("green-2", deploy.Green, 0))
 	client := c.dial()
-	decided := map[registry.Color]context.Context{}
-	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
+	decided := map[deploy.Color]context.Context{}
+	for _, color := range []deploy.Color{deploy.Blue, deploy.Green} {
 		ctx, err := traffic.WithDecision(context.Background(), "trade", color)
 		if err != nil {
 			t.Fatal(err)
@@ -160,7 +161,7 @@ func TestStickyRequestsNeverCrossColors(t *testing.T) {
 		client.waitReady(ctx, string(color)+"-1", string(color)+"-2")
 	}
 	// All four READY: no new picker (with its endpoints in another order) during the calls.
-	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
+	for _, color := range []deploy.Color{deploy.Blue, deploy.Green} {
 		ctx := decided[color]
 		id1, id2 := string(color)+"-1", string(color)+"-2"
 		seen := calls(t, client, ctx, fibRPCs, 4)
@@ -182,10 +183,10 @@ func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
 	fallbacks := fallbackMeter(t)
 
 	c := newCluster(t)
-	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
-	c.start(colored("green-1", registry.ColorGreen, 50))
+	blue := c.start(colored("blue-1", deploy.Blue, 50))
+	c.start(colored("green-1", deploy.Green, 50))
 	client := c.dial()
-	ctx, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	ctx, _ := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	client.waitReady(context.Background(), "blue-1", "green-1")
 	if seen := calls(t, client, ctx, 100, 2); seen["blue-1"] != 100 {
 		t.Fatalf("decided blue went to %v", seen)
@@ -320,16 +321,16 @@ func silentListener(t *testing.T) string {
 }
 
 func TestStickyWaitsForItsColorToConnectAndFallsBackWhenItFails(t *testing.T) {
-	decided, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	decided, _ := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	blueAt := func(c *cluster, id, addr string) {
-		in := colored(id, registry.ColorBlue, 50)
+		in := colored(id, deploy.Blue, 50)
 		in.App, in.Addr = "greeter", addr
 		c.register(in)
 	}
 
 	// blue-1 is registered but still connecting: a request decided blue waits for it.
 	c := newCluster(t)
-	c.start(colored("green-1", registry.ColorGreen, 50))
+	c.start(colored("green-1", deploy.Green, 50))
 	client := c.dial()
 	client.waitReady(context.Background(), "green-1")
 	blueAt(c, "blue-1", silentListener(t))
@@ -350,7 +351,7 @@ func TestStickyWaitsForItsColorToConnectAndFallsBackWhenItFails(t *testing.T) {
 	// Now blue's only instance refuses connections: crossing beats failing.
 	refused := closingListener(t)
 	c2 := newCluster(t)
-	c2.start(colored("green-1", registry.ColorGreen, 50))
+	c2.start(colored("green-1", deploy.Green, 50))
 	client = c2.dial()
 	client.waitReady(context.Background(), "green-1")
 	blueAt(c2, "blue-2", refused)

@@ -21,6 +21,7 @@ import (
 	"github.com/jonboulle/clockwork"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/internal/sticky"
@@ -42,7 +43,7 @@ func (d *decisionServer) start(c *cluster, in registry.Instance) {
 	record := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		color, _ := sticky.Decision(ctx, "trade")
 		d.mu.Lock()
-		d.seen = append(d.seen, color)
+		d.seen = append(d.seen, string(color))
 		d.mu.Unlock()
 		return h(ctx, req)
 	}
@@ -65,12 +66,12 @@ const blueCallerID = "caller/blue-1"
 // served by blue code (what lifecycle's server interceptor does on a blue instance).
 func decidedBlue(t *testing.T) (entry, blueCaller context.Context) {
 	t.Helper()
-	entry, err := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	entry, err := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	if err != nil {
 		t.Fatal(err)
 	}
 	entry = metadata.AppendToOutgoingContext(entry, "baggage", baggage.FromContext(entry).String())
-	return entry, sticky.WithOwn(entry, &sticky.Own{Channel: "trade", Color: sticky.Blue, Instance: blueCallerID})
+	return entry, sticky.WithOwn(entry, &sticky.Own{Channel: "trade", Color: deploy.Blue, Instance: blueCallerID})
 }
 
 // wantRefused fails t unless err is the UNAVAILABLE a blue caller gets instead of crossing.
@@ -92,8 +93,8 @@ func redecided(t *testing.T, res gbalancer.PickResult) string {
 	if err != nil {
 		t.Fatalf("the pick's baggage header %q does not parse: %v", vals, err)
 	}
-	color, _ := sticky.Lookup(b.Member(sticky.BaggageKey).Value(), "trade")
-	return color
+	color, _ := sticky.Lookup(b.Member(deploy.BaggageKey).Value(), "trade")
+	return string(color)
 }
 
 // Issue 12, case 2: the blue instance of the called app dies (no cleanup: its record stays).
@@ -103,9 +104,9 @@ func redecided(t *testing.T, res gbalancer.PickResult) string {
 // view on the reach board says blue no longer serves the app.
 func TestDeadCanaryBlueCallerFailsEntryCrossesAndRedecides(t *testing.T) {
 	c := newCluster(t)
-	blue := c.start(colored("blue-1", registry.ColorBlue, 10))
+	blue := c.start(colored("blue-1", deploy.Blue, 10))
 	var green decisionServer
-	green.start(c, colored("green-1", registry.ColorGreen, 10))
+	green.start(c, colored("green-1", deploy.Green, 10))
 	client := c.dial()
 	entry, blueCaller := decidedBlue(t)
 	client.waitReady(entry, "blue-1")
@@ -123,9 +124,9 @@ func TestDeadCanaryBlueCallerFailsEntryCrossesAndRedecides(t *testing.T) {
 	// The refused call noted its caller on the reach board: for it, blue does not serve
 	// greeter; for another instance of the process, that connection does not count.
 	testutil.Eventually(t, "the reach board to say blue does not serve greeter for the blue caller", func() bool {
-		return slices.Contains(reach.Unserved("trade", sticky.Blue, blueCallerID), "greeter")
+		return slices.Contains(reach.Unserved("trade", deploy.Blue, blueCallerID), "greeter")
 	})
-	if u := reach.Unserved("trade", sticky.Blue, "other/blue-2"); len(u) != 0 {
+	if u := reach.Unserved("trade", deploy.Blue, "other/blue-2"); len(u) != 0 {
 		t.Fatalf("reach board, for an instance that never called through this connection: %v, want nothing", u)
 	}
 
@@ -134,7 +135,7 @@ func TestDeadCanaryBlueCallerFailsEntryCrossesAndRedecides(t *testing.T) {
 		t.Fatalf("entry calls decided blue went to %v; want all on green-1", seen)
 	}
 	for i, d := range green.decisions()[before:] {
-		if d != sticky.Green {
+		if d != string(deploy.Green) {
 			t.Fatalf("entry call %d reached green-1 decided %q; a crossing must re-decide green for the chain below", i, d)
 		}
 	}
@@ -145,10 +146,10 @@ func TestDeadCanaryBlueCallerFailsEntryCrossesAndRedecides(t *testing.T) {
 // for the sticky wait; then the blue caller's request fails and the entry's crosses.
 func TestStickyWaitIsBounded(t *testing.T) {
 	c := newCluster(t)
-	stuck := colored("blue-1", registry.ColorBlue, 10)
+	stuck := colored("blue-1", deploy.Blue, 10)
 	stuck.App, stuck.Addr = "greeter", silentListener(t)
 	c.register(stuck)
-	c.start(colored("green-1", registry.ColorGreen, 10))
+	c.start(colored("green-1", deploy.Green, 10))
 	clock := clockwork.NewFakeClock()
 	client := c.dialClock(clock)
 	entry, blueCaller := decidedBlue(t)
@@ -160,7 +161,7 @@ func TestStickyWaitIsBounded(t *testing.T) {
 	if seen := client.picks(picker, blueCaller, 100); seen[wait] != 100 {
 		t.Fatalf("blue-1 connecting: picks decided blue went to %v; want all to wait for it", seen)
 	}
-	if u := reach.Unserved("trade", sticky.Blue, blueCallerID); slices.Contains(u, "greeter") {
+	if u := reach.Unserved("trade", deploy.Blue, blueCallerID); slices.Contains(u, "greeter") {
 		t.Fatalf("reach board says blue does not serve greeter while blue-1 connects within the wait")
 	}
 
@@ -170,10 +171,10 @@ func TestStickyWaitIsBounded(t *testing.T) {
 		wantRefused(t, "a pick decided blue from a blue caller after the sticky wait", err)
 	}
 	res, err := picker.Pick(gbalancer.PickInfo{Ctx: entry})
-	if err != nil || client.obs.id(res.SubConn) != "green-1" || redecided(t, res) != sticky.Green {
+	if err != nil || client.obs.id(res.SubConn) != "green-1" || redecided(t, res) != string(deploy.Green) {
 		t.Fatalf("entry pick decided blue after the sticky wait: %v, %v, redecided %q; want green-1, re-decided green", client.obs.id(res.SubConn), err, redecided(t, res))
 	}
-	if !slices.Contains(reach.Unserved("trade", sticky.Blue, blueCallerID), "greeter") {
+	if !slices.Contains(reach.Unserved("trade", deploy.Blue, blueCallerID), "greeter") {
 		t.Fatal("reach board still says blue serves greeter after the sticky wait")
 	}
 	// A real call fails now, not after gRPC's connect timeout.
@@ -188,10 +189,10 @@ func TestStickyWaitIsBounded(t *testing.T) {
 // still reach it, and clearing the mark brings the decided ones back.
 func TestDegradedEndpointTakesNoRequestOfItsColor(t *testing.T) {
 	c := newCluster(t)
-	degraded := colored("blue-1", registry.ColorBlue, 10)
+	degraded := colored("blue-1", deploy.Blue, 10)
 	degraded.Degraded = "no serving blue instance of inventory"
 	blue := c.start(degraded)
-	c.start(colored("green-1", registry.ColorGreen, 10))
+	c.start(colored("green-1", deploy.Green, 10))
 	client := c.dial()
 	entry, blueCaller := decidedBlue(t)
 	picker := client.waitReady(context.Background(), "blue-1", "green-1")
@@ -203,7 +204,7 @@ func TestDegradedEndpointTakesNoRequestOfItsColor(t *testing.T) {
 		_, err := picker.Pick(gbalancer.PickInfo{Ctx: blueCaller})
 		wantRefused(t, "a pick decided blue from a blue caller with the only blue degraded", err)
 	}
-	if !slices.Contains(reach.Unserved("trade", sticky.Blue, blueCallerID), "greeter") {
+	if !slices.Contains(reach.Unserved("trade", deploy.Blue, blueCallerID), "greeter") {
 		t.Fatal("reach board says blue serves greeter though its only blue is degraded")
 	}
 
@@ -242,7 +243,7 @@ func TestParseConfigStickyWait(t *testing.T) {
 // request re-decided for the other color, which it would carry to old code.
 func TestCrossingWithNothingToCrossToKeepsTheDecision(t *testing.T) {
 	c := newCluster(t)
-	degraded := colored("blue-1", registry.ColorBlue, 10)
+	degraded := colored("blue-1", deploy.Blue, 10)
 	degraded.Degraded = "no serving blue instance of inventory"
 	c.start(degraded)
 	client := c.dial()
@@ -286,7 +287,7 @@ func FuzzParseConfig(f *testing.F) {
 // weight at every shift, and that must not bring a draining instance back.
 func TestOfflineMarkOutlivesARuleChange(t *testing.T) {
 	flagging := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		_ = grpc.SetTrailer(ctx, metadata.Pairs(balancer.OfflineHeader, "1"))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(deploy.OfflineHeader, "1"))
 		return h(ctx, req)
 	})
 	aAddr, _ := testutil.ServeGreeterOn(t, testutil.Listen(t), "a", flagging)

@@ -70,7 +70,7 @@
 //
 // # Offline marks
 //
-// Every pick's Done callback looks for OfflineHeader ("x-switchyard-offline: 1") in the
+// Every pick's Done callback looks for deploy.OfflineHeader ("x-switchyard-offline: 1") in the
 // trailer; the first flagged response takes that endpoint out of the picker at once, without
 // waiting for the registry. Only a different registry record for that instance clears the
 // mark, and a new registration is always a different record: EndpointInfo.Epoch (the key's

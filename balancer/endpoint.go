@@ -4,13 +4,15 @@ import (
 	"time"
 
 	"google.golang.org/grpc/resolver"
+
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // EndpointInfo is what the policy knows of one endpoint. The switchyard resolver attaches it
 // from the instance record; an endpoint without it counts as colorless, weight 100, no warmup.
 type EndpointInfo struct {
 	ID            string        // instance id: offline marks are kept per id
-	Color         string        // "blue", "green" or "" (none)
+	Color         deploy.Color  // blue, green or none
 	Channel       string        // the release channel the instance's app is in, or ""
 	Weight        float64       // base weight (capacity), 100 = normal
 	TrafficWeight float64       // color weight from the channel's rule, 100 = normal

@@ -16,9 +16,9 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -60,10 +60,10 @@ func fallbackMeter(t *testing.T) func() int64 {
 func TestStickyUsesOfflineMarkedEndpointsOfItsColorBeforeCrossing(t *testing.T) {
 	fallbacks := fallbackMeter(t)
 	c := newCluster(t)
-	old := c.start(colored("blue-1", registry.ColorBlue, 10))
-	c.start(colored("green-1", registry.ColorGreen, 10))
+	old := c.start(colored("blue-1", deploy.Blue, 10))
+	c.start(colored("green-1", deploy.Green, 10))
 	client := c.dial()
-	decided, err := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	decided, err := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestStickyUsesOfflineMarkedEndpointsOfItsColorBeforeCrossing(t *testing.T) 
 	}
 
 	// The replacement is registered but still connecting: blue-1 still serves them, no wait.
-	repl := colored("blue-2", registry.ColorBlue, 10)
+	repl := colored("blue-2", deploy.Blue, 10)
 	repl.App, repl.Addr = "greeter", silentListener(t)
 	c.register(repl)
 	client.waitSubConn("blue-2", connectivity.Connecting)
@@ -97,7 +97,7 @@ func TestStickyUsesOfflineMarkedEndpointsOfItsColorBeforeCrossing(t *testing.T) 
 	}
 
 	// A blue that is not going offline is READY: it takes every request decided blue.
-	c.start(colored("blue-3", registry.ColorBlue, 10))
+	c.start(colored("blue-3", deploy.Blue, 10))
 	picker = client.waitReady(decided, "blue-3")
 	if seen := client.picks(picker, decided, fibRPCs); seen["blue-3"] != fibRPCs {
 		t.Fatalf("with blue-3 ready, picks decided blue went to %v; want all on blue-3", seen)
@@ -141,10 +141,10 @@ func (l *gatedListener) Close() error {
 // endpoint calls.
 func TestUndecidedWaitsForAWeightedEndpointRatherThanPickADrainedOne(t *testing.T) {
 	c := newCluster(t)
-	c.start(colored("blue-1", registry.ColorBlue, 0)) // blue drained: traffic weight 0
+	c.start(colored("blue-1", deploy.Blue, 0)) // blue drained: traffic weight 0
 	ln := newGatedListener(t)
 	addr, _ := testutil.ServeGreeterOn(t, ln, "green-1")
-	green := colored("green-1", registry.ColorGreen, 0)
+	green := colored("green-1", deploy.Green, 0)
 	green.App, green.Addr = "greeter", addr
 	c.register(green)
 
@@ -185,8 +185,8 @@ func TestUndecidedWaitsForAWeightedEndpointRatherThanPickADrainedOne(t *testing.
 	// serves rather than fail.
 	refused := closingListener(t)
 	c2 := newCluster(t)
-	c2.start(colored("blue-1", registry.ColorBlue, 0))
-	g2 := colored("green-1", registry.ColorGreen, 0)
+	c2.start(colored("blue-1", deploy.Blue, 0))
+	g2 := colored("green-1", deploy.Green, 0)
 	g2.App, g2.Addr = "greeter", refused
 	c2.register(g2)
 	client2 := c2.dial()

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -97,7 +98,7 @@ func (c *cluster) start(in registry.Instance) *instance {
 			inst.inflight.Add(1)
 			defer inst.inflight.Add(-1)
 			if inst.offline.Load() {
-				_ = grpc.SetTrailer(ctx, metadata.Pairs(balancer.OfflineHeader, "1"))
+				_ = grpc.SetTrailer(ctx, metadata.Pairs(deploy.OfflineHeader, "1"))
 			}
 			if d := inst.delay.Load(); d > 0 {
 				time.Sleep(time.Duration(d))

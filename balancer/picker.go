@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
@@ -157,25 +158,25 @@ type picker struct {
 	redecided [2]metadata.MD // by the color crossed to: the baggage header of a plain decision
 }
 
-func colorIndex(c string) int { return sticky.Index(c) }
+func colorIndex(c deploy.Color) int { return sticky.Index(c) }
 
 // prepare builds the errors and headers of the crossing paths. app names the target.
 func (p *picker) prepare(app string) {
 	if p.channel == "" {
 		return
 	}
-	for ci, color := range [2]string{sticky.Blue, sticky.Green} {
-		other := sticky.Other(color)
+	for ci, color := range [2]deploy.Color{deploy.Blue, deploy.Green} {
+		other := color.Other()
 		p.refused[ci] = status.Errorf(codes.Unavailable,
 			"switchyard balancer: no usable %s instance of %s in channel %s (none ready, or degraded, or connecting for longer than the sticky wait); this %s caller does not cross to %s, since new code must not call old code",
 			color, app, p.channel, color, other)
-		p.redecided[sticky.Index(other)] = decisionHeader(p.channel + "=" + other)
+		p.redecided[sticky.Index(other)] = decisionHeader(p.channel + "=" + string(other))
 	}
 }
 
 // decisionHeader is a baggage header carrying one decision value.
 func decisionHeader(value string) metadata.MD {
-	m, err := baggage.NewMemberRaw(sticky.BaggageKey, value)
+	m, err := baggage.NewMemberRaw(deploy.BaggageKey, value)
 	if err != nil {
 		return nil
 	}
@@ -218,7 +219,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 				p.fallback(info.Ctx, color)
 				if os := &p.byColor[1-ci]; os.len() > 0 {
 					set = os
-					md = p.redecide(baggage.FromContext(info.Ctx).Member(sticky.BaggageKey).Value(), color)
+					md = p.redecide(baggage.FromContext(info.Ctx).Member(deploy.BaggageKey).Value(), color)
 				}
 			}
 		}
@@ -246,9 +247,9 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 // redecide returns the baggage header that re-decides a request crossing from color to the
 // other: gRPC sends it after the caller's, and the next hop's server interceptor merges
 // baggage headers with later ones winning.
-func (p *picker) redecide(value, color string) metadata.MD {
-	other := sticky.Other(color)
-	if value == p.channel+"="+color {
+func (p *picker) redecide(value string, color deploy.Color) metadata.MD {
+	other := color.Other()
+	if value == p.channel+"="+string(color) {
 		return p.redecided[colorIndex(other)] // built once
 	}
 	return decisionHeader(sticky.Redecide(value, p.channel, other))
@@ -256,7 +257,7 @@ func (p *picker) redecide(value, color string) metadata.MD {
 
 // fallback counts a sticky request whose color has no usable endpoint, from a caller that is
 // not code of that color: it goes to the other color rather than fail.
-func (p *picker) fallback(ctx context.Context, color string) {
+func (p *picker) fallback(ctx context.Context, color deploy.Color) {
 	p.fallbacks.Add(ctx, 1, p.fbAttrs)
 	if p.log.Enabled(ctx, slog.LevelDebug) {
 		p.log.DebugContext(ctx, "switchyard balancer: no usable endpoint of the decided color; using the other and re-deciding", "channel", p.channel, "color", color)
@@ -264,7 +265,7 @@ func (p *picker) fallback(ctx context.Context, color string) {
 }
 
 // refuse counts a sticky request failed rather than sent from code of its color to the other.
-func (p *picker) refuse(ctx context.Context, color string) {
+func (p *picker) refuse(ctx context.Context, color deploy.Color) {
 	p.refusals.Add(ctx, 1, p.fbAttrs)
 	if p.log.Enabled(ctx, slog.LevelDebug) {
 		p.log.DebugContext(ctx, "switchyard balancer: no usable endpoint of the caller's own color; failing rather than crossing", "channel", p.channel, "color", color)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
 
@@ -47,7 +48,7 @@ func benchPicker(n int) *picker {
 // the decision cache misses).
 func BenchmarkPick(b *testing.B) {
 	decided := func() context.Context {
-		m, _ := baggage.NewMemberRaw(sticky.BaggageKey, "trade=green")
+		m, _ := baggage.NewMemberRaw(deploy.BaggageKey, "trade=green")
 		bg, _ := baggage.New(m)
 		return baggage.ContextWithBaggage(context.Background(), bg)
 	}
@@ -210,7 +211,7 @@ func TestPickAllocatesNothing(t *testing.T) {
 	}
 	p := benchPicker(100)
 	decided := func(value string) balancer.PickInfo {
-		m, _ := baggage.NewMemberRaw(sticky.BaggageKey, value)
+		m, _ := baggage.NewMemberRaw(deploy.BaggageKey, value)
 		bg, _ := baggage.New(m)
 		return balancer.PickInfo{Ctx: baggage.ContextWithBaggage(context.Background(), bg)}
 	}
@@ -295,7 +296,7 @@ func TestStickyPickFollowsLookup(t *testing.T) {
 	}
 	for i := range 4 {
 		p.all.add(answer("all"), nil, 1)
-		p.byColor[i%2].add(answer([...]string{sticky.Blue, sticky.Green}[i%2]), nil, 1)
+		p.byColor[i%2].add(answer(string([...]deploy.Color{deploy.Blue, deploy.Green}[i%2])), nil, 1)
 	}
 	p.all.finish()
 	p.byColor[0].finish()
@@ -307,7 +308,7 @@ func TestStickyPickFollowsLookup(t *testing.T) {
 	for step := range 20_000 {
 		i := rng.IntN(len(live))
 		if live[i] == nil || rng.IntN(3) == 0 {
-			m, _ := baggage.NewMemberRaw(sticky.BaggageKey, values[rng.IntN(len(values))])
+			m, _ := baggage.NewMemberRaw(deploy.BaggageKey, values[rng.IntN(len(values))])
 			bg, _ := baggage.New(m)
 			live[i] = baggage.ContextWithBaggage(context.Background(), bg)
 		}
@@ -315,10 +316,10 @@ func TestStickyPickFollowsLookup(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		value := baggage.FromContext(live[i]).Member(sticky.BaggageKey).Value()
+		value := baggage.FromContext(live[i]).Member(deploy.BaggageKey).Value()
 		want := "all"
 		if c, ok := sticky.Lookup(value, "trade"); ok {
-			want = c
+			want = string(c)
 		}
 		if got := res.Metadata.Get("set"); len(got) != 1 || got[0] != want {
 			t.Fatalf("baggage %q: picked from %v, want %s", value, got, want)

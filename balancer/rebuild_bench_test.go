@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	estats "google.golang.org/grpc/experimental/stats"
 	"google.golang.org/grpc/resolver"
+
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // The rebuild benchmarks drive the policies through a fake ClientConn: SubConns that connect
@@ -98,9 +100,9 @@ func benchState(n, changed int) resolver.State {
 	eps := make([]resolver.Endpoint, n)
 	start := time.Unix(1_700_000_000, 0)
 	for i := range eps {
-		color, tw := "blue", 100.0/9
+		color, tw := deploy.Blue, 100.0/9
 		if i%2 == 1 {
-			color, tw = "green", 100
+			color, tw = deploy.Green, 100
 		}
 		w := 100.0
 		if i == changed-1 {

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -21,8 +21,8 @@ import (
 //	go test -run '^$' -bench SplitAccuracy -benchtime 20000x ./balancer/
 func BenchmarkSplitAccuracy(b *testing.B) {
 	c := newCluster(b)
-	blue := c.start(colored("blue-1", registry.ColorBlue, 50))
-	green := c.start(colored("green-1", registry.ColorGreen, 50))
+	blue := c.start(colored("blue-1", deploy.Blue, 50))
+	green := c.start(colored("green-1", deploy.Green, 50))
 	client := c.dial()
 	client.waitReady(context.Background(), "blue-1", "green-1")
 	for _, p := range []float64{1, 10, 50, 99} {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // The assignment and executor records are read from etcd, where anyone with write access
@@ -67,7 +67,7 @@ func FuzzDecodeAssignment(f *testing.F) {
 		}
 		owner := map[int]string{}
 		for id, its := range a.Items {
-			if registry.ValidateName("id", id) != nil {
+			if deploy.ValidateName("id", id) != nil {
 				t.Fatalf("accepted executor id %q", id)
 			}
 			for _, it := range its {
@@ -119,7 +119,7 @@ func FuzzDecodeExecutor(f *testing.F) {
 			checkDecodeError(t, r, err)
 			return
 		}
-		if r.ID != id || registry.ValidateName("id", r.ID) != nil || !registry.Color(r.Color).Valid() {
+		if r.ID != id || deploy.ValidateName("id", r.ID) != nil || !deploy.Color(r.Color).Valid() {
 			t.Fatalf("accepted %+v at executors/%s", r, id)
 		}
 		out, err := json.Marshal(r)

@@ -16,7 +16,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/deploy"
-	"github.com/switchyard-go/switchyard/registry"
 )
 
 // DefaultRequestTimeout is Config.RequestTimeout's default.
@@ -100,10 +99,10 @@ func (c *Config) setDefaults() (cron.Schedule, error) {
 	case c.Job.Items <= 0:
 		return nil, fmt.Errorf("job: Job.Items is %d; a job needs at least one shard item", c.Job.Items)
 	}
-	if err := registry.ValidateName("job", c.Job.Name); err != nil {
+	if err := deploy.ValidateName("job", c.Job.Name); err != nil {
 		return nil, fmt.Errorf("job: Job.Name: %w", err)
 	}
-	if err := registry.ValidateName("id", c.ID); err != nil {
+	if err := deploy.ValidateName("id", c.ID); err != nil {
 		return nil, fmt.Errorf("job: Config.ID: %w", err)
 	}
 	var sched cron.Schedule
@@ -119,7 +118,7 @@ func (c *Config) setDefaults() (cron.Schedule, error) {
 		}
 	}
 	if c.Prefix == "" {
-		c.Prefix = registry.DefaultPrefix
+		c.Prefix = deploy.DefaultPrefix
 	}
 	if c.TTL <= 0 {
 		c.TTL = 10 * time.Second
@@ -182,7 +181,7 @@ func decodeAssignment(name string, val []byte, n int) (assignment, error) {
 	}
 	owner := make(map[int]string, n)
 	for _, id := range slices.Sorted(maps.Keys(a.Items)) {
-		if err := registry.ValidateName("id", id); err != nil {
+		if err := deploy.ValidateName("id", id); err != nil {
 			return assignment{}, fmt.Errorf("job: assignment names an invalid executor id %s", badName(err))
 		}
 		for _, it := range a.Items[id] {
@@ -207,18 +206,18 @@ func decodeExecutor(id string, val []byte) (executorRecord, error) {
 	if r.ID != id {
 		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s names executor %q; an executor's id is its key's last segment", id, r.ID)
 	}
-	if err := registry.ValidateName("id", r.ID); err != nil {
+	if err := deploy.ValidateName("id", r.ID); err != nil {
 		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s: invalid executor id %s", id, badName(err))
 	}
-	if !registry.Color(r.Color).Valid() {
+	if !deploy.Color(r.Color).Valid() {
 		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s has color %q; want \"blue\", \"green\" or \"\"", id, r.Color)
 	}
 	return r, nil
 }
 
-// badName says what is wrong with a name registry.ValidateName refused.
+// badName says what is wrong with a name deploy.ValidateName refused.
 func badName(err error) string {
-	var fe *registry.FieldError
+	var fe *deploy.NameError
 	if errors.As(err, &fe) {
 		return fe.Value + " (it " + fe.Rule + ")"
 	}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -84,7 +85,7 @@ func runInstanceProcess(env string) int {
 		return 2
 	}
 	inst, err := lifecycle.New(lifecycle.Config{
-		Client: cli, App: pc.App, ID: pc.ID, Color: registry.Color(pc.Color), Warmup: -1,
+		Client: cli, App: pc.App, ID: pc.ID, Color: deploy.Color(pc.Color), Warmup: -1,
 		ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", TTL: 2 * time.Second, Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
@@ -314,7 +315,7 @@ func TestDeadCanaryDownstreamStopsItsColorAtTheEntry(t *testing.T) {
 // startHop starts an instance of app through lifecycle in this process, serving h.
 func startHop(t *testing.T, cli *clientv3.Client, app string, h *hop) *lifecycle.Instance {
 	t.Helper()
-	inst, err := lifecycle.New(config(t, cli, h.id, func(c *lifecycle.Config) { c.App, c.Color = app, registry.Color(h.color) }))
+	inst, err := lifecycle.New(config(t, cli, h.id, func(c *lifecycle.Config) { c.App, c.Color = app, deploy.Color(h.color) }))
 	if err != nil {
 		t.Fatal(err)
 	}

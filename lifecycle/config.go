@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -57,7 +58,7 @@ type Config struct {
 	// "<host name>-<process id>".
 	ID string
 	// Color is blue, green or none. Default the SWITCHYARD_COLOR environment variable.
-	Color registry.Color
+	Color deploy.Color
 	// Version labels the build, e.g. "v2". Default "".
 	Version string
 	// Weight is the base weight (capacity). Default 100.
@@ -123,7 +124,7 @@ func (c *Config) setDefaults() error {
 	if c.Client == nil {
 		return errors.New("lifecycle: Config.Client is nil; pass a connected *clientv3.Client")
 	}
-	if err := registry.ValidateName("app", c.App); err != nil {
+	if err := deploy.ValidateName("app", c.App); err != nil {
 		return fmt.Errorf("lifecycle: Config.App: %w", err)
 	}
 	if c.ListenAddr == "" {
@@ -137,7 +138,7 @@ func (c *Config) setDefaults() error {
 		c.ID = id
 	}
 	if c.Color == "" {
-		c.Color = registry.Color(os.Getenv(ColorEnv))
+		c.Color = deploy.Color(os.Getenv(ColorEnv))
 	}
 	if !c.Color.Valid() {
 		return fmt.Errorf("lifecycle: color %q (from Config.Color or $%s) must be blue, green or empty", c.Color, ColorEnv)
@@ -220,7 +221,7 @@ func defaultID(listenAddr string) (string, error) {
 		suffix = port
 	}
 	id := h + "-" + suffix
-	if err := registry.ValidateName("id", id); err != nil {
+	if err := deploy.ValidateName("id", id); err != nil {
 		return "", fmt.Errorf("lifecycle: Config.ID is empty and %q (host name and port) cannot serve as one (%v); set Config.ID", id, err)
 	}
 	return id, nil

@@ -8,6 +8,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/reach"
@@ -83,7 +84,7 @@ func TestRequestDecidedForTheOwnColorIsMarked(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	ctl := openChannel(t, cli, "mark", 50, "greeter")
 	rec := &ownRecorder{}
-	inst, err := lifecycle.New(config(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = registry.ColorBlue }))
+	inst, err := lifecycle.New(config(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = deploy.Blue }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestRequestDecidedForTheOwnColorIsMarked(t *testing.T) {
 		ctx := context.Background()
 		for k := 0; k < len(decisions); k += 2 {
 			var err error
-			if ctx, err = traffic.WithDecision(ctx, decisions[k], registry.Color(decisions[k+1])); err != nil {
+			if ctx, err = traffic.WithDecision(ctx, decisions[k], deploy.Color(decisions[k+1])); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -156,7 +157,7 @@ func TestRequestDecidedForTheOwnColorIsMarked(t *testing.T) {
 // degradedOf is the Degraded of instance id of app in etcd, and whether it has a record.
 func degradedOf(t *testing.T, cli *clientv3.Client, app, id string) (string, bool) {
 	t.Helper()
-	resp, err := cli.Get(context.Background(), registry.AppPrefix(registry.DefaultPrefix, app)+id)
+	resp, err := cli.Get(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, app)+id)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,8 +190,8 @@ func TestUnreachableOwnColorMarksTheRecordDegraded(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	const channel = "degrade" // the board is process-wide: a channel no other test uses
 	ctl := openChannel(t, cli, channel, 50, "greeter", "inventory")
-	blue, _ := start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = registry.ColorBlue })
-	green, _ := start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = registry.ColorGreen })
+	blue, _ := start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = deploy.Blue })
+	green, _ := start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = deploy.Green })
 	blueW, _ := traffic.Weights(50)
 	waitRecord(t, cli, "blue-1", channel, blueW)
 

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/internal/streamctx"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -39,7 +39,7 @@ type gate struct {
 // which scopes the reach board to this instance's calls), or nil when channel or color is
 // empty. An unchanged pair keeps its *sticky.Own. It reports whether own changed. Callers are
 // serialized (Start, then the rule client's subscriber goroutine).
-func (g *gate) setOwn(channel, color, instance string) bool {
+func (g *gate) setOwn(channel string, color deploy.Color, instance string) bool {
 	cur := g.own.Load()
 	if channel == "" || color == "" {
 		g.own.Store(nil)
@@ -75,7 +75,7 @@ func (g *gate) markStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInf
 	return handler(srv, streamctx.With(ss, g.mark(ss.Context())))
 }
 
-func offlineMD() metadata.MD { return metadata.Pairs(balancer.OfflineHeader, "1") }
+func offlineMD() metadata.MD { return metadata.Pairs(deploy.OfflineHeader, "1") }
 
 func (g *gate) arrive() {
 	g.lastArrival.Store(time.Now().UnixNano())

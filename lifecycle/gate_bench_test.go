@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -13,17 +13,17 @@ import (
 // instance is online, for a blue instance in an open channel and a request with no decision.
 func BenchmarkGate(b *testing.B) {
 	var g gate
-	g.setOwn("trade", string(registry.ColorBlue), "order/blue-1")
+	g.setOwn("trade", deploy.Blue, "order/blue-1")
 	benchGate(b, &g, context.Background())
 }
 
 // BenchmarkGateDecided is BenchmarkGate for a request decided for the instance's own color
 // (marked: one context allocated) and for the other color (not marked).
 func BenchmarkGateDecided(b *testing.B) {
-	for _, color := range []registry.Color{registry.ColorBlue, registry.ColorGreen} {
+	for _, color := range []deploy.Color{deploy.Blue, deploy.Green} {
 		b.Run("decided-"+string(color), func(b *testing.B) {
 			var g gate
-			g.setOwn("trade", string(registry.ColorBlue), "order/blue-1")
+			g.setOwn("trade", deploy.Blue, "order/blue-1")
 			ctx, err := traffic.WithDecision(context.Background(), "trade", color)
 			if err != nil {
 				b.Fatal(err)

@@ -228,7 +228,7 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.drains.Set(i.drainOf(rules))
 	close(i.loaded) // Drained reports the rule from now on
 	channel, tw := i.trafficOf(rules)
-	i.gate.setOwn(channel, string(i.cfg.Color), i.cfg.App+"/"+i.cfg.ID)
+	i.gate.setOwn(channel, i.cfg.Color, i.cfg.App+"/"+i.cfg.ID)
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
 		Instance: registry.Instance{
@@ -424,7 +424,7 @@ func (i *Instance) setBlocked(why string) {
 func (i *Instance) trafficOf(rules *traffic.Client) (string, float64) {
 	r, ok := rules.ChannelOf(i.cfg.App)
 	if !ok {
-		return "", registry.DefaultWeight
+		return "", deploy.DefaultWeight
 	}
 	return r.Channel, traffic.TrafficWeight(r, i.cfg.Color)
 }
@@ -442,7 +442,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 		return
 	}
 	channel, tw := i.trafficOf(rules)
-	i.gate.setOwn(channel, string(i.cfg.Color), i.cfg.App+"/"+i.cfg.ID)
+	i.gate.setOwn(channel, i.cfg.Color, i.cfg.App+"/"+i.cfg.ID)
 	select { // the rule changed: the degraded mark is computed again
 	case i.reachKick <- struct{}{}:
 	default:
@@ -682,7 +682,7 @@ func (i *Instance) degradedReason() string {
 		return ""
 	}
 	r := fmt.Sprintf("no serving %s instance of %s", o.Color, strings.Join(apps, ", "))
-	if len(r) > registry.MaxDegradedLen { // names are ASCII (registry.ValidateName)
+	if len(r) > registry.MaxDegradedLen { // names are ASCII (deploy.ValidateName)
 		r = r[:registry.MaxDegradedLen-3] + "..."
 	}
 	return r

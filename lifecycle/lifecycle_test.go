@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	swbalancer "github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -189,7 +189,7 @@ func TestOfflineUnderLoadLosesNothing(t *testing.T) {
 					if flagged {
 						afterFlag[k]++
 					}
-					flagged = flagged || len(trailer.Get(swbalancer.OfflineHeader)) > 0
+					flagged = flagged || len(trailer.Get(deploy.OfflineHeader)) > 0
 				}
 				made[k].Add(1)
 			}
@@ -477,8 +477,8 @@ func TestOfflineRefusesWrongTokens(t *testing.T) {
 func TestChannelShiftRePutsTrafficWeightAndTheSplitFollows(t *testing.T) {
 	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
-	start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = registry.ColorBlue })
-	start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = registry.ColorGreen })
+	start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color = deploy.Blue })
+	start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = deploy.Green })
 	ctl, err := traffic.NewController(traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -123,7 +124,7 @@ func putRule(t *testing.T, cli *clientv3.Client, channel string, apps []string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Put(context.Background(), traffic.Key(registry.DefaultPrefix, channel), string(b)); err != nil {
+	if _, err := cli.Put(context.Background(), traffic.Key(deploy.DefaultPrefix, channel), string(b)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -143,8 +144,8 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 			cli := etcdtest.Start(t).Client(t)
 			ctx := context.Background()
 			logs1 := newLogLines(t)
-			blue1, _ := start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color, c.Logger = registry.ColorBlue, logs1.logger() })
-			start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = registry.ColorGreen })
+			blue1, _ := start(t, cli, "blue-1", func(c *lifecycle.Config) { c.Color, c.Logger = deploy.Blue, logs1.logger() })
+			start(t, cli, "green-1", func(c *lifecycle.Config) { c.Color = deploy.Green })
 			ctl, err := traffic.NewController(traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 			if err != nil {
 				t.Fatal(err)
@@ -169,7 +170,7 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 			})
 
 			// The rule becomes unreadable while blue-1 runs: it keeps its last good rule.
-			key := traffic.Key(registry.DefaultPrefix, "trade")
+			key := traffic.Key(deploy.DefaultPrefix, "trade")
 			if _, err := cli.Put(ctx, key, tc.bad); err != nil {
 				t.Fatal(err)
 			}
@@ -189,7 +190,7 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 			}
 			logs2 := newLogLines(t)
 			blue2, err := lifecycle.New(config(t, cli, "blue-2", func(c *lifecycle.Config) {
-				c.Color, c.Version, c.Logger = registry.ColorBlue, "v2", logs2.logger()
+				c.Color, c.Version, c.Logger = deploy.Blue, "v2", logs2.logger()
 			}))
 			if err != nil {
 				t.Fatal(err)
@@ -239,12 +240,12 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 func TestUnreadableRuleFailsStartAtStartTimeout(t *testing.T) {
 	t.Parallel() // it waits out its StartTimeout
 	cli := etcdtest.Start(t).Client(t)
-	key := traffic.Key(registry.DefaultPrefix, "trade")
+	key := traffic.Key(deploy.DefaultPrefix, "trade")
 	if _, err := cli.Put(context.Background(), key, `{"v":2,"channel":"trade","apps":["greeter","pay"]}`); err != nil {
 		t.Fatal(err)
 	}
 	inst, err := lifecycle.New(config(t, cli, "blue-1", func(c *lifecycle.Config) {
-		c.Color, c.StartTimeout = registry.ColorBlue, 500*time.Millisecond
+		c.Color, c.StartTimeout = deploy.Blue, 500*time.Millisecond
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -276,7 +277,7 @@ func TestUnreadableRuleOfOtherAppsDoesNotBlockAStart(t *testing.T) {
 	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	ctx := context.Background()
-	if _, err := cli.Put(ctx, traffic.Key(registry.DefaultPrefix, "pay"), `{"v":2,"channel":"pay","apps":["pay","wallet"]}`); err != nil {
+	if _, err := cli.Put(ctx, traffic.Key(deploy.DefaultPrefix, "pay"), `{"v":2,"channel":"pay","apps":["pay","wallet"]}`); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := start(t, cli, "a")
@@ -284,10 +285,10 @@ func TestUnreadableRuleOfOtherAppsDoesNotBlockAStart(t *testing.T) {
 		t.Fatalf("a: %+v", st)
 	}
 	putRule(t, cli, "trade", []string{"greeter"}, true, 0)
-	if _, err := cli.Put(ctx, traffic.Key(registry.DefaultPrefix, "zzz"), "garbage"); err != nil {
+	if _, err := cli.Put(ctx, traffic.Key(deploy.DefaultPrefix, "zzz"), "garbage"); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := start(t, cli, "b", func(c *lifecycle.Config) { c.Color = registry.ColorBlue })
+	b, _ := start(t, cli, "b", func(c *lifecycle.Config) { c.Color = deploy.Blue })
 	if st := b.Status(); st.State != lifecycle.StateServing || st.Channel != "trade" || st.TrafficWeight != 0 {
 		t.Fatalf("b: %+v, want serving drained in trade", st)
 	}

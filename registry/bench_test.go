@@ -11,6 +11,7 @@ import (
 	etcdresolver "go.etcd.io/etcd/client/v3/naming/resolver"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -31,12 +32,12 @@ func populated(b testing.TB, n int) *clientv3.Client {
 	}
 	for i := 0; i < n; i++ {
 		in := registry.Instance{App: app, ID: fmt.Sprintf("i-%05d", i), Addr: fmt.Sprintf("10.0.%d.%d:9000", i/250, i%250+1),
-			Color: registry.ColorBlue, Weight: 100, TrafficWeight: 100, StartTime: time.Now()}
+			Color: deploy.Blue, Weight: 100, TrafficWeight: 100, StartTime: time.Now()}
 		val, err := registry.Marshal(in)
 		if err != nil {
 			b.Fatal(err)
 		}
-		ops = append(ops, clientv3.OpPut(in.Key(registry.DefaultPrefix), string(val)))
+		ops = append(ops, clientv3.OpPut(in.Key(deploy.DefaultPrefix), string(val)))
 		if len(ops) == 100 {
 			flush()
 		}
@@ -70,7 +71,7 @@ func BenchmarkResolverUpdate(b *testing.B) {
 				in := registry.Instance{App: "bench", ID: fmt.Sprintf("i-%05d", i%n), Addr: fmt.Sprintf("10.0.%d.%d:9000", (i%n)/250, (i%n)%250+1),
 					Weight: float64(i + 1), TrafficWeight: 100} // always a real change
 				val, _ := registry.Marshal(in)
-				if _, err := cli.Put(context.Background(), in.Key(registry.DefaultPrefix), string(val)); err != nil {
+				if _, err := cli.Put(context.Background(), in.Key(deploy.DefaultPrefix), string(val)); err != nil {
 					b.Fatal(err)
 				}
 				if s := nextState(b, cc); len(s.Endpoints) != n {

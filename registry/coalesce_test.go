@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -71,14 +72,14 @@ func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
 	cli := etcdtest.Start(t).Client(t)
 	rec := func(i int, ch string, tw float64) registry.Instance {
 		return registry.Instance{App: "burst", ID: fmt.Sprintf("i-%03d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 20000+i),
-			Color: registry.ColorBlue, Channel: ch, Weight: 100, TrafficWeight: tw}
+			Color: deploy.Blue, Channel: ch, Weight: 100, TrafficWeight: tw}
 	}
 	put := func(in registry.Instance) clientv3.Op {
 		val, err := registry.Marshal(in)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return clientv3.OpPut(in.Key(registry.DefaultPrefix), string(val))
+		return clientv3.OpPut(in.Key(deploy.DefaultPrefix), string(val))
 	}
 	var ops []clientv3.Op
 	for i := 0; i < n; i++ {
@@ -96,7 +97,7 @@ func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
 	cc.mu.Lock()
 	cc.hold = true
 	cc.mu.Unlock()
-	seen := cli.Watch(context.Background(), registry.AppPrefix(registry.DefaultPrefix, "burst"), clientv3.WithPrefix(),
+	seen := cli.Watch(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, "burst"), clientv3.WithPrefix(),
 		clientv3.WithRev(resp.Header.Revision+1))
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {

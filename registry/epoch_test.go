@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	swbalancer "github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -21,7 +21,7 @@ type offlineFlag struct{ on, flagged atomic.Int64 }
 func (f *offlineFlag) intercept(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	resp, err := h(ctx, req)
 	if f.on.Load() != 0 {
-		_ = grpc.SetTrailer(ctx, metadata.Pairs(swbalancer.OfflineHeader, "1"))
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(deploy.OfflineHeader, "1"))
 		f.flagged.Add(1)
 	}
 	return resp, err

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/registry"
 )
@@ -29,7 +30,7 @@ func Example() {
 
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client:   cli,
-		Instance: registry.Instance{App: "order", ID: "order-1", Addr: "10.0.3.7:9000", Color: registry.ColorBlue},
+		Instance: registry.Instance{App: "order", ID: "order-1", Addr: "10.0.3.7:9000", Color: deploy.Blue},
 		Logger:   silent,
 	})
 	if err != nil {

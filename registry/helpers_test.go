@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -38,7 +39,7 @@ func register(t testing.TB, cli *clientv3.Client, app, id, addr string, mod ...f
 	t.Helper()
 	cfg := registry.Config{
 		Client:         cli,
-		Instance:       registry.Instance{App: app, ID: id, Addr: addr, Color: registry.ColorBlue, Version: "v1"},
+		Instance:       registry.Instance{App: app, ID: id, Addr: addr, Color: deploy.Blue, Version: "v1"},
 		TTL:            testTTL,
 		RequestTimeout: time.Second,
 		Logger:         testutil.Logger(t),
@@ -88,7 +89,7 @@ func dial(t testing.TB, cli *clientv3.Client, app string, mod ...func(*registry.
 		t.Fatal(err)
 	}
 	c := &consumer{}
-	c.GreeterClient = greeterpb.NewGreeterClient(testutil.Dial(t, registry.Scheme+":///"+app,
+	c.GreeterClient = greeterpb.NewGreeterClient(testutil.Dial(t, deploy.Scheme+":///"+app,
 		grpc.WithResolvers(tapBuilder{Builder: b, c: c})))
 	return c
 }
@@ -113,7 +114,7 @@ func endpointInstance(ep resolver.Endpoint) (registry.Instance, bool) {
 	if !ok || len(ep.Addresses) != 1 {
 		return registry.Instance{}, false
 	}
-	in := registry.Instance{ID: info.ID, Addr: ep.Addresses[0].Addr, Color: registry.Color(info.Color),
+	in := registry.Instance{ID: info.ID, Addr: ep.Addresses[0].Addr, Color: deploy.Color(info.Color),
 		Channel: info.Channel, Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime,
 		Warmup: info.Warmup, Epoch: info.Epoch}
 	if info.Degraded {

@@ -14,21 +14,6 @@ import (
 	"github.com/switchyard-go/switchyard/deploy"
 )
 
-// Color is which half-cluster of an app an instance belongs to: deploy.Color, under the name
-// this package used before the vocabulary moved to package deploy.
-type Color = deploy.Color
-
-// The colors (deploy.None, deploy.Blue, deploy.Green).
-const (
-	ColorNone  = deploy.None
-	ColorBlue  = deploy.Blue
-	ColorGreen = deploy.Green
-)
-
-// DefaultWeight is the base weight (capacity) of an instance, and the traffic weight of an
-// instance whose app is in no open release channel.
-const DefaultWeight = 100
-
 // MaxWeight bounds Weight and TrafficWeight. A consumer's picker multiplies the two and sums
 // them over an app's endpoints; with both at most 1e6 (10 000 times the default, far beyond
 // any real capacity ratio) the sum stays many orders of magnitude below float64's range and
@@ -50,18 +35,18 @@ type Instance struct {
 	// Addr is the host:port consumers dial. Required.
 	Addr string
 	// Color is blue, green or none. Default none.
-	Color Color
+	Color deploy.Color
 	// Version is a free-form version label, e.g. "v2". Optional.
 	Version string
 	// Channel is the release channel the app is in, "" when it is in no open channel.
 	// Written by the instance itself from the channel's rule.
 	Channel string
 	// Weight is the operator's base weight (capacity). Finite, >= 0 and <= MaxWeight (1e6);
-	// a Registrar registers 0 as DefaultWeight (100).
+	// a Registrar registers 0 as deploy.DefaultWeight (100).
 	Weight float64
 	// TrafficWeight is the color weight from the channel's rule (DESIGN.md "The weight
 	// formula"). Finite, >= 0 and <= MaxWeight (1e6). It only has meaning inside a channel: an instance with an
-	// empty Channel is always written with DefaultWeight.
+	// empty Channel is always written with deploy.DefaultWeight.
 	TrafficWeight float64
 	// StartTime is when the instance started; consumers ramp its weight up from here.
 	// A Registrar sets it to the registration time when zero.
@@ -118,30 +103,17 @@ func (e *FieldError) Error() string {
 // Is makes errors.Is(err, ErrInvalidInstance) true.
 func (e *FieldError) Is(target error) bool { return target == ErrInvalidInstance }
 
-const maxNameLen = 128
-
 // MaxDegradedLen bounds Instance.Degraded: a reason for people, not a payload.
 const MaxDegradedLen = 512
 
-// ValidateName checks an app or instance name: 1 to 128 of [A-Za-z0-9._-], not "." or "..".
-// field names the field in the error.
-func ValidateName(field, name string) error {
-	if name == "" {
-		return &FieldError{Field: field, Value: `""`, Rule: "is required"}
-	}
-	if len(name) > maxNameLen {
-		return &FieldError{Field: field, Value: strconv.Quote(name[:16] + "…"),
-			Rule: fmt.Sprintf("is %d bytes long; at most %d are allowed", len(name), maxNameLen)}
-	}
-	if name == "." || name == ".." {
-		return &FieldError{Field: field, Value: strconv.Quote(name), Rule: `must not be "." or ".."`}
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return &FieldError{Field: field, Value: strconv.Quote(name),
-				Rule: fmt.Sprintf("has %q at byte %d; use only letters, digits, '.', '_' and '-'", c, i)}
-		}
+// validName checks a name with deploy.ValidateName and reports a refusal as a *FieldError, so
+// that a record's bad name is an ErrInvalidInstance like its other fields.
+func validName(field, name string) error {
+	var ne *deploy.NameError
+	if err := deploy.ValidateName(field, name); errors.As(err, &ne) {
+		return &FieldError{Field: ne.Field, Value: ne.Value, Rule: ne.Rule}
+	} else if err != nil {
+		return err
 	}
 	return nil
 }
@@ -149,10 +121,10 @@ func ValidateName(field, name string) error {
 // Validate checks every field against DESIGN.md and returns the first violation as a
 // *FieldError.
 func (in Instance) Validate() error {
-	if err := ValidateName("app", in.App); err != nil {
+	if err := validName("app", in.App); err != nil {
 		return err
 	}
-	if err := ValidateName("id", in.ID); err != nil {
+	if err := validName("id", in.ID); err != nil {
 		return err
 	}
 	if err := validateAddr(in.Addr); err != nil {
@@ -162,7 +134,7 @@ func (in Instance) Validate() error {
 		return &FieldError{Field: "color", Value: strconv.Quote(string(in.Color)), Rule: `must be "blue", "green" or "" (none)`}
 	}
 	if in.Channel != "" {
-		if err := ValidateName("channel", in.Channel); err != nil {
+		if err := validName("channel", in.Channel); err != nil {
 			return err
 		}
 	}
@@ -245,7 +217,7 @@ func Marshal(in Instance) ([]byte, error) {
 var ErrMalformedRecord = errors.New("registry: malformed instance record")
 
 // Unmarshal decodes and validates a stored instance record. A missing weight or
-// traffic_weight reads as DefaultWeight. Records of another schema version are refused.
+// traffic_weight reads as deploy.DefaultWeight. Records of another schema version are refused.
 func Unmarshal(data []byte) (Instance, error) {
 	var r record
 	if err := json.Unmarshal(data, &r); err != nil {
@@ -258,8 +230,8 @@ func Unmarshal(data []byte) (Instance, error) {
 		return Instance{}, fmt.Errorf("%w: warmup_ms %d is out of range", ErrMalformedRecord, r.WarmupMS)
 	}
 	in := Instance{
-		ID: r.ID, App: r.App, Addr: r.Addr, Color: Color(r.Color), Version: r.Version,
-		Channel: r.Channel, Weight: DefaultWeight, TrafficWeight: DefaultWeight,
+		ID: r.ID, App: r.App, Addr: r.Addr, Color: deploy.Color(r.Color), Version: r.Version,
+		Channel: r.Channel, Weight: deploy.DefaultWeight, TrafficWeight: deploy.DefaultWeight,
 		StartTime: r.StartTime, Warmup: time.Duration(r.WarmupMS) * time.Millisecond, Metadata: r.Metadata,
 		Degraded: r.Degraded,
 	}
@@ -286,14 +258,14 @@ func (e *malformedError) Error() string {
 
 func (e *malformedError) Unwrap() []error { return []error{ErrMalformedRecord, e.err} }
 
-// withDefaults fills what a registration leaves zero: Weight 0 → DefaultWeight, and an
-// instance in no channel always carries TrafficWeight DefaultWeight (DESIGN.md).
+// withDefaults fills what a registration leaves zero: Weight 0 → deploy.DefaultWeight, and an
+// instance in no channel always carries TrafficWeight deploy.DefaultWeight (DESIGN.md).
 func (in Instance) withDefaults() Instance {
 	if in.Weight == 0 {
-		in.Weight = DefaultWeight
+		in.Weight = deploy.DefaultWeight
 	}
 	if in.Channel == "" {
-		in.TrafficWeight = DefaultWeight
+		in.TrafficWeight = deploy.DefaultWeight
 	}
 	in.Metadata = maps.Clone(in.Metadata)
 	return in

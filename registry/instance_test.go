@@ -8,12 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
 func validInstance() registry.Instance {
 	return registry.Instance{
-		ID: "order-7d9f", App: "order", Addr: "10.0.3.7:9000", Color: registry.ColorBlue,
+		ID: "order-7d9f", App: "order", Addr: "10.0.3.7:9000", Color: deploy.Blue,
 		Version: "v2", Channel: "trade", Weight: 100, TrafficWeight: 1.0101,
 		StartTime: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC), Warmup: time.Minute,
 		Metadata: map[string]string{"zone": "a"},

@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -73,7 +74,7 @@ func TestAPartitionLongerThanTheTTLLosesNoCalls(t *testing.T) {
 			// A marker registered after the deletions: once the consumer has it, it has seen
 			// them. It serves nothing, so it takes no call.
 			// Green, so that it does not count as a blue instance left.
-			register(t, direct, "greeter", "m", unreachableAddr(t), func(c *registry.Config) { c.Instance.Color = registry.ColorGreen })
+			register(t, direct, "greeter", "m", unreachableAddr(t), func(c *registry.Config) { c.Instance.Color = deploy.Green })
 			// The first lease to expire may take its instance away (another blue one is still
 			// there); the last blue one is held.
 			kept := func(in []registry.Instance) []string {
@@ -188,7 +189,7 @@ func putWithLease(t testing.TB, cli *clientv3.Client, app, id string) clientv3.L
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := registry.AppPrefix(registry.DefaultPrefix, app) + id
+	key := registry.AppPrefix(deploy.DefaultPrefix, app) + id
 	if _, err := cli.Put(context.Background(), key, record(t, app, id, "127.0.0.1:9100"), clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
 	}

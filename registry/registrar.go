@@ -15,13 +15,11 @@ import (
 
 	"google.golang.org/grpc/connectivity"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/backoff"
 	"github.com/switchyard-go/switchyard/internal/dispatch"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
-
-// DefaultPrefix is the etcd key prefix everything of switchyard lives under.
-const DefaultPrefix = "/switchyard"
 
 // Defaults of Config.
 const (
@@ -45,11 +43,11 @@ type Check struct {
 type Config struct {
 	// Client is the etcd client. Required. The Registrar does not close it.
 	Client *clientv3.Client
-	// Prefix is the etcd key prefix. Default DefaultPrefix ("/switchyard").
+	// Prefix is the etcd key prefix. Default deploy.DefaultPrefix ("/switchyard").
 	Prefix string
 	// Instance is the record to register. ID, App and Addr are required. A zero Weight
-	// registers DefaultWeight (100); a zero StartTime registers the time of Register; with
-	// an empty Channel, TrafficWeight is always DefaultWeight.
+	// registers deploy.DefaultWeight (100); a zero StartTime registers the time of Register; with
+	// an empty Channel, TrafficWeight is always deploy.DefaultWeight.
 	Instance Instance
 	// TTL is the lease TTL, rounded up to whole seconds. If the instance dies, consumers
 	// stop seeing it after at most TTL. Default DefaultTTL (10 s).
@@ -204,7 +202,7 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 		return nil, errors.New("registry: Config.Client is nil; pass a connected *clientv3.Client")
 	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
+		cfg.Prefix = deploy.DefaultPrefix
 	}
 	if err := validatePrefix(cfg.Prefix); err != nil {
 		return nil, err
@@ -260,7 +258,7 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 
 func validatePrefix(p string) error {
 	if !strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
-		return fmt.Errorf("registry: prefix %q must start with '/' and not end with one, e.g. %q", p, DefaultPrefix)
+		return fmt.Errorf("registry: prefix %q must start with '/' and not end with one, e.g. %q", p, deploy.DefaultPrefix)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -28,7 +29,7 @@ func TestRegisterAndDiscover(t *testing.T) {
 		c.Instance.Metadata = map[string]string{"zone": "a"}
 	})
 	got := rec.waitFor(t, "o-1", hasIDs("o-1"))[0]
-	if got.Addr != "127.0.0.1:9001" || got.Color != registry.ColorBlue || got.Version != "v1" ||
+	if got.Addr != "127.0.0.1:9001" || got.Color != deploy.Blue || got.Version != "v1" ||
 		got.Weight != 100 || got.TrafficWeight != 100 || got.Warmup != 30*time.Second || got.Metadata["zone"] != "a" {
 		t.Fatalf("discovered record differs from the registered one: %+v", got)
 	}

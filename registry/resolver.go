@@ -17,10 +17,8 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	swbalancer "github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 )
-
-// Scheme is the gRPC target scheme of the resolver: switchyard:///<app>.
-const Scheme = "switchyard"
 
 // DefaultServiceConfig is the service config the resolver sends when ResolverConfig has
 // none: it selects switchyard's weighted policy (package balancer, linked in by this package).
@@ -30,7 +28,7 @@ const DefaultServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `"
 type ResolverConfig struct {
 	// Client is the etcd client. Required. The resolver does not close it.
 	Client *clientv3.Client
-	// Prefix is the etcd key prefix. Default DefaultPrefix ("/switchyard").
+	// Prefix is the etcd key prefix. Default deploy.DefaultPrefix ("/switchyard").
 	Prefix string
 	// ServiceConfig is the whole JSON service config sent with every update, replacing the
 	// default. Default DefaultServiceConfig plus MethodConfig.
@@ -87,7 +85,7 @@ func NewResolverBuilder(cfg ResolverConfig) (resolver.Builder, error) {
 	}
 	cfg.ServiceConfig = sc
 	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
+		cfg.Prefix = deploy.DefaultPrefix
 	}
 	if err := validatePrefix(cfg.Prefix); err != nil {
 		return nil, err
@@ -136,12 +134,12 @@ func serviceConfigOf(serviceConfig, methodConfig string) (string, error) {
 
 type builder struct{ cfg ResolverConfig }
 
-func (b *builder) Scheme() string { return Scheme }
+func (b *builder) Scheme() string { return deploy.Scheme }
 
 func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
 	app := strings.TrimPrefix(target.Endpoint(), "/")
-	if err := ValidateName("app", app); err != nil {
-		return nil, fmt.Errorf("registry: target %q: want %s:///<app>: %w", target.URL.String(), Scheme, err)
+	if err := validName("app", app); err != nil {
+		return nil, fmt.Errorf("registry: target %q: want %s:///<app>: %w", target.URL.String(), deploy.Scheme, err)
 	}
 	sc := cc.ParseServiceConfig(b.cfg.ServiceConfig)
 	if sc.Err != nil {
@@ -220,17 +218,17 @@ func trafficOf(rules Rules, app string) appTraffic {
 }
 
 // of returns the channel and traffic weight the rule gives an instance of color c: its
-// color's weight in the open channel, DefaultWeight when colorless or in no open channel.
-func (t appTraffic) of(c Color) (string, float64) {
+// color's weight in the open channel, deploy.DefaultWeight when colorless or in no open channel.
+func (t appTraffic) of(c deploy.Color) (string, float64) {
 	switch {
 	case !t.ok:
-		return "", DefaultWeight
-	case c == ColorBlue:
+		return "", deploy.DefaultWeight
+	case c == deploy.Blue:
 		return t.channel, t.blue
-	case c == ColorGreen:
+	case c == deploy.Green:
 		return t.channel, t.green
 	}
-	return t.channel, DefaultWeight
+	return t.channel, deploy.DefaultWeight
 }
 
 // followRules has the Watcher publish again whenever the app's traffic changes, so update
@@ -276,7 +274,7 @@ func (r *etcdResolver) update(s instSet) {
 		var info swbalancer.EndpointInfo
 		if r.rules != nil {
 			info = in.info()
-			if ch, tw := r.traffic.of(colorOf(info.Color)); ch != info.Channel || tw != info.TrafficWeight {
+			if ch, tw := r.traffic.of(info.Color); ch != info.Channel || tw != info.TrafficWeight {
 				info.Channel, info.TrafficWeight = ch, tw
 				attrs = nil
 			}

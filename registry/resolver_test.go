@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -384,7 +385,7 @@ func TestEndpointsCarryTheAddressAndEndpointInfo(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	register(t, cli, "greeter", "g-1", "127.0.0.1:7001", func(c *registry.Config) {
-		c.Instance.Color, c.Instance.Weight = registry.ColorGreen, 30
+		c.Instance.Color, c.Instance.Weight = deploy.Green, 30
 	})
 	cc := newStubCC()
 	buildResolver(t, cli, "greeter", cc)
@@ -393,7 +394,7 @@ func TestEndpointsCarryTheAddressAndEndpointInfo(t *testing.T) {
 		t.Fatalf("endpoints %+v", st.Endpoints)
 	}
 	in, ok := balancer.EndpointInfoFrom(st.Endpoints[0])
-	if !ok || in.ID != "g-1" || in.Color != string(registry.ColorGreen) || in.Weight != 30 || in.Epoch == 0 {
+	if !ok || in.ID != "g-1" || in.Color != deploy.Green || in.Weight != 30 || in.Epoch == 0 {
 		t.Fatalf("EndpointInfoFrom = %+v, %v", in, ok)
 	}
 	if st.ServiceConfig == nil {

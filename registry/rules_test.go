@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	"github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -102,7 +103,7 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	for id, color := range map[string]registry.Color{"b-1": registry.ColorBlue, "g-1": registry.ColorGreen, "n-1": registry.ColorNone} {
+	for id, color := range map[string]deploy.Color{"b-1": deploy.Blue, "g-1": deploy.Green, "n-1": deploy.None} {
 		addr, _ := testutil.ServeGreeter(t, id)
 		register(t, cli, "greeter", id, addr, func(c *registry.Config) { c.Instance.Color = color })
 	}
@@ -136,7 +137,7 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 	}
 	// The records in etcd still say no channel (nothing was re-put); the endpoints' records
 	// say what the rule says.
-	resp, err := cli.Get(context.Background(), registry.AppPrefix(registry.DefaultPrefix, "greeter"), clientv3.WithPrefix())
+	resp, err := cli.Get(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, "greeter"), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +147,7 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 		}
 	}
 	for _, in := range c.instances() {
-		if in.Channel != "trade" || in.Color == registry.ColorBlue && in.TrafficWeight != 0 {
+		if in.Channel != "trade" || in.Color == deploy.Blue && in.TrafficWeight != 0 {
 			t.Fatalf("the endpoint gives %+v, want channel trade and blue's weight 0", in)
 		}
 	}
@@ -172,7 +173,7 @@ func TestShiftReachesTheResolverBeforeAnyReput(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	for id, color := range map[string]registry.Color{"b-1": registry.ColorBlue, "g-1": registry.ColorGreen, "n-1": registry.ColorNone} {
+	for id, color := range map[string]deploy.Color{"b-1": deploy.Blue, "g-1": deploy.Green, "n-1": deploy.None} {
 		addr, _ := testutil.ServeGreeter(t, id)
 		register(t, cli, "greeter", id, addr, func(c *registry.Config) { c.Instance.Color = color })
 	}
@@ -235,13 +236,13 @@ func TestReputOfTheRulesOwnSplitCostsTheResolverNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cli.Put(context.Background(), in.Key(registry.DefaultPrefix), string(val)); err != nil {
+		if _, err := cli.Put(context.Background(), in.Key(deploy.DefaultPrefix), string(val)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	record := func(i int) registry.Instance {
 		return registry.Instance{App: "greeter", ID: fmt.Sprintf("b-%02d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 7000+i),
-			Color: registry.ColorBlue, Weight: 100, TrafficWeight: 100}
+			Color: deploy.Blue, Weight: 100, TrafficWeight: 100}
 	}
 	for i := range n {
 		put(i, record(i))

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/resolver"
 
 	swbalancer "github.com/switchyard-go/switchyard/balancer"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
@@ -30,7 +31,7 @@ const meterName = "github.com/switchyard-go/switchyard/registry"
 type WatcherConfig struct {
 	// Client is the etcd client. Required. The Watcher does not close it.
 	Client *clientv3.Client
-	// Prefix is the etcd key prefix. Default DefaultPrefix ("/switchyard").
+	// Prefix is the etcd key prefix. Default deploy.DefaultPrefix ("/switchyard").
 	Prefix string
 	// App is the app whose instances to follow. Required.
 	App string
@@ -144,23 +145,13 @@ func (p *inst) info() swbalancer.EndpointInfo {
 // instance is the record of p, an instance of app.
 func (p *inst) instance(app string) Instance {
 	info := p.info()
-	in := Instance{ID: p.ID, App: app, Addr: p.Addr, Color: colorOf(info.Color), Channel: info.Channel,
+	in := Instance{ID: p.ID, App: app, Addr: p.Addr, Color: info.Color, Channel: info.Channel,
 		Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime, Warmup: info.Warmup,
 		Epoch: info.Epoch}
 	if m := p.more; m != nil {
 		in.Version, in.Degraded, in.Metadata = m.version, m.degraded, m.metadata
 	}
 	return in
-}
-
-func colorOf(c string) Color {
-	switch c {
-	case string(ColorBlue):
-		return ColorBlue
-	case string(ColorGreen):
-		return ColorGreen
-	}
-	return ColorNone
 }
 
 // newInst is in, stamped with its key's create revision and lease.
@@ -170,7 +161,7 @@ func newInst(in *Instance, createRev, lease int64) *inst {
 		p.more = &instMore{version: in.Version, degraded: in.Degraded, metadata: in.Metadata}
 	}
 	p.attrs = swbalancer.SetEndpointInfo(resolver.Endpoint{}, swbalancer.EndpointInfo{
-		ID: in.ID, Color: string(in.Color), Channel: in.Channel, Weight: in.Weight,
+		ID: in.ID, Color: in.Color, Channel: in.Channel, Weight: in.Weight,
 		TrafficWeight: in.TrafficWeight, StartTime: in.StartTime, Warmup: in.Warmup, Epoch: createRev,
 		Degraded: in.Degraded != "",
 	}).Attributes
@@ -232,11 +223,11 @@ func newWatcher(cfg WatcherConfig, onSet func(instSet), coalesce time.Duration, 
 	if cfg.Client == nil {
 		return nil, errors.New("registry: WatcherConfig.Client is nil; pass a connected *clientv3.Client")
 	}
-	if err := ValidateName("app", cfg.App); err != nil {
+	if err := validName("app", cfg.App); err != nil {
 		return nil, err
 	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = DefaultPrefix
+		cfg.Prefix = deploy.DefaultPrefix
 	}
 	if err := validatePrefix(cfg.Prefix); err != nil {
 		return nil, err
@@ -316,7 +307,7 @@ func (w *Watcher) Refresh() { w.kv.Refresh() }
 // kvwatch calls right after it to make the inst. The record shares its ID, App and Color
 // strings with the key, the Watcher and the constants, to keep one copy of each.
 func (w *Watcher) decode(id string, val []byte) (*inst, error) {
-	if err := ValidateName("id", id); err != nil {
+	if err := validName("id", id); err != nil {
 		return nil, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>")
 	}
 	in, err := Unmarshal(val)
@@ -328,10 +319,10 @@ func (w *Watcher) decode(id string, val []byte) (*inst, error) {
 	}
 	in.ID, in.App = id, w.app
 	switch in.Color {
-	case ColorBlue:
-		in.Color = ColorBlue
-	case ColorGreen:
-		in.Color = ColorGreen
+	case deploy.Blue:
+		in.Color = deploy.Blue
+	case deploy.Green:
+		in.Color = deploy.Green
 	}
 	w.decoded = in
 	return nil, nil
@@ -410,7 +401,7 @@ func (w *Watcher) change(items []*inst, rev int64) {
 }
 
 // colorLeft reports whether set has an instance of color c.
-func colorLeft(set []*inst, c string) bool {
+func colorLeft(set []*inst, c deploy.Color) bool {
 	for _, in := range set {
 		if in.info().Color == c {
 			return true

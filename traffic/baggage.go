@@ -10,36 +10,31 @@ import (
 
 	"go.opentelemetry.io/otel/baggage"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/sticky"
-	"github.com/switchyard-go/switchyard/registry"
 )
-
-// BaggageKey is the OpenTelemetry baggage member that carries sticky decisions along a call
-// chain (DESIGN.md "Stickiness"): its value is <channel>=<color> pairs joined by '&', e.g.
-// "trade=blue&pay=green".
-const BaggageKey = sticky.BaggageKey
 
 // Decision returns the color decided for channel in ctx's baggage. Malformed pairs and
 // colors other than blue and green are ignored; the first valid pair for the channel wins.
 // It allocates nothing, whether or not a decision is present.
-func Decision(ctx context.Context, channel string) (registry.Color, bool) {
+func Decision(ctx context.Context, channel string) (deploy.Color, bool) {
 	c, ok := sticky.Decision(ctx, channel)
-	return registry.Color(c), ok
+	return deploy.Color(c), ok
 }
 
 // ParseDecisions returns every valid channel → color pair of a decision value, ignoring
 // malformed ones (the first valid pair of a channel wins). For tools and tests; the
 // interceptors use Decision.
-func ParseDecisions(value string) map[string]registry.Color {
-	out := map[string]registry.Color{}
+func ParseDecisions(value string) map[string]deploy.Color {
+	out := map[string]deploy.Color{}
 	for value != "" {
 		var pair string
 		pair, value, _ = strings.Cut(value, "&")
 		k, v, ok := strings.Cut(pair, "=")
-		if !ok || registry.ValidateName("channel", k) != nil {
+		if !ok || deploy.ValidateName("channel", k) != nil {
 			continue
 		}
-		if c := registry.Color(v); (c == registry.ColorBlue || c == registry.ColorGreen) && out[k] == "" {
+		if c := deploy.Color(v); (c == deploy.Blue || c == deploy.Green) && out[k] == "" {
 			out[k] = c
 		}
 	}
@@ -51,27 +46,27 @@ func ParseDecisions(value string) map[string]registry.Color {
 // for channel; the client interceptors never do that, they keep what they find. Like
 // OpenTelemetry, it does not limit the baggage in ctx: the client interceptors enforce the W3C
 // limits when they write the `baggage` header, and the decision member goes first.
-func WithDecision(ctx context.Context, channel string, color registry.Color) (context.Context, error) {
-	if err := registry.ValidateName("channel", channel); err != nil {
+func WithDecision(ctx context.Context, channel string, color deploy.Color) (context.Context, error) {
+	if err := deploy.ValidateName("channel", channel); err != nil {
 		return ctx, fmt.Errorf("traffic: decision: %w", err)
 	}
-	if color != registry.ColorBlue && color != registry.ColorGreen {
+	if color != deploy.Blue && color != deploy.Green {
 		return ctx, fmt.Errorf("traffic: decision for %q: color %q must be blue or green", channel, color)
 	}
 	b := baggage.FromContext(ctx)
-	decisions := ParseDecisions(b.Member(BaggageKey).Value())
+	decisions := ParseDecisions(b.Member(deploy.BaggageKey).Value())
 	decisions[channel] = color
 	parts := make([]string, 0, len(decisions))
 	for _, ch := range slices.Sorted(maps.Keys(decisions)) {
 		parts = append(parts, ch+"="+string(decisions[ch]))
 	}
-	m, err := baggage.NewMemberRaw(BaggageKey, strings.Join(parts, "&"))
+	m, err := baggage.NewMemberRaw(deploy.BaggageKey, strings.Join(parts, "&"))
 	if err != nil {
 		return ctx, fmt.Errorf("traffic: decision: %w", err)
 	}
-	if n := len(BaggageKey) + 1 + len(m.Value()); n > MaxBaggageMemberBytes { // channel names need no escaping
+	if n := len(deploy.BaggageKey) + 1 + len(m.Value()); n > MaxBaggageMemberBytes { // channel names need no escaping
 		return ctx, fmt.Errorf("traffic: decision: member %s would be %d bytes with %d channels' decisions, over the %d bytes a baggage member may have; finish releases the requests no longer need",
-			BaggageKey, n, len(decisions), MaxBaggageMemberBytes)
+			deploy.BaggageKey, n, len(decisions), MaxBaggageMemberBytes)
 	}
 	b, _ = b.SetMember(m) // fails only for an invalid member
 	return baggage.ContextWithBaggage(ctx, b), nil
@@ -91,7 +86,7 @@ const (
 //
 //   - a member that OpenTelemetry's Parse would reject, or of more than
 //     MaxBaggageMemberBytes, is skipped;
-//   - the decision member (BaggageKey) comes first: its last legal occurrence is kept, and
+//   - the decision member (deploy.BaggageKey) comes first: its last legal occurrence is kept, and
 //     the others get what it leaves of the limits;
 //   - the other members are taken in order until the next one would exceed
 //     MaxBaggageMembers or MaxBaggageBytes; the rest is dropped, as OpenTelemetry's Parse
@@ -135,7 +130,7 @@ func (s *selection) decide(groups [][]string) {
 				} else {
 					list, seg = "", list
 				}
-				if keyOf(seg) != BaggageKey {
+				if keyOf(seg) != deploy.BaggageKey {
 					continue
 				}
 				if m, ok := readMember(seg); ok && m.size <= MaxBaggageMemberBytes {
@@ -162,7 +157,7 @@ func (s *selection) take(groups [][]string) {
 				var seg string
 				seg, list, more = strings.Cut(list, ",")
 				s.seen++
-				if keyOf(seg) == BaggageKey {
+				if keyOf(seg) == deploy.BaggageKey {
 					continue // the decision is s.dec
 				}
 				m, ok := readMember(seg)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/traffic"
@@ -27,7 +28,7 @@ func manyHeaders(n, per int) []string {
 				b.WriteByte(',')
 			}
 			if h == n/2 && i == 0 {
-				b.WriteString(traffic.BaggageKey + "=trade=blue")
+				b.WriteString(deploy.BaggageKey + "=trade=blue")
 				continue
 			}
 			fmt.Fprintf(&b, "k%dx%d=v%d", h, i, i)
@@ -40,7 +41,7 @@ func manyHeaders(n, per int) []string {
 // legalWorst is the largest legal baggage: 64 members (the decision and 63 others of 127
 // bytes each) and 8,191 bytes in all.
 func legalWorst() []string {
-	members := []string{traffic.BaggageKey + "=trade=blue"}
+	members := []string{deploy.BaggageKey + "=trade=blue"}
 	for i := range 63 {
 		k := fmt.Sprintf("key%02d=", i)
 		members = append(members, k+strings.Repeat("v", 127-len(k)))

@@ -10,10 +10,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/internal/testutil"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -50,7 +50,7 @@ func legalDecision(t *testing.T, seg string) (string, bool) {
 	if want := max(len(seg), len(m.String())); m.Key() != key || size != want {
 		t.Fatalf("member %q: readMember says key %q, %d bytes; OpenTelemetry %q, %q (%d bytes)", seg, key, size, m.Key(), m.String(), want)
 	}
-	return m.Value(), key == traffic.BaggageKey && size <= traffic.MaxBaggageMemberBytes
+	return m.Value(), key == deploy.BaggageKey && size <= traffic.MaxBaggageMemberBytes
 }
 
 // FuzzServerBaggage: the server interceptor on any set of `baggage` headers (the input split
@@ -58,7 +58,7 @@ func legalDecision(t *testing.T, seg string) (string, bool) {
 // the first header) never panics, gives the handler baggage within the W3C limits, and keeps
 // the last legal decision member.
 func FuzzServerBaggage(f *testing.F) {
-	d := traffic.BaggageKey
+	d := deploy.BaggageKey
 	for _, seed := range []struct {
 		headers      string
 		repeat, flag uint8
@@ -85,7 +85,7 @@ func FuzzServerBaggage(f *testing.F) {
 		var prior baggage.Baggage
 		if flag&1 != 0 {
 			prior, _ = baggage.Parse(values[0])
-			if m := prior.Member(traffic.BaggageKey); m.Key() != "" && len(m.String()) <= traffic.MaxBaggageMemberBytes {
+			if m := prior.Member(deploy.BaggageKey); m.Key() != "" && len(m.String()) <= traffic.MaxBaggageMemberBytes {
 				want, decided = m.Value(), true
 			}
 		}
@@ -109,7 +109,7 @@ func FuzzServerBaggage(f *testing.F) {
 			return nil, nil
 		})
 		checkLimits(t, "the handler's baggage", got)
-		if m := got.Member(traffic.BaggageKey); decided && m.Value() != want {
+		if m := got.Member(deploy.BaggageKey); decided && m.Value() != want {
 			t.Fatalf("the decision member is %q, want %q, the last legal one", m.Value(), want)
 		}
 	})
@@ -147,7 +147,7 @@ func FuzzOutgoingBaggage(f *testing.F) {
 		{"", "", "", 63, 127, 0},          // 8 KB in 64 members
 		{"", "", "", 0, 0, 8180},          // one 8 KB member
 		{"", "", "", 40, 100, 5000},
-		{"a=1", "b=2," + traffic.BaggageKey + "=trade=green,c=" + strings.Repeat("z", 8000), "", 10, 10, 0},
+		{"a=1", "b=2," + deploy.BaggageKey + "=trade=green,c=" + strings.Repeat("z", 8000), "", 10, 10, 0},
 		{"", strings.Repeat("p=1,", 100), "pay=blue&trade=red", 70, 100, 0},
 		{"a b=1,ünï=2,k=%FF", "", "trade=blue&x=" + strings.Repeat("x", 3000), 0, 0, 0},
 	} {
@@ -170,14 +170,14 @@ func FuzzOutgoingBaggage(f *testing.F) {
 		if big > 0 {
 			set("big", strings.Repeat("x", int(big%10000)))
 		}
-		want := registry.ColorBlue
+		want := deploy.Blue
 		if decision != "" {
-			set(traffic.BaggageKey, decision)
-			if c, ok := sticky.Lookup(b.Member(traffic.BaggageKey).Value(), "trade"); ok {
-				if len(b.Member(traffic.BaggageKey).String()) > traffic.MaxBaggageMemberBytes {
+			set(deploy.BaggageKey, decision)
+			if c, ok := sticky.Lookup(b.Member(deploy.BaggageKey).Value(), "trade"); ok {
+				if len(b.Member(deploy.BaggageKey).String()) > traffic.MaxBaggageMemberBytes {
 					t.Skip("the caller's own decision member is over the limit: it cannot go on the wire")
 				}
-				want = registry.Color(c)
+				want = deploy.Color(c)
 			}
 		}
 		ctx := baggage.ContextWithBaggage(context.Background(), b)

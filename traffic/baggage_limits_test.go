@@ -10,10 +10,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -125,7 +125,7 @@ func TestDecisionSurvivesBaggageAtTheLimits(t *testing.T) {
 	bigBag, _ := baggage.New(big)
 	smallBag, _ := baggage.New(small...)
 	with := func(b baggage.Baggage) context.Context { return baggage.ContextWithBaggage(context.Background(), b) }
-	decided, err := traffic.WithDecision(with(smallBag), "trade", registry.ColorBlue)
+	decided, err := traffic.WithDecision(with(smallBag), "trade", deploy.Blue)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,9 +171,9 @@ func TestDecisionSurvivesBaggageAtTheLimits(t *testing.T) {
 			// of 8 KB with it first, sent straight to inventory.
 			inventory := dialPlain(t, c.cli, "inventory")
 			for name, header := range map[string]string{
-				"65 members":   strings.Join(plainMembers(64), ",") + "," + traffic.BaggageKey + "=trade=blue",
-				"8300 bytes":   traffic.BaggageKey + "=trade=blue," + strings.Join(legalWorst()[1:], ",") + ",last=" + strings.Repeat("1", 100),
-				"8 KB members": "a=" + strings.Repeat("x", 5000) + "," + traffic.BaggageKey + "=trade=blue,b=" + strings.Repeat("y", 5000),
+				"65 members":   strings.Join(plainMembers(64), ",") + "," + deploy.BaggageKey + "=trade=blue",
+				"8300 bytes":   deploy.BaggageKey + "=trade=blue," + strings.Join(legalWorst()[1:], ",") + ",last=" + strings.Repeat("1", 100),
+				"8 KB members": "a=" + strings.Repeat("x", 5000) + "," + deploy.BaggageKey + "=trade=blue,b=" + strings.Repeat("y", 5000),
 			} {
 				ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "baggage", header), testutil.Deadline)
 				resp, err := inventory.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true))

@@ -6,14 +6,14 @@ import (
 
 	"go.opentelemetry.io/otel/baggage"
 
-	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
 // withValue returns a context whose baggage holds the decision member with a raw value.
 func withValue(t testing.TB, value string) context.Context {
 	t.Helper()
-	m, err := baggage.NewMemberRaw(traffic.BaggageKey, value)
+	m, err := baggage.NewMemberRaw(deploy.BaggageKey, value)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,15 +27,15 @@ func withValue(t testing.TB, value string) context.Context {
 func TestDecisionLookup(t *testing.T) {
 	cases := []struct {
 		value, channel string
-		want           registry.Color
+		want           deploy.Color
 		ok             bool
 	}{
-		{"trade=blue&pay=green", "trade", registry.ColorBlue, true},
-		{"trade=blue&pay=green", "pay", registry.ColorGreen, true},
+		{"trade=blue&pay=green", "trade", deploy.Blue, true},
+		{"trade=blue&pay=green", "pay", deploy.Green, true},
 		{"trade=blue&pay=green", "ship", "", false},
-		{"trade=red&trade=green", "trade", registry.ColorGreen, true}, // invalid color ignored
-		{"&&trade&=blue&trade=blue", "trade", registry.ColorBlue, true},
-		{"trade=blue&trade=green", "trade", registry.ColorBlue, true}, // first wins
+		{"trade=red&trade=green", "trade", deploy.Green, true}, // invalid color ignored
+		{"&&trade&=blue&trade=blue", "trade", deploy.Blue, true},
+		{"trade=blue&trade=green", "trade", deploy.Blue, true}, // first wins
 		{"tradex=blue", "trade", "", false},
 		{"trade=BLUE", "trade", "", false},
 		{"", "trade", "", false},
@@ -55,22 +55,22 @@ func TestWithDecisionKeepsOtherMembers(t *testing.T) {
 	other, _ := baggage.NewMemberRaw("tenant", "acme")
 	b, _ := baggage.New(other)
 	ctx := baggage.ContextWithBaggage(context.Background(), b)
-	ctx, err := traffic.WithDecision(ctx, "pay", registry.ColorGreen)
+	ctx, err := traffic.WithDecision(ctx, "pay", deploy.Green)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, err = traffic.WithDecision(ctx, "trade", registry.ColorBlue)
+	ctx, err = traffic.WithDecision(ctx, "trade", deploy.Blue)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := baggage.FromContext(ctx)
-	if got.Member("tenant").Value() != "acme" || got.Member(traffic.BaggageKey).Value() != "pay=green&trade=blue" {
+	if got.Member("tenant").Value() != "acme" || got.Member(deploy.BaggageKey).Value() != "pay=green&trade=blue" {
 		t.Fatalf("baggage = %s", got)
 	}
 	if _, err := traffic.WithDecision(ctx, "trade", "red"); err == nil {
 		t.Fatal("WithDecision accepted color red")
 	}
-	if _, err := traffic.WithDecision(ctx, "a=b", registry.ColorBlue); err == nil {
+	if _, err := traffic.WithDecision(ctx, "a=b", deploy.Blue); err == nil {
 		t.Fatal("WithDecision accepted channel a=b")
 	}
 	// The wire form parses back to the same decisions.
@@ -78,7 +78,7 @@ func TestWithDecisionKeepsOtherMembers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, ok := traffic.Decision(baggage.ContextWithBaggage(context.Background(), parsed), "trade"); !ok || c != registry.ColorBlue {
+	if c, ok := traffic.Decision(baggage.ContextWithBaggage(context.Background(), parsed), "trade"); !ok || c != deploy.Blue {
 		t.Fatalf("after a round trip through the header: %q %v (header %q)", c, ok, got.String())
 	}
 }
@@ -104,9 +104,9 @@ func FuzzDecision(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, header string) {
 		// What arrives on the wire is a whole baggage header.
-		b, _ := baggage.Parse(traffic.BaggageKey + "=" + header)
+		b, _ := baggage.Parse(deploy.BaggageKey + "=" + header)
 		ctx := baggage.ContextWithBaggage(context.Background(), b)
-		value := b.Member(traffic.BaggageKey).Value()
+		value := b.Member(deploy.BaggageKey).Value()
 		for ch, color := range traffic.ParseDecisions(value) {
 			got, ok := traffic.Decision(ctx, ch)
 			if !ok || got != color {

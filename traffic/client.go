@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/dispatch"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 	"github.com/switchyard-go/switchyard/internal/sticky"
@@ -33,7 +34,7 @@ var ErrEtcdUnavailable = registry.ErrEtcdUnavailable
 type Config struct {
 	// Client is the etcd client. Required; not closed by the rule Client.
 	Client *clientv3.Client
-	// Prefix is the etcd key prefix. Default registry.DefaultPrefix ("/switchyard").
+	// Prefix is the etcd key prefix. Default deploy.DefaultPrefix ("/switchyard").
 	Prefix string
 	// RequestTimeout caps each etcd request. Default registry.DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
@@ -50,7 +51,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("traffic: Config.Client is nil; pass a connected *clientv3.Client")
 	}
 	if c.Prefix == "" {
-		c.Prefix = registry.DefaultPrefix
+		c.Prefix = deploy.DefaultPrefix
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = registry.DefaultRequestTimeout
@@ -431,9 +432,9 @@ func newSnapshot(rules []Rule, rev int64, log *slog.Logger) *snapshot {
 // addDecided builds channel's decided baggage and headers.
 func (s *snapshot) addDecided(channel string) {
 	var d [2]decided
-	for _, color := range []string{sticky.Blue, sticky.Green} {
-		value := channel + "=" + color
-		m, err := baggage.NewMemberRaw(BaggageKey, value)
+	for _, color := range []deploy.Color{deploy.Blue, deploy.Green} {
+		value := channel + "=" + string(color)
+		m, err := baggage.NewMemberRaw(deploy.BaggageKey, value)
 		if err != nil {
 			return // not for a valid channel name
 		}

@@ -10,8 +10,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
-	"github.com/switchyard-go/switchyard/registry"
 )
 
 // Errors the controller returns; branch with errors.Is.
@@ -272,7 +272,7 @@ func (c *Controller) read(ctx context.Context) (scan, error) {
 // no rule changed since the read. An unreadable key of the channel itself refuses every
 // operation (its state is unknown); other unreadable keys are decide's to judge.
 func (c *Controller) update(ctx context.Context, channel string, decide func(cur Rule, exists bool, s scan) (Rule, error)) (Rule, error) {
-	if err := registry.ValidateName("channel", channel); err != nil {
+	if err := deploy.ValidateName("channel", channel); err != nil {
 		return Rule{}, &RuleError{Field: "channel", Value: fmt.Sprintf("%q", channel), Rule: ruleOf(err)}
 	}
 	s, err := c.read(ctx)

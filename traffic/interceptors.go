@@ -10,9 +10,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 	"github.com/switchyard-go/switchyard/internal/streamctx"
-	"github.com/switchyard-go/switchyard/registry"
 )
 
 // baggageHeader is the W3C baggage header, as gRPC metadata keys are lower case.
@@ -48,17 +48,17 @@ func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 // that header alone.
 func (c *Client) stick(ctx context.Context, target string) context.Context {
 	b := baggage.FromContext(ctx)
-	m := b.Member(BaggageKey) // read once: each read builds it
+	m := b.Member(deploy.BaggageKey) // read once: each read builds it
 	s := c.snap.Load()
 	if app, ok := appOf(target); ok {
 		if ch, open := s.open[app]; open {
 			if _, decided := sticky.Lookup(m.Value(), ch); !decided {
-				color := registry.ColorGreen
+				color := deploy.Green
 				if c.random()*100 < s.rules[ch].BluePercent {
-					color = registry.ColorBlue
+					color = deploy.Blue
 				}
 				if d, ok := s.decided[ch]; ok && b.Len() == 0 {
-					d := d[sticky.Index(string(color))]
+					d := d[sticky.Index(color)]
 					hasB, okB := hasBaggage(ctx)
 					if hasO, okO := hasOutgoing(ctx); okB && okO && !hasB && !hasO {
 						return &carried{Context: ctx, vals: d.vals}
@@ -67,7 +67,7 @@ func (c *Client) stick(ctx context.Context, target string) context.Context {
 				}
 				if dctx, err := WithDecision(ctx, ch, color); err == nil {
 					ctx, b = dctx, baggage.FromContext(dctx)
-					m = b.Member(BaggageKey)
+					m = b.Member(deploy.BaggageKey)
 				} else {
 					c.cfg.Logger.Debug("traffic: decision not carried", "channel", ch, "err", err)
 				}
@@ -196,7 +196,7 @@ func withBaggageHeader(ctx context.Context, b baggage.Baggage) context.Context {
 
 // appOf returns the app of a switchyard:///<app> (or switchyard://authority/<app>) target.
 func appOf(target string) (string, bool) {
-	rest, ok := strings.CutPrefix(target, registry.Scheme+":")
+	rest, ok := strings.CutPrefix(target, deploy.Scheme+":")
 	if !ok {
 		return "", false
 	}

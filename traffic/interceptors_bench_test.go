@@ -9,9 +9,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -30,7 +30,7 @@ func BenchmarkClientInterceptor(b *testing.B) {
 	order, other := conn("order"), conn("other")
 	icpt := rules.UnaryClientInterceptor()
 	noop := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil }
-	decided, _ := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	decided, _ := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	var header context.Context // decided, with the header already written (by a previous call's interceptor, say)
 	_ = icpt(decided, "/m", nil, nil, order, func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
 		header = ctx
@@ -67,7 +67,7 @@ func BenchmarkClientInterceptor(b *testing.B) {
 func BenchmarkServerInterceptor(b *testing.B) {
 	icpt := traffic.UnaryServerInterceptor()
 	handler := func(ctx context.Context, _ any) (any, error) { return nil, nil }
-	decision := traffic.BaggageKey + "=trade=blue"
+	decision := deploy.BaggageKey + "=trade=blue"
 	withBaggage := metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", decision))
 	fresh := make([]context.Context, 1024)
 	for i := range fresh {

@@ -12,10 +12,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -38,7 +38,7 @@ func TestDecidedCallsAllocateOnlyTheirContext(t *testing.T) {
 	testutil.Eventually(t, "the rule client seeing trade open", func() bool { _, ok := rules.ChannelOf("order"); return ok })
 	order := testutil.Dial(t, "switchyard:///order", resolver(t, cli)) // never connects: the invoker is a stub
 	icpt := rules.UnaryClientInterceptor()
-	decided, err := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	decided, err := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,14 +49,14 @@ func TestDecidedCallsAllocateOnlyTheirContext(t *testing.T) {
 	}
 	_ = icpt(decided, "/m", nil, nil, order, keep)
 	written := sent
-	if h := metadata.ValueFromOutgoingContext(written, "baggage"); len(h) != 1 || h[0] != traffic.BaggageKey+"=trade=blue" {
+	if h := metadata.ValueFromOutgoingContext(written, "baggage"); len(h) != 1 || h[0] != deploy.BaggageKey+"=trade=blue" {
 		t.Fatalf("the header sent for a decided call is %q", h)
 	}
 	client := func(ctx context.Context) func() { return func() { _ = icpt(ctx, "/m", nil, nil, order, keep) } }
 	server := traffic.UnaryServerInterceptor()
 	handler := func(context.Context, any) (any, error) { return nil, nil }
-	incoming := metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", traffic.BaggageKey+"=trade=blue"))
-	extracted, _ := baggage.Parse(traffic.BaggageKey + "=trade=blue")
+	incoming := metadata.NewIncomingContext(context.Background(), metadata.Pairs("baggage", deploy.BaggageKey+"=trade=blue"))
+	extracted, _ := baggage.Parse(deploy.BaggageKey + "=trade=blue")
 	afterOtel := baggage.ContextWithBaggage(incoming, extracted)
 	for _, c := range []struct {
 		what string
@@ -77,7 +77,7 @@ func TestDecidedCallsAllocateOnlyTheirContext(t *testing.T) {
 	// The header goes next to the caller's own metadata, once.
 	_ = icpt(metadata.AppendToOutgoingContext(decided, "authorization", "Bearer x"), "/m", nil, nil, order, keep)
 	md, _ := metadata.FromOutgoingContext(sent)
-	if got := fmt.Sprint(md["authorization"], md["baggage"]); got != "[Bearer x] ["+traffic.BaggageKey+"=trade=blue]" {
+	if got := fmt.Sprint(md["authorization"], md["baggage"]); got != "[Bearer x] ["+deploy.BaggageKey+"=trade=blue]" {
 		t.Fatalf("with the caller's own metadata the call sent %s", got)
 	}
 	// The one-allocation contexts carry what gRPC's and OpenTelemetry's setters would have
@@ -87,7 +87,7 @@ func TestDecidedCallsAllocateOnlyTheirContext(t *testing.T) {
 	_ = icpt(parent, "/m", nil, nil, order, keep)
 	color, ok := traffic.Decision(sent, "trade")
 	h := metadata.ValueFromOutgoingContext(sent, "baggage")
-	if !ok || len(h) != 1 || h[0] != traffic.BaggageKey+"=trade="+string(color) || baggage.FromContext(sent).Len() != 1 {
+	if !ok || len(h) != 1 || h[0] != deploy.BaggageKey+"=trade="+string(color) || baggage.FromContext(sent).Len() != 1 {
 		t.Fatalf("a call that decided sent baggage %q and the header %q", baggage.FromContext(sent), h)
 	}
 	child, stop := context.WithCancel(sent)
@@ -99,7 +99,7 @@ func TestDecidedCallsAllocateOnlyTheirContext(t *testing.T) {
 	testutil.Eventually(t, "the call's context ending with the caller's", func() bool { return child.Err() != nil })
 	var handled context.Context
 	_, _ = server(incoming, nil, nil, func(ctx context.Context, _ any) (any, error) { handled = ctx; return nil, nil })
-	if got := baggage.FromContext(handled).String(); got != traffic.BaggageKey+"=trade=blue" {
+	if got := baggage.FromContext(handled).String(); got != deploy.BaggageKey+"=trade=blue" {
 		t.Fatalf("the server interceptor handed its handler baggage %q", got)
 	}
 	if _, ok := metadata.FromIncomingContext(handled); !ok {
@@ -142,13 +142,13 @@ func TestCachedBaggageGivesEachRequestItsOwn(t *testing.T) {
 					defer wg.Done()
 					for i := range 100 {
 						n := (w*100 + i) % 150 // 150 headers: more than a cache holds
-						color := []registry.Color{registry.ColorBlue, registry.ColorGreen}[n%2]
+						color := []deploy.Color{deploy.Blue, deploy.Green}[n%2]
 						ctx, err := traffic.WithDecision(context.Background(), "trade", color)
 						if err != nil {
 							t.Error(err)
 							return
 						}
-						want := traffic.BaggageKey + "=trade=" + string(color)
+						want := deploy.BaggageKey + "=trade=" + string(color)
 						if n%3 != 0 { // a third carry the decision alone
 							m, _ := baggage.NewMemberRaw("tenant", fmt.Sprint("t", n))
 							b, _ := baggage.FromContext(ctx).SetMember(m)

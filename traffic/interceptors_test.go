@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -183,7 +184,7 @@ func TestDecisionMadeAtTheEdgeIsSeenAtEveryHop(t *testing.T) {
 
 			// A decision the caller already carries is kept, whatever the percent says.
 			c.shift(t, 0)
-			ctx, err := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+			ctx, err := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -207,7 +208,7 @@ func TestDecisionMadeAtTheEdgeIsSeenAtEveryHop(t *testing.T) {
 func TestServerInterceptorMergesSeveralBaggageHeaders(t *testing.T) {
 	c := newChain(t, true) // otelgrpc's server handler alone would read only the first header
 	ctx := metadata.AppendToOutgoingContext(context.Background(),
-		"baggage", "tenant=acme", "baggage", traffic.BaggageKey+"=trade=blue")
+		"baggage", "tenant=acme", "baggage", deploy.BaggageKey+"=trade=blue")
 	// Call inventory directly, without the client interceptor, so both headers arrive as sent.
 	direct := dialPlain(t, c.cli, "inventory")
 	resp, err := direct.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true))
@@ -247,15 +248,15 @@ func TestDecisionRateIsThePercent(t *testing.T) {
 	}
 	cc := testutil.Dial(t, "switchyard:///inventory", resolver(t, cli)) // never connects: the invoker is a stub
 	icpt := c.rules.UnaryClientInterceptor()
-	decide := func() registry.Color {
-		var color registry.Color
+	decide := func() deploy.Color {
+		var color deploy.Color
 		invoker := func(ctx context.Context, _ string, _, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
 			var ok bool
 			if color, ok = traffic.Decision(ctx, "trade"); !ok {
 				t.Fatal("the interceptor made no decision for an app in an open channel")
 			}
 			md, _ := metadata.FromOutgoingContext(ctx)
-			if h := md.Get("baggage"); len(h) != 1 || h[0] != traffic.BaggageKey+"=trade="+string(color) {
+			if h := md.Get("baggage"); len(h) != 1 || h[0] != deploy.BaggageKey+"=trade="+string(color) {
 				t.Fatalf("outgoing baggage header %q for decision %s", h, color)
 			}
 			return nil
@@ -268,11 +269,11 @@ func TestDecisionRateIsThePercent(t *testing.T) {
 	// The real source (math/rand/v2): 200 decisions at 50 % fall below 50 of either color
 	// with probability 1e-13.
 	c.shift(t, 50)
-	counts := map[registry.Color]int{}
+	counts := map[deploy.Color]int{}
 	for range 200 {
 		counts[decide()]++
 	}
-	if counts[registry.ColorBlue] < 50 || counts[registry.ColorGreen] < 50 {
+	if counts[deploy.Blue] < 50 || counts[deploy.Green] < 50 {
 		t.Fatalf("a 50%% split of 200 decisions with the real random source gave %v", counts)
 	}
 
@@ -283,7 +284,7 @@ func TestDecisionRateIsThePercent(t *testing.T) {
 		src.next.Store(0)
 		blue := 0
 		for range src.n {
-			if decide() == registry.ColorBlue {
+			if decide() == deploy.Blue {
 				blue++
 			}
 		}

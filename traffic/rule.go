@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // SchemaVersion is the "v" field of the rule records this package writes and reads.
@@ -82,14 +82,14 @@ func ValidatePercent(p float64) error {
 // Validate checks the rule against DESIGN.md and returns the first violation as a
 // *RuleError. Apps must be sorted and unique: NewRule does that for you.
 func (r Rule) Validate() error {
-	if err := registry.ValidateName("channel", r.Channel); err != nil {
+	if err := deploy.ValidateName("channel", r.Channel); err != nil {
 		return &RuleError{Field: "channel", Value: strconv.Quote(r.Channel), Rule: ruleOf(err)}
 	}
 	if len(r.Apps) == 0 {
 		return &RuleError{Field: "apps", Value: "[]", Rule: "must name at least one app"}
 	}
 	for i, app := range r.Apps {
-		if err := registry.ValidateName("app", app); err != nil {
+		if err := deploy.ValidateName("app", app); err != nil {
 			return &RuleError{Field: "apps", Value: strconv.Quote(app), Rule: ruleOf(err)}
 		}
 		if i > 0 && r.Apps[i-1] >= app {
@@ -99,9 +99,9 @@ func (r Rule) Validate() error {
 	return ValidatePercent(r.BluePercent)
 }
 
-// ruleOf returns the rule part of a registry.FieldError.
+// ruleOf returns the rule part of a deploy.NameError.
 func ruleOf(err error) string {
-	var fe *registry.FieldError
+	var fe *deploy.NameError
 	if errors.As(err, &fe) {
 		return fe.Rule
 	}
@@ -203,16 +203,16 @@ func Weights(bluePercent float64) (blue, green float64) {
 
 // TrafficWeight is the traffic_weight an instance of color c writes for its app's rule: its
 // color's weight while a release is open, DefaultWeight (100) otherwise or when colorless.
-func TrafficWeight(r Rule, c registry.Color) float64 {
+func TrafficWeight(r Rule, c deploy.Color) float64 {
 	if !r.Releasing {
-		return registry.DefaultWeight
+		return deploy.DefaultWeight
 	}
 	blue, green := Weights(r.BluePercent)
 	switch c {
-	case registry.ColorBlue:
+	case deploy.Blue:
 		return blue
-	case registry.ColorGreen:
+	case deploy.Green:
 		return green
 	}
-	return registry.DefaultWeight
+	return deploy.DefaultWeight
 }

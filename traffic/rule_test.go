@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -48,17 +48,17 @@ func TestWeightsBlueShareEqualsRate(t *testing.T) {
 
 func TestTrafficWeight(t *testing.T) {
 	open, _ := traffic.NewRule("trade", []string{"order"}, true, 0)
-	if w := traffic.TrafficWeight(open, registry.ColorBlue); w != 0 {
+	if w := traffic.TrafficWeight(open, deploy.Blue); w != 0 {
 		t.Errorf("blue at 0%%: %v, want 0", w)
 	}
-	if w := traffic.TrafficWeight(open, registry.ColorGreen); w != 100 {
+	if w := traffic.TrafficWeight(open, deploy.Green); w != 100 {
 		t.Errorf("green at 0%%: %v, want 100", w)
 	}
-	if w := traffic.TrafficWeight(open, registry.ColorNone); w != 100 {
+	if w := traffic.TrafficWeight(open, deploy.None); w != 100 {
 		t.Errorf("colorless: %v, want 100", w)
 	}
 	open.Releasing = false
-	if w := traffic.TrafficWeight(open, registry.ColorBlue); w != 100 {
+	if w := traffic.TrafficWeight(open, deploy.Blue); w != 100 {
 		t.Errorf("closed channel: %v, want 100", w)
 	}
 }

@@ -12,10 +12,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
 
@@ -62,7 +62,7 @@ func throughputVariants(b *testing.B) []throughputVariant {
 	payment, _ := testutil.ServeGreeter(b, "payment", icptServer, otelServer)
 	register(b, cli, "payment", payment)
 
-	decided, err := traffic.WithDecision(context.Background(), "trade", registry.ColorBlue)
+	decided, err := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func throughputVariants(b *testing.B) []throughputVariant {
 		{"switchyard", testutil.Greeter(b, "switchyard:///order", resolver(b, cli)), bg},
 		{"interceptors/decides", orderIcpt, bg},
 		{"interceptors/decided", orderIcpt, decided},
-		{"round_robin+header", rr, metadata.AppendToOutgoingContext(bg, "baggage", traffic.BaggageKey+"=trade=blue")},
+		{"round_robin+header", rr, metadata.AppendToOutgoingContext(bg, "baggage", deploy.BaggageKey+"=trade=blue")},
 		{"round_robin+otelgrpc", testutil.Greeter(b, "passthrough:///"+withOtel, roundRobin, otelClient), bg},
 		{"interceptors+otelgrpc/decides", paymentIcpt, bg},
 		{"interceptors+otelgrpc/decided", paymentIcpt, decided},

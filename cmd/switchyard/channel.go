@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -184,7 +185,7 @@ func deleteRule(ctx context.Context, o opts, cli *clientv3.Client, ctl *traffic.
 
 // shellQuote quotes a channel name for a command line when it is not a plain name.
 func shellQuote(s string) string {
-	if registry.ValidateName("channel", s) == nil {
+	if deploy.ValidateName("channel", s) == nil {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"

@@ -10,6 +10,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/registry"
 )
 
@@ -35,7 +36,7 @@ type instanceJSON struct {
 }
 
 func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, out, errOut io.Writer) error {
-	if err := registry.ValidateName("app", app); err != nil {
+	if err := deploy.ValidateName("app", app); err != nil {
 		return usageError{err.Error()}
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)

@@ -41,6 +41,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -113,7 +114,7 @@ func parse(args []string, getenv func(string) string) (opts, []string, error) {
 	fs := flag.NewFlagSet("switchyard", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.endpoints, "endpoints", getenv("SWITCHYARD_ETCD_ENDPOINTS"), "")
-	fs.StringVar(&o.prefix, "prefix", registry.DefaultPrefix, "")
+	fs.StringVar(&o.prefix, "prefix", deploy.DefaultPrefix, "")
 	fs.StringVar(&o.cacert, "cacert", "", "")
 	fs.StringVar(&o.cert, "cert", "", "")
 	fs.StringVar(&o.key, "key", "", "")

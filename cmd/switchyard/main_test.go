@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/registry"
@@ -120,7 +121,7 @@ func TestInstancesAndWatch(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Logger(t), Instance: registry.Instance{
-		App: "order", ID: "order-1", Addr: "10.0.0.1:9000", Color: registry.ColorBlue, Version: "v2", Warmup: time.Minute}})
+		App: "order", ID: "order-1", Addr: "10.0.0.1:9000", Color: deploy.Blue, Version: "v2", Warmup: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -211,7 +211,7 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 		return err
 	}
 	inst, err := lifecycle.New(lifecycle.Config{
-		Client: cli, App: app, ID: id, Color: registry.Color(color), Version: version,
+		Client: cli, App: app, ID: id, Color: deploy.Color(color), Version: version,
 		Warmup: 500 * time.Millisecond, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		QuietPeriod: 300 * time.Millisecond, MaxDrain: 5 * time.Second, StopTimeout: 5 * time.Second, Logger: d.log,
 	})
@@ -691,7 +691,7 @@ type canaryKill struct {
 // after degradedWait without (the verdict then fails and the load goes on).
 func (d *demo) killCanary(ctx context.Context, k *canaryKill) error {
 	k.caller, k.victim = d.server("order", "blue"), d.server("inventory", "blue").id
-	key := registry.Instance{App: "order", ID: k.caller.id}.Key(registry.DefaultPrefix)
+	key := registry.Instance{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
 	resp, err := d.cli.Get(ctx, key)
 	if err != nil {
 		return err
@@ -717,7 +717,7 @@ watch:
 			}
 		}
 	}
-	dead, err := d.cli.Get(ctx, registry.Instance{App: "inventory", ID: k.victim}.Key(registry.DefaultPrefix))
+	dead, err := d.cli.Get(ctx, registry.Instance{App: "inventory", ID: k.victim}.Key(deploy.DefaultPrefix))
 	k.recordKept = err == nil && len(dead.Kvs) == 1
 	return err
 }
@@ -739,7 +739,7 @@ func (d *demo) replaceCanary(ctx context.Context, k *canaryKill) error {
 	if err := d.start(ctx, "inventory", "blue", "v2", nil); err != nil {
 		return err
 	}
-	key := registry.Instance{App: "order", ID: k.caller.id}.Key(registry.DefaultPrefix)
+	key := registry.Instance{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
 	return waitFor(ctx, "order@blue to be no longer degraded", func() bool {
 		resp, err := d.cli.Get(ctx, key)
 		return err == nil && len(resp.Kvs) == 1 && degraded(resp.Kvs[0].Value) == ""
@@ -797,7 +797,7 @@ func (k *canaryKill) verdict(out io.Writer, total *stats, crossed int64, drained
 // so far. When a step ends a color's drain, it notes the revision of that rule write: the
 // job verdict's bound.
 func (d *demo) afterStep(ctx context.Context, drained string) error {
-	resp, err := d.cli.Get(ctx, traffic.Key(registry.DefaultPrefix, "trade"))
+	resp, err := d.cli.Get(ctx, traffic.Key(deploy.DefaultPrefix, "trade"))
 	if err != nil {
 		return err
 	}
@@ -872,7 +872,7 @@ type claim struct {
 
 // claimsPrefix is where the job keeps its claims, runs/<item>/<trigger, unix ms> → executor
 // ID (job's package doc); they live 2 minutes, so the demo collects them after every step.
-var claimsPrefix = registry.DefaultPrefix + "/jobs/reconcile/runs/"
+var claimsPrefix = deploy.DefaultPrefix + "/jobs/reconcile/runs/"
 
 func (d *demo) collectClaims(ctx context.Context) error {
 	resp, err := d.cli.Get(ctx, claimsPrefix, clientv3.WithPrefix())
@@ -1009,7 +1009,7 @@ func produce(url string) (stop func(), err error) {
 		nc.Close()
 		return nil, err
 	}
-	ps := []*mq.Producer{mq.NewProducer(b, registry.ColorBlue), mq.NewProducer(b, registry.ColorGreen), mq.NewProducer(b, registry.ColorNone)}
+	ps := []*mq.Producer{mq.NewProducer(b, deploy.Blue), mq.NewProducer(b, deploy.Green), mq.NewProducer(b, deploy.None)}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)

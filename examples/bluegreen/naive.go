@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/registry"
@@ -63,7 +64,7 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 		greeterpb.RegisterGreeterServer(srv, s)
 		go func() { _ = srv.Serve(ln) }()
 		reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: log,
-			Instance: registry.Instance{App: app, ID: app + "-" + color + "-" + version, Addr: ln.Addr().String(), Color: registry.Color(color), Version: version}})
+			Instance: registry.Instance{App: app, ID: app + "-" + color + "-" + version, Addr: ln.Addr().String(), Color: deploy.Color(color), Version: version}})
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/sticky"
 )
 
@@ -109,12 +110,12 @@ func Changed() <-chan struct{} {
 // can: none of those connections to the app has an endpoint of color that takes requests, and
 // one has an endpoint of the other color. An app neither color serves is not listed (nothing
 // can keep the chain on either color there).
-func Unserved(channel, color, instance string) []string {
+func Unserved(channel string, color deploy.Color, instance string) []string {
 	board.mu.Lock()
 	defer board.mu.Unlock()
 	type both struct{ own, other bool }
 	apps := map[string]both{}
-	ci, oi := sticky.Index(color), sticky.Index(sticky.Other(color))
+	ci, oi := sticky.Index(color), sticky.Index(color.Other())
 	for e, v := range board.views {
 		if !e.usedBy(instance) || v.Channel != channel || channel == "" {
 			continue

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/internal/testutil"
@@ -75,7 +76,7 @@ type fleet struct {
 type instance struct {
 	f     *fleet
 	app   string
-	color registry.Color
+	color deploy.Color
 	addr  string
 	reg   *registry.Registrar
 	rules *traffic.Client
@@ -151,9 +152,9 @@ func newFleet(ctx context.Context, cfg config) (f *fleet, err error) {
 	}
 	f.insts = make([]*instance, cfg.n)
 	for i := range f.insts {
-		in := &instance{f: f, app: apps[i%2], color: registry.ColorBlue, addr: fmt.Sprintf("10.%d.%d.%d:9000", i%2, i/256, i%256)}
+		in := &instance{f: f, app: apps[i%2], color: deploy.Blue, addr: fmt.Sprintf("10.%d.%d.%d:9000", i%2, i/256, i%256)}
 		if (i/2)%2 == 1 {
-			in.color = registry.ColorGreen
+			in.color = deploy.Green
 		}
 		l := bufconn.Listen(pipeBuf)
 		in.srv = grpc.NewServer(grpc.ReadBufferSize(grpcBuf), grpc.WriteBufferSize(grpcBuf), grpc.SharedWriteBuffer(true))
@@ -231,7 +232,7 @@ func (in *instance) start(ctx context.Context, cli *clientv3.Client, id string) 
 func (in *instance) trafficOf() (string, float64) {
 	r, ok := in.rules.ChannelOf(in.app)
 	if !ok {
-		return "", registry.DefaultWeight
+		return "", deploy.DefaultWeight
 	}
 	return r.Channel, traffic.TrafficWeight(r, in.color)
 }
@@ -356,7 +357,7 @@ type result struct {
 // shift shifts the channel to percent blue and waits until every consumer has settled.
 func (f *fleet) shift(ctx context.Context, percent float64) (result, error) {
 	rule := traffic.Rule{Channel: channel, Releasing: true, BluePercent: percent}
-	r := newRound(len(f.cons), traffic.TrafficWeight(rule, registry.ColorBlue), traffic.TrafficWeight(rule, registry.ColorGreen), f.cfg.n/2)
+	r := newRound(len(f.cons), traffic.TrafficWeight(rule, deploy.Blue), traffic.TrafficWeight(rule, deploy.Green), f.cfg.n/2)
 	for _, c := range f.cons {
 		c.probe.arm(r)
 	}
@@ -432,8 +433,8 @@ func (r *round) donePut() {
 	}
 }
 
-func (r *round) want(c registry.Color) float64 {
-	if c == registry.ColorGreen {
+func (r *round) want(c deploy.Color) float64 {
+	if c == deploy.Green {
 		return r.green
 	}
 	return r.blue

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/switchyard-go/switchyard/balancer"
-	"github.com/switchyard-go/switchyard/registry"
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // The probed policy: the real switchyard_weighted, built through balancer.Get, between gRPC
@@ -126,8 +126,8 @@ type probe struct {
 	applying, settling   bool
 	appliedAt, settledAt time.Time
 	ready                map[gbalancer.SubConn]bool // SubConns READY now
-	colorOf              map[gbalancer.SubConn]registry.Color
-	colorAt              map[string]registry.Color // address → color, from the resolver states
+	colorOf              map[gbalancer.SubConn]deploy.Color
+	colorAt              map[string]deploy.Color // address → color, from the resolver states
 	last                 gbalancer.Picker
 	lastState            connectivity.State
 	changed              chan struct{} // closed and replaced at every picker
@@ -135,7 +135,7 @@ type probe struct {
 
 func newProbe(f *fleet) *probe {
 	p := &probe{f: f, id: nextProbe.Add(1), ready: map[gbalancer.SubConn]bool{},
-		colorOf: map[gbalancer.SubConn]registry.Color{}, colorAt: map[string]registry.Color{}, changed: make(chan struct{})}
+		colorOf: map[gbalancer.SubConn]deploy.Color{}, colorAt: map[string]deploy.Color{}, changed: make(chan struct{})}
 	probes.Store(p.id, p)
 	return p
 }
@@ -169,7 +169,7 @@ func (p *probe) accepting(s resolver.State) {
 	for _, ep := range s.Endpoints {
 		if in, ok := balancer.EndpointInfoFrom(ep); ok {
 			for _, a := range ep.Addresses {
-				p.colorAt[a.Addr] = registry.Color(in.Color)
+				p.colorAt[a.Addr] = deploy.Color(in.Color)
 			}
 		}
 	}
@@ -180,7 +180,7 @@ func (p *probe) accepting(s resolver.State) {
 	info := true
 	for _, ep := range s.Endpoints {
 		ei, _ := balancer.EndpointInfoFrom(ep)
-		info = info && near(ei.TrafficWeight, r.want(registry.Color(ei.Color)))
+		info = info && near(ei.TrafficWeight, r.want(deploy.Color(ei.Color)))
 	}
 	p.applying = info && p.appliedAt.IsZero()
 	p.settling = info
@@ -284,7 +284,7 @@ func (p *probe) blueShare(n int) (float64, error) {
 		p.mu.Lock()
 		c := p.colorOf[res.SubConn]
 		p.mu.Unlock()
-		if c == registry.ColorBlue {
+		if c == deploy.Blue {
 			blue++
 		}
 		if res.Done != nil {

@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"go.opentelemetry.io/otel/baggage"
+
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // Cache remembers, for one channel, the decision each recently seen baggage carries, so that
@@ -50,11 +52,11 @@ func NewCache(channel string) *Cache { return &Cache{channel: channel} }
 // Channel is the channel c looks decisions up for.
 func (c *Cache) Channel() string { return c.channel }
 
-// Decision returns the color b decides for c's channel: Lookup(b.Member(BaggageKey).Value(),
+// Decision returns the color b decides for c's channel: Lookup(b.Member(deploy.BaggageKey).Value(),
 // channel).
-func (c *Cache) Decision(b baggage.Baggage) (string, bool) {
+func (c *Cache) Decision(b baggage.Baggage) (deploy.Color, bool) {
 	if !cacheable {
-		return Lookup(b.Member(BaggageKey).Value(), c.channel)
+		return Lookup(b.Member(deploy.BaggageKey).Value(), c.channel)
 	}
 	m := *(*unsafe.Pointer)(unsafe.Pointer(&b)) // the member map
 	if m == nil {
@@ -65,11 +67,11 @@ func (c *Cache) Decision(b baggage.Baggage) (string, bool) {
 	if e := atomic.LoadPointer(slot); uintptr(e)&^tagMask == uintptr(m) {
 		return colorOf(uintptr(e) & tagMask)
 	}
-	color, ok := Lookup(b.Member(BaggageKey).Value(), c.channel)
+	color, ok := Lookup(b.Member(deploy.BaggageKey).Value(), c.channel)
 	tag := uintptr(tagNone)
 	switch {
 	case !ok:
-	case color == Blue:
+	case color == deploy.Blue:
 		tag = tagBlue
 	default:
 		tag = tagGreen
@@ -78,12 +80,12 @@ func (c *Cache) Decision(b baggage.Baggage) (string, bool) {
 	return color, ok
 }
 
-func colorOf(tag uintptr) (string, bool) {
+func colorOf(tag uintptr) (deploy.Color, bool) {
 	switch tag {
 	case tagBlue:
-		return Blue, true
+		return deploy.Blue, true
 	case tagGreen:
-		return Green, true
+		return deploy.Green, true
 	}
 	return "", false
 }

