@@ -22,16 +22,16 @@ import (
 )
 
 // colored is an instance of the greeter in channel trade.
-func colored(id string, c deploy.Color, percent float64) registry.Instance {
+func colored(id string, c deploy.Color, percent float64) registry.Record {
 	r := traffic.Rule{Releasing: true, BluePercent: percent}
-	return registry.Instance{ID: id, Color: c, Channel: "trade", TrafficWeight: traffic.TrafficWeight(r, c)}
+	return registry.Record{ID: id, Color: c, Channel: "trade", TrafficWeight: traffic.TrafficWeight(r, c)}
 }
 
 // setBluePercent updates the traffic weights of blue and green as a release at p % blue does.
 func setBluePercent(t testing.TB, p float64, blue, green *instance) {
 	t.Helper()
 	for in, color := range map[*instance]deploy.Color{blue: deploy.Blue, green: deploy.Green} {
-		err := in.reg.Update(context.Background(), func(r *registry.Instance) {
+		err := in.reg.Update(context.Background(), func(r *registry.Record) {
 			r.TrafficWeight = traffic.TrafficWeight(traffic.Rule{Releasing: true, BluePercent: p}, color)
 		})
 		if err != nil {
@@ -84,8 +84,8 @@ func TestOneColorIgnoresColorWeights(t *testing.T) {
 
 func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 	c := newCluster(t)
-	c.start(registry.Instance{ID: "big", Weight: 300})
-	c.start(registry.Instance{ID: "small", Weight: 100})
+	c.start(registry.Record{ID: "big", Weight: 300})
+	c.start(registry.Record{ID: "small", Weight: 100})
 	client := c.dial()
 	picker := client.waitReady(context.Background(), "big", "small")
 	checkShare(t, "weights 300:100, picks of big", client.picks(picker, context.Background(), fibPicks)["big"], fibPicks, 0.75)
@@ -96,7 +96,7 @@ func TestBaseWeightsAndAllZeroWeights(t *testing.T) {
 	// Both colors drained (only a hand-edited etcd does that): pick evenly rather than fail.
 	z := newCluster(t)
 	z.start(colored("blue-1", deploy.Blue, 0))
-	z.start(registry.Instance{ID: "green-1", Color: deploy.Green, Channel: "trade", TrafficWeight: 0})
+	z.start(registry.Record{ID: "green-1", Color: deploy.Green, Channel: "trade", TrafficWeight: 0})
 	zc := z.dial()
 	zc.waitReady(context.Background(), "blue-1", "green-1")
 	seen = calls(t, zc, context.Background(), fibRPCs, 4)
@@ -110,11 +110,11 @@ func TestWarmupRampsLinearly(t *testing.T) {
 	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	clock := clockwork.NewFakeClockAt(start)
 	c := newCluster(t)
-	c.start(registry.Instance{ID: "old"})
+	c.start(registry.Record{ID: "old"})
 	client := c.dialClock(clock)
 	client.waitReady(context.Background(), "old")
 	const warmup = time.Minute
-	c.start(registry.Instance{ID: "new", StartTime: start, Warmup: warmup})
+	c.start(registry.Record{ID: "new", StartTime: start, Warmup: warmup})
 	picker := client.waitReady(context.Background(), "old", "new")
 	// new warms, so the balancer has armed its refresh timer on the clock.
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
@@ -205,8 +205,8 @@ func TestStickyFallbackWhenTheColorIsGone(t *testing.T) {
 
 func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 	c := newCluster(t)
-	c.start(registry.Instance{ID: "a"})
-	b := c.start(registry.Instance{ID: "b"})
+	c.start(registry.Record{ID: "a"})
+	b := c.start(registry.Record{ID: "b"})
 	client := c.dial()
 	// Both READY first: with b the only ready endpoint, its mark could not take it out.
 	client.waitReady(context.Background(), "a", "b")
@@ -229,7 +229,7 @@ func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 	if seen := calls(t, client, context.Background(), 100, 2); seen["b"] != 0 {
 		t.Fatalf("b got %d calls while still marked", seen["b"])
 	}
-	if err := b.reg.Update(context.Background(), func(in *registry.Instance) { in.Weight = 101 }); err != nil {
+	if err := b.reg.Update(context.Background(), func(in *registry.Record) { in.Weight = 101 }); err != nil {
 		t.Fatal(err)
 	}
 	picker := client.waitRecord("b's new record", func(in map[string]balancer.EndpointInfo) bool { return in["b"].Weight == 101 })
@@ -240,8 +240,8 @@ func TestOfflineFlagStopsPicksAtOnce(t *testing.T) {
 
 func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 	c := newCluster(t)
-	c.start(registry.Instance{ID: "a"})
-	b := c.start(registry.Instance{ID: "b"})
+	c.start(registry.Record{ID: "a"})
+	b := c.start(registry.Record{ID: "b"})
 	client := c.dial()
 	client.waitReady(context.Background(), "a", "b")
 	b.offline.Store(true)
@@ -254,7 +254,7 @@ func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 	}
 	// b leaves and comes back with the very same record (Register keeps start_time): had
 	// the mark outlived b's departure, the identical record would not clear it.
-	before := b.reg.Instance()
+	before := b.reg.Record()
 	if err := b.reg.Deregister(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestMarkIsDroppedWhenTheEndpointLeaves(t *testing.T) {
 	if err := b.reg.Register(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if !b.reg.Instance().Equal(before) {
+	if !b.reg.Record().Equal(before) {
 		t.Fatal("re-registration changed b's record; the test needs it identical")
 	}
 	client.waitRecord("b back", func(in map[string]balancer.EndpointInfo) bool { _, ok := in["b"]; return ok })

@@ -37,7 +37,7 @@ type decisionServer struct {
 	seen []string // "blue", "green" or "" per request, in order
 }
 
-func (d *decisionServer) start(c *cluster, in registry.Instance) {
+func (d *decisionServer) start(c *cluster, in registry.Record) {
 	t := c.t
 	t.Helper()
 	record := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -208,7 +208,7 @@ func TestDegradedEndpointTakesNoRequestOfItsColor(t *testing.T) {
 		t.Fatal("reach board says blue serves greeter though its only blue is degraded")
 	}
 
-	if err := blue.reg.Update(context.Background(), func(in *registry.Instance) { in.Degraded = "" }); err != nil {
+	if err := blue.reg.Update(context.Background(), func(in *registry.Record) { in.Degraded = "" }); err != nil {
 		t.Fatal(err)
 	}
 	picker = client.waitReady(entry, "blue-1")

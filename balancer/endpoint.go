@@ -23,7 +23,7 @@ type EndpointInfo struct {
 	// identical record, has a new Epoch, so it clears an offline mark. 0 = unknown.
 	Epoch int64
 	// Degraded: the instance says it cannot keep requests of its color on its color further
-	// down (registry.Instance.Degraded). Requests decided for its color are not sent to it;
+	// down (registry.Record.Degraded). Requests decided for its color are not sent to it;
 	// undecided ones are.
 	Degraded bool
 }

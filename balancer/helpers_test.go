@@ -87,7 +87,7 @@ func newCluster(t testing.TB) *cluster {
 }
 
 // start serves a greeter and registers it as in.
-func (c *cluster) start(in registry.Instance) *instance {
+func (c *cluster) start(in registry.Record) *instance {
 	t := c.t
 	t.Helper()
 	inst := &instance{id: in.ID}
@@ -118,7 +118,7 @@ func (c *cluster) start(in registry.Instance) *instance {
 }
 
 // register registers in (App and Addr set) until the test ends.
-func (c *cluster) register(in registry.Instance) *registry.Registrar {
+func (c *cluster) register(in registry.Record) *registry.Registrar {
 	t := c.t
 	t.Helper()
 	r, err := registry.NewRegistrar(registry.Config{Client: c.cli, Instance: in, Logger: testutil.Logger(t)})

@@ -20,7 +20,7 @@ func killOneOfFour(t *testing.T, methodConfig string) (failed, total int64) {
 	c := newCluster(t)
 	var insts []*instance
 	for i := 0; i < 4; i++ {
-		in := c.start(registry.Instance{ID: fmt.Sprintf("g-%d", i)})
+		in := c.start(registry.Record{ID: fmt.Sprintf("g-%d", i)})
 		in.delay.Store(int64(5 * time.Millisecond))
 		insts = append(insts, in)
 	}

@@ -14,7 +14,7 @@ import (
 func BenchmarkThroughput(b *testing.B) {
 	c := newCluster(b)
 	for i := 0; i < 4; i++ {
-		c.start(registry.Instance{ID: fmt.Sprintf("g-%d", i)})
+		c.start(registry.Record{ID: fmt.Sprintf("g-%d", i)})
 	}
 	clients := map[string]greeterpb.GreeterClient{
 		"round_robin":         c.dialWith(func(rc *registry.ResolverConfig) { rc.ServiceConfig = `{"loadBalancingConfig":[{"round_robin":{}}]}` }),

@@ -183,7 +183,7 @@ type Status struct {
 	// weight cannot be read. Empty otherwise.
 	Blocked string `json:"blocked,omitempty"`
 	// Degraded says why the instance cannot keep requests of its color on its color
-	// downstream, while it cannot (registry.Instance.Degraded, as its record carries it):
+	// downstream, while it cannot (registry.Record.Degraded, as its record carries it):
 	// e.g. "no serving blue instance of inventory". Empty otherwise.
 	Degraded string `json:"degraded,omitempty"`
 }
@@ -196,7 +196,7 @@ func (i *Instance) Status() Status {
 	s := Status{App: i.cfg.App, ID: i.cfg.ID, Addr: addr, State: st, Ready: i.ready.Load(), Blocked: blocked,
 		Offline: i.gate.offline.Load(), InFlight: i.gate.inflight.Load(), Color: string(i.cfg.Color)}
 	if reg != nil {
-		in := reg.Instance()
+		in := reg.Record()
 		s.Registered, s.Channel, s.Weight, s.TrafficWeight = reg.State().String(), in.Channel, in.Weight, in.TrafficWeight
 		s.Degraded = in.Degraded
 	}

@@ -54,7 +54,7 @@ func (i *Instance) Drained() (deploy.Drain, <-chan struct{}) {
 }
 
 // drainOf is what the rule client says of the app's drains now.
-func (i *Instance) drainOf(rules *traffic.Client) deploy.Drain {
+func (i *Instance) drainOf(rules *traffic.Rules) deploy.Drain {
 	r, _ := rules.ChannelOf(i.cfg.App) // the zero Rule, which drains nothing, if in no open channel
 	return traffic.DrainOf(r)
 }

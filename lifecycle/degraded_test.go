@@ -65,9 +65,9 @@ func openChannel(t *testing.T, cli *clientv3.Client, channel string, percent flo
 }
 
 // rulesClient is a traffic rule client, closed at cleanup.
-func rulesClient(t *testing.T, cli *clientv3.Client) *traffic.Client {
+func rulesClient(t *testing.T, cli *clientv3.Client) *traffic.Rules {
 	t.Helper()
-	rules, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t)})
+	rules, err := traffic.NewRules(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,7 +27,7 @@
 //
 // A start fails closed when it cannot read its channel: if a rule key that may decide the
 // app's traffic exists but cannot be read (garbage, or "v":2 from a newer tool) and the
-// process has no earlier version of it (traffic.Client.UnreadableFor), the instance does not
+// process has no earlier version of it (traffic.Rules.UnreadableFor), the instance does not
 // know whether its color is drained, so it does not register at all — not at full weight
 // with no channel, which is what "no open channel" would mean, and not at weight 0 either.
 // Start waits: gRPC health NOT_SERVING, /healthz/ready 503 with the reason, Status.Blocked set,
@@ -86,7 +86,7 @@
 // the process's gRPC connections reach (the balancer publishes, per connection, which colors
 // of the called app can take a request now): when an app of its channel that it calls has no
 // serving instance of its color while the other color serves, it sets its record's Degraded
-// (registry.Instance.Degraded), e.g. "no serving blue instance of inventory", logs a warning,
+// (registry.Record.Degraded), e.g. "no serving blue instance of inventory", logs a warning,
 // and shows it in Status.Degraded (GET /status). Consumers then send it no request decided for
 // its color, so the chain's entry re-decides those for the other color: a dead or stuck canary
 // further down stops receiving decisions within the time to see its connection fail plus one

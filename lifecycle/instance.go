@@ -66,7 +66,7 @@ type Instance struct {
 	adminAddr string
 	lis       net.Listener
 	admin     *http.Server
-	rules     *traffic.Client
+	rules     *traffic.Rules
 	reg       *registry.Registrar
 	unsub     func()
 	comps     []Component   // Append's, in order; fixed once Start begins
@@ -153,7 +153,7 @@ func (i *Instance) setState(s State) {
 // any step stops what started, in reverse, and returns the errors joined.
 //
 // While a rule key that may decide the app's traffic exists but cannot be read
-// (traffic.Client.UnreadableFor), Start does not register: it logs an Error naming the key
+// (traffic.Rules.UnreadableFor), Start does not register: it logs an Error naming the key
 // and what to do at every change of the rules and every RuleRetryLog, reports the reason in
 // Status.Blocked and the readiness probe's body, and goes on once the key is repaired or
 // deleted; when StartTimeout passes first it fails with an error naming the key.
@@ -212,9 +212,9 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.mu.Unlock()
 	undo = append(undo, func(context.Context) error { return stopAdmin(admin) })
 
-	var rules *traffic.Client
+	var rules *traffic.Rules
 	err = i.untilEtcdAnswers(ctx, "load the traffic rules", func() (err error) {
-		rules, err = traffic.NewClient(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix,
+		rules, err = traffic.NewRules(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix,
 			RequestTimeout: i.cfg.RequestTimeout, Logger: i.cfg.Logger})
 		return err
 	})
@@ -231,7 +231,7 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.gate.setOwn(channel, i.cfg.Color, i.cfg.App+"/"+i.cfg.ID)
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
-		Instance: registry.Instance{
+		Instance: registry.Record{
 			ID: i.cfg.ID, App: i.cfg.App, Addr: addr, Color: i.cfg.Color, Version: i.cfg.Version,
 			Channel: channel, Weight: i.cfg.Weight, TrafficWeight: tw, Warmup: i.cfg.Warmup, Metadata: i.cfg.Metadata,
 			Degraded: i.degradedReason(),
@@ -344,7 +344,7 @@ const RuleRetryLog = 10 * time.Second
 // (without a last good version), following the rule client's watch; or fails when ctx ends.
 // An instance that cannot read its channel's rule does not know whether its color is drained,
 // so it must not register (at full weight, with no channel) as if no release were open.
-func (i *Instance) awaitReadableRules(ctx context.Context, rules *traffic.Client) error {
+func (i *Instance) awaitReadableRules(ctx context.Context, rules *traffic.Rules) error {
 	begin := time.Now()
 	var remind *time.Timer
 	defer func() {
@@ -421,7 +421,7 @@ func (i *Instance) setBlocked(why string) {
 }
 
 // trafficOf is the channel and traffic weight the instance's record should carry now.
-func (i *Instance) trafficOf(rules *traffic.Client) (string, float64) {
+func (i *Instance) trafficOf(rules *traffic.Rules) (string, float64) {
 	r, ok := rules.ChannelOf(i.cfg.App)
 	if !ok {
 		return "", deploy.DefaultWeight
@@ -437,7 +437,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 	reg, rules, comps := i.reg, i.rules, i.comps[:i.started]
 	i.mu.Unlock()
 	i.drains.Set(i.drainOf(rules)) // first: the components see a drain before the re-put below
-	cur := reg.Instance()
+	cur := reg.Record()
 	if e.Channel != cur.Channel && !e.Rule.Has(i.cfg.App) {
 		return
 	}
@@ -449,7 +449,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 	}
 	if channel != cur.Channel || tw != cur.TrafficWeight {
 		ctx, cancel := context.WithTimeout(i.bg, i.cfg.RequestTimeout)
-		err := reg.Update(ctx, func(in *registry.Instance) { in.Channel, in.TrafficWeight = channel, tw })
+		err := reg.Update(ctx, func(in *registry.Record) { in.Channel, in.TrafficWeight = channel, tw })
 		cancel()
 		if err != nil {
 			i.log.Warn("lifecycle: could not re-put traffic weight; retried in the background", "err", err)
@@ -727,12 +727,12 @@ func (i *Instance) stopFollowingReach() {
 // reached, and which, while the instance is drained, keeps it for the next registration.
 func (i *Instance) syncDegraded(ctx context.Context, reg *registry.Registrar) {
 	want := i.degradedReason()
-	cur := reg.Instance().Degraded
+	cur := reg.Record().Degraded
 	if want == cur {
 		return
 	}
 	uctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
-	err := reg.Update(uctx, func(in *registry.Instance) { in.Degraded = want })
+	err := reg.Update(uctx, func(in *registry.Record) { in.Degraded = want })
 	cancel()
 	if errors.Is(err, registry.ErrClosed) || ctx.Err() != nil {
 		return

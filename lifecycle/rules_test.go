@@ -97,14 +97,14 @@ func (l *logLines) count(parts ...string) int {
 }
 
 // record is instance id's record in etcd; ok is false when there is none.
-func record(t *testing.T, cli *clientv3.Client, id string) (registry.Instance, bool) {
+func record(t *testing.T, cli *clientv3.Client, id string) (registry.Record, bool) {
 	t.Helper()
 	resp, err := cli.Get(context.Background(), "/switchyard/services/greeter/"+id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return registry.Instance{}, false
+		return registry.Record{}, false
 	}
 	in, err := registry.Unmarshal(resp.Kvs[0].Value)
 	if err != nil {

@@ -31,7 +31,7 @@ func populated(b testing.TB, n int) *clientv3.Client {
 		ops = ops[:0]
 	}
 	for i := 0; i < n; i++ {
-		in := registry.Instance{App: app, ID: fmt.Sprintf("i-%05d", i), Addr: fmt.Sprintf("10.0.%d.%d:9000", i/250, i%250+1),
+		in := registry.Record{App: app, ID: fmt.Sprintf("i-%05d", i), Addr: fmt.Sprintf("10.0.%d.%d:9000", i/250, i%250+1),
 			Color: deploy.Blue, Weight: 100, TrafficWeight: 100, StartTime: time.Now()}
 		val, err := registry.Marshal(in)
 		if err != nil {
@@ -68,7 +68,7 @@ func BenchmarkResolverUpdate(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				in := registry.Instance{App: "bench", ID: fmt.Sprintf("i-%05d", i%n), Addr: fmt.Sprintf("10.0.%d.%d:9000", (i%n)/250, (i%n)%250+1),
+				in := registry.Record{App: "bench", ID: fmt.Sprintf("i-%05d", i%n), Addr: fmt.Sprintf("10.0.%d.%d:9000", (i%n)/250, (i%n)%250+1),
 					Weight: float64(i + 1), TrafficWeight: 100} // always a real change
 				val, _ := registry.Marshal(in)
 				if _, err := cli.Put(context.Background(), in.Key(deploy.DefaultPrefix), string(val)); err != nil {

@@ -70,11 +70,11 @@ func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
 	defer registry.SetResolverCoalesce(100 * time.Millisecond)()
 	const n = 100
 	cli := etcdtest.Start(t).Client(t)
-	rec := func(i int, ch string, tw float64) registry.Instance {
-		return registry.Instance{App: "burst", ID: fmt.Sprintf("i-%03d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 20000+i),
+	rec := func(i int, ch string, tw float64) registry.Record {
+		return registry.Record{App: "burst", ID: fmt.Sprintf("i-%03d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 20000+i),
 			Color: deploy.Blue, Channel: ch, Weight: 100, TrafficWeight: tw}
 	}
-	put := func(in registry.Instance) clientv3.Op {
+	put := func(in registry.Record) clientv3.Op {
 		val, err := registry.Marshal(in)
 		if err != nil {
 			t.Fatal(err)

@@ -78,7 +78,7 @@
 // package links in (DefaultServiceConfig); ResolverConfig.MethodConfig adds method configs
 // such as RetryPolicy.
 //
-// With ResolverConfig.Rules (a *traffic.Client implements it; default nil), the resolver
+// With ResolverConfig.Rules (a *traffic.Rules implements it; default nil), the resolver
 // takes each endpoint's release channel and traffic weight from the app's rule instead of
 // from the records: an instance of color blue or green gets its color's weight in the open
 // channel the app is in, a colorless one weight 100 in that channel, and every instance

@@ -15,14 +15,14 @@ import (
 )
 
 // storedRecord reads the instance record under key straight from etcd (ok false: no key).
-func storedRecord(t testing.TB, cli *clientv3.Client, key string) (in registry.Instance, lease clientv3.LeaseID, ok bool) {
+func storedRecord(t testing.TB, cli *clientv3.Client, key string) (in registry.Record, lease clientv3.LeaseID, ok bool) {
 	t.Helper()
 	resp, err := cli.Get(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return registry.Instance{}, 0, false
+		return registry.Record{}, 0, false
 	}
 	in, err = registry.Unmarshal(resp.Kvs[0].Value)
 	if err != nil {
@@ -38,7 +38,7 @@ func TestASecondInstanceWithTheSameIDIsRefused(t *testing.T) {
 	cli := e.Client(t)
 	first := register(t, cli, "order", "o-1", "127.0.0.1:9001")
 	second, err := registry.NewRegistrar(registry.Config{Client: cli, TTL: testTTL, RequestTimeout: time.Second,
-		Instance: registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9002"}, Logger: testutil.Logger(t)})
+		Instance: registry.Record{App: "order", ID: "o-1", Addr: "127.0.0.1:9002"}, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,11 +60,11 @@ func TestANewRegistrationClearsAnOfflineMark(t *testing.T) {
 	}
 	flag.on.Store(0)
 	// A later change, to know when the consumer has seen the ones before it.
-	if err := r2.Update(context.Background(), func(in *registry.Instance) { in.Weight = 51 }); err != nil {
+	if err := r2.Update(context.Background(), func(in *registry.Record) { in.Weight = 51 }); err != nil {
 		t.Fatal(err)
 	}
 	e.Heal()
-	c.resolved(t, "g-2's later change", func(in []registry.Instance) bool {
+	c.resolved(t, "g-2's later change", func(in []registry.Record) bool {
 		return len(in) == 2 && in[1].Weight == 51
 	})
 	cl.waitCalls(t, cl.counts(), 20, "g-1", "g-2")

@@ -32,7 +32,7 @@ func ExampleNewResolverBuilder() {
 	defer srv.Stop()
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client:   cli,
-		Instance: registry.Instance{App: "greeter", ID: "greeter-1", Addr: ln.Addr().String()},
+		Instance: registry.Record{App: "greeter", ID: "greeter-1", Addr: ln.Addr().String()},
 		Logger:   silent,
 	})
 	if err != nil {

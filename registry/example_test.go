@@ -17,10 +17,10 @@ func Example() {
 	defer stop()
 	silent := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	updates := make(chan registry.Update, 8)
+	updates := make(chan registry.Snapshot, 8)
 	w, err := registry.NewWatcher(registry.WatcherConfig{
 		Client: cli, App: "order", Logger: silent,
-		OnUpdate: func(u registry.Update) { updates <- u },
+		OnUpdate: func(u registry.Snapshot) { updates <- u },
 	})
 	if err != nil {
 		panic(err)
@@ -30,7 +30,7 @@ func Example() {
 
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client:   cli,
-		Instance: registry.Instance{App: "order", ID: "order-1", Addr: "10.0.3.7:9000", Color: deploy.Blue},
+		Instance: registry.Record{App: "order", ID: "order-1", Addr: "10.0.3.7:9000", Color: deploy.Blue},
 		Logger:   silent,
 	})
 	if err != nil {

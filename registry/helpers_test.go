@@ -39,7 +39,7 @@ func register(t testing.TB, cli *clientv3.Client, app, id, addr string, mod ...f
 	t.Helper()
 	cfg := registry.Config{
 		Client:         cli,
-		Instance:       registry.Instance{App: app, ID: id, Addr: addr, Color: deploy.Blue, Version: "v1"},
+		Instance:       registry.Record{App: app, ID: id, Addr: addr, Color: deploy.Blue, Version: "v1"},
 		TTL:            testTTL,
 		RequestTimeout: time.Second,
 		Logger:         testutil.Logger(t),
@@ -96,10 +96,10 @@ func dial(t testing.TB, cli *clientv3.Client, app string, mod ...func(*registry.
 
 // instances are the instances of the last state gRPC took, in the resolver's order, as far as
 // the endpoints tell them (address and balancer.EndpointInfo; Degraded is "degraded" or "").
-func (c *consumer) instances() []registry.Instance {
+func (c *consumer) instances() []registry.Record {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []registry.Instance
+	var out []registry.Record
 	for _, ep := range c.state.Endpoints {
 		if in, ok := endpointInstance(ep); ok {
 			out = append(out, in)
@@ -109,12 +109,12 @@ func (c *consumer) instances() []registry.Instance {
 }
 
 // endpointInstance is what ep tells of its instance: its address and balancer.EndpointInfo.
-func endpointInstance(ep resolver.Endpoint) (registry.Instance, bool) {
+func endpointInstance(ep resolver.Endpoint) (registry.Record, bool) {
 	info, ok := balancer.EndpointInfoFrom(ep)
 	if !ok || len(ep.Addresses) != 1 {
-		return registry.Instance{}, false
+		return registry.Record{}, false
 	}
-	in := registry.Instance{ID: info.ID, Addr: ep.Addresses[0].Addr, Color: deploy.Color(info.Color),
+	in := registry.Record{ID: info.ID, Addr: ep.Addresses[0].Addr, Color: deploy.Color(info.Color),
 		Channel: info.Channel, Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime,
 		Warmup: info.Warmup, Epoch: info.Epoch}
 	if info.Degraded {
@@ -124,9 +124,9 @@ func endpointInstance(ep resolver.Endpoint) (registry.Instance, bool) {
 }
 
 // resolved waits until gRPC has taken a resolver state whose instances satisfy ok.
-func (c *consumer) resolved(t testing.TB, what string, ok func([]registry.Instance) bool) []registry.Instance {
+func (c *consumer) resolved(t testing.TB, what string, ok func([]registry.Record) bool) []registry.Record {
 	t.Helper()
-	var got []registry.Instance
+	var got []registry.Record
 	testutil.Eventually(t, "the consumer's resolver to hand gRPC "+what, func() bool {
 		c.mu.Lock()
 		n := c.n
@@ -179,25 +179,25 @@ func watch(t testing.TB, cli *clientv3.Client, app string, mod ...func(*registry
 type recorder struct {
 	w       *registry.Watcher
 	mu      sync.Mutex
-	updates []registry.Update
+	updates []registry.Snapshot
 }
 
-func (r *recorder) add(u registry.Update) {
+func (r *recorder) add(u registry.Snapshot) {
 	r.mu.Lock()
 	r.updates = append(r.updates, u)
 	r.mu.Unlock()
 }
 
-func (r *recorder) all() []registry.Update {
+func (r *recorder) all() []registry.Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.updates)
 }
 
 // waitFor waits until the latest good update satisfies ok and returns its instances.
-func (r *recorder) waitFor(t testing.TB, what string, ok func([]registry.Instance) bool) []registry.Instance {
+func (r *recorder) waitFor(t testing.TB, what string, ok func([]registry.Record) bool) []registry.Record {
 	t.Helper()
-	var got []registry.Instance
+	var got []registry.Record
 	testutil.Eventually(t, what, func() bool {
 		u := r.w.Last()
 		got = u.Instances
@@ -206,7 +206,7 @@ func (r *recorder) waitFor(t testing.TB, what string, ok func([]registry.Instanc
 	return got
 }
 
-func ids(in []registry.Instance) []string {
+func ids(in []registry.Record) []string {
 	out := make([]string, len(in))
 	for i, x := range in {
 		out[i] = x.ID
@@ -214,8 +214,8 @@ func ids(in []registry.Instance) []string {
 	return out
 }
 
-func hasIDs(want ...string) func([]registry.Instance) bool {
-	return func(in []registry.Instance) bool { return slices.Equal(ids(in), want) }
+func hasIDs(want ...string) func([]registry.Record) bool {
+	return func(in []registry.Record) bool { return slices.Equal(ids(in), want) }
 }
 
 func mustParse(t testing.TB, s string) *url.URL {

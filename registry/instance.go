@@ -23,9 +23,9 @@ const MaxWeight = 1e6
 // SchemaVersion is the "v" field of the instance records this package writes and reads.
 const SchemaVersion = 1
 
-// Instance is one running process of an app, as registered in etcd (DESIGN.md "Instance
-// record"). Treat a received Instance as read-only: its Metadata map may be shared.
-type Instance struct {
+// Record is one running process of an app, as registered in etcd (DESIGN.md "Record
+// record"). Treat a received Record as read-only: its Metadata map may be shared.
+type Record struct {
 	// ID identifies the instance within its app: letters, digits, '.', '_', '-'; at most
 	// 128 characters. Required.
 	ID string
@@ -71,13 +71,13 @@ type Instance struct {
 }
 
 // Key is the etcd key of the instance under prefix: <prefix>/services/<app>/<id>.
-func (in Instance) Key(prefix string) string { return AppPrefix(prefix, in.App) + in.ID }
+func (in Record) Key(prefix string) string { return AppPrefix(prefix, in.App) + in.ID }
 
 // AppPrefix is the etcd key prefix of all instances of app, ending in '/'.
 func AppPrefix(prefix, app string) string { return prefix + "/services/" + app + "/" }
 
 // Equal reports whether two instances have the same content.
-func (in Instance) Equal(o Instance) bool {
+func (in Record) Equal(o Record) bool {
 	return in.ID == o.ID && in.App == o.App && in.Addr == o.Addr && in.Color == o.Color &&
 		in.Version == o.Version && in.Channel == o.Channel && in.Weight == o.Weight &&
 		in.TrafficWeight == o.TrafficWeight && in.StartTime.Equal(o.StartTime) &&
@@ -120,7 +120,7 @@ func validName(field, name string) error {
 
 // Validate checks every field against DESIGN.md and returns the first violation as a
 // *FieldError.
-func (in Instance) Validate() error {
+func (in Record) Validate() error {
 	if err := validName("app", in.App); err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ type record struct {
 }
 
 // Marshal validates in and encodes it as the stored JSON record.
-func Marshal(in Instance) ([]byte, error) {
+func Marshal(in Record) ([]byte, error) {
 	if err := in.Validate(); err != nil {
 		return nil, err
 	}
@@ -218,18 +218,18 @@ var ErrMalformedRecord = errors.New("registry: malformed instance record")
 
 // Unmarshal decodes and validates a stored instance record. A missing weight or
 // traffic_weight reads as deploy.DefaultWeight. Records of another schema version are refused.
-func Unmarshal(data []byte) (Instance, error) {
+func Unmarshal(data []byte) (Record, error) {
 	var r record
 	if err := json.Unmarshal(data, &r); err != nil {
-		return Instance{}, malformed(err)
+		return Record{}, malformed(err)
 	}
 	if r.V != SchemaVersion {
-		return Instance{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, SchemaVersion)
+		return Record{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, SchemaVersion)
 	}
 	if r.WarmupMS < 0 || r.WarmupMS > math.MaxInt64/int64(time.Millisecond) {
-		return Instance{}, fmt.Errorf("%w: warmup_ms %d is out of range", ErrMalformedRecord, r.WarmupMS)
+		return Record{}, fmt.Errorf("%w: warmup_ms %d is out of range", ErrMalformedRecord, r.WarmupMS)
 	}
-	in := Instance{
+	in := Record{
 		ID: r.ID, App: r.App, Addr: r.Addr, Color: deploy.Color(r.Color), Version: r.Version,
 		Channel: r.Channel, Weight: deploy.DefaultWeight, TrafficWeight: deploy.DefaultWeight,
 		StartTime: r.StartTime, Warmup: time.Duration(r.WarmupMS) * time.Millisecond, Metadata: r.Metadata,
@@ -242,7 +242,7 @@ func Unmarshal(data []byte) (Instance, error) {
 		in.TrafficWeight = *r.TrafficWeight
 	}
 	if err := in.Validate(); err != nil {
-		return Instance{}, malformed(err)
+		return Record{}, malformed(err)
 	}
 	return in, nil
 }
@@ -260,7 +260,7 @@ func (e *malformedError) Unwrap() []error { return []error{ErrMalformedRecord, e
 
 // withDefaults fills what a registration leaves zero: Weight 0 → deploy.DefaultWeight, and an
 // instance in no channel always carries TrafficWeight deploy.DefaultWeight (DESIGN.md).
-func (in Instance) withDefaults() Instance {
+func (in Record) withDefaults() Record {
 	if in.Weight == 0 {
 		in.Weight = deploy.DefaultWeight
 	}

@@ -12,8 +12,8 @@ import (
 	"github.com/switchyard-go/switchyard/registry"
 )
 
-func validInstance() registry.Instance {
-	return registry.Instance{
+func validInstance() registry.Record {
+	return registry.Record{
 		ID: "order-7d9f", App: "order", Addr: "10.0.3.7:9000", Color: deploy.Blue,
 		Version: "v2", Channel: "trade", Weight: 100, TrafficWeight: 1.0101,
 		StartTime: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC), Warmup: time.Minute,
@@ -24,26 +24,26 @@ func validInstance() registry.Instance {
 func TestValidateNamesTheFieldAndRule(t *testing.T) {
 	cases := []struct {
 		name  string
-		mod   func(*registry.Instance)
+		mod   func(*registry.Record)
 		field string
 		rule  string
 	}{
-		{"no app", func(i *registry.Instance) { i.App = "" }, "app", "required"},
-		{"slash in app", func(i *registry.Instance) { i.App = "a/b" }, "app", "'/'"},
-		{"dotdot id", func(i *registry.Instance) { i.ID = ".." }, "id", `".."`},
-		{"long id", func(i *registry.Instance) { i.ID = strings.Repeat("x", 129) }, "id", "at most 128"},
-		{"space in id", func(i *registry.Instance) { i.ID = "a b" }, "id", "' '"},
-		{"no port", func(i *registry.Instance) { i.Addr = "10.0.0.1" }, "addr", "host:port"},
-		{"no host", func(i *registry.Instance) { i.Addr = ":9000" }, "addr", "no host"},
-		{"wildcard", func(i *registry.Instance) { i.Addr = "0.0.0.0:9000" }, "addr", "wildcard"},
-		{"bad port", func(i *registry.Instance) { i.Addr = "h:99999" }, "addr", "1 to 65535"},
-		{"bad color", func(i *registry.Instance) { i.Color = "red" }, "color", `"blue", "green"`},
-		{"bad channel", func(i *registry.Instance) { i.Channel = "t/x" }, "channel", "'/'"},
-		{"negative weight", func(i *registry.Instance) { i.Weight = -1 }, "weight", "finite number >= 0"},
-		{"NaN traffic weight", func(i *registry.Instance) { i.TrafficWeight = math.NaN() }, "traffic_weight", "finite"},
-		{"Inf weight", func(i *registry.Instance) { i.Weight = math.Inf(1) }, "weight", "finite"},
-		{"negative warmup", func(i *registry.Instance) { i.Warmup = -time.Second }, "warmup_ms", "negative"},
-		{"long degraded", func(i *registry.Instance) { i.Degraded = strings.Repeat("x", 513) }, "degraded", "at most 512"},
+		{"no app", func(i *registry.Record) { i.App = "" }, "app", "required"},
+		{"slash in app", func(i *registry.Record) { i.App = "a/b" }, "app", "'/'"},
+		{"dotdot id", func(i *registry.Record) { i.ID = ".." }, "id", `".."`},
+		{"long id", func(i *registry.Record) { i.ID = strings.Repeat("x", 129) }, "id", "at most 128"},
+		{"space in id", func(i *registry.Record) { i.ID = "a b" }, "id", "' '"},
+		{"no port", func(i *registry.Record) { i.Addr = "10.0.0.1" }, "addr", "host:port"},
+		{"no host", func(i *registry.Record) { i.Addr = ":9000" }, "addr", "no host"},
+		{"wildcard", func(i *registry.Record) { i.Addr = "0.0.0.0:9000" }, "addr", "wildcard"},
+		{"bad port", func(i *registry.Record) { i.Addr = "h:99999" }, "addr", "1 to 65535"},
+		{"bad color", func(i *registry.Record) { i.Color = "red" }, "color", `"blue", "green"`},
+		{"bad channel", func(i *registry.Record) { i.Channel = "t/x" }, "channel", "'/'"},
+		{"negative weight", func(i *registry.Record) { i.Weight = -1 }, "weight", "finite number >= 0"},
+		{"NaN traffic weight", func(i *registry.Record) { i.TrafficWeight = math.NaN() }, "traffic_weight", "finite"},
+		{"Inf weight", func(i *registry.Record) { i.Weight = math.Inf(1) }, "weight", "finite"},
+		{"negative warmup", func(i *registry.Record) { i.Warmup = -time.Second }, "warmup_ms", "negative"},
+		{"long degraded", func(i *registry.Record) { i.Degraded = strings.Repeat("x", 513) }, "degraded", "at most 512"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -193,7 +193,7 @@ func TestMalformedErrorKeepsTheFieldError(t *testing.T) {
 // Issue 12 case 7: weights up to MaxFloat64 passed validation, and two at 1e308 overflowed
 // the picker's running total.
 func TestWeightsAreBounded(t *testing.T) {
-	ok := registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001", Weight: 100, TrafficWeight: 100}
+	ok := registry.Record{App: "order", ID: "o-1", Addr: "127.0.0.1:9001", Weight: 100, TrafficWeight: 100}
 	for _, w := range []float64{0, 1, registry.MaxWeight} {
 		in := ok
 		in.Weight, in.TrafficWeight = w, w
@@ -203,10 +203,10 @@ func TestWeightsAreBounded(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		field string
-		set   func(*registry.Instance, float64)
+		set   func(*registry.Record, float64)
 	}{
-		{"weight", func(in *registry.Instance, w float64) { in.Weight = w }},
-		{"traffic_weight", func(in *registry.Instance, w float64) { in.TrafficWeight = w }},
+		{"weight", func(in *registry.Record, w float64) { in.Weight = w }},
+		{"traffic_weight", func(in *registry.Record, w float64) { in.TrafficWeight = w }},
 	} {
 		for _, w := range []float64{registry.MaxWeight * 1.5, 1e308, math.MaxFloat64, math.Inf(1), math.NaN(), -1} {
 			in := ok

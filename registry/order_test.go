@@ -93,7 +93,7 @@ func TestStateChangesArriveInOrderUnderLeaseLoss(t *testing.T) {
 	hammer(func() {
 		n := updates.Add(1)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = r.Update(ctx, func(in *registry.Instance) { in.Weight = float64(1 + n%100) })
+		_ = r.Update(ctx, func(in *registry.Record) { in.Weight = float64(1 + n%100) })
 		cancel()
 	})
 	hammer(func() {
@@ -146,11 +146,11 @@ func TestUpdateCallsItsFuncOutsideTheLock(t *testing.T) {
 	r := register(t, cli, "order", "o-1", "127.0.0.1:9001")
 	inner := make(chan error, 1)
 	calls := 0
-	err := r.Update(context.Background(), func(in *registry.Instance) {
+	err := r.Update(context.Background(), func(in *registry.Record) {
 		calls++
 		if calls == 1 {
 			go func() {
-				inner <- r.Update(context.Background(), func(in *registry.Instance) { in.Metadata = map[string]string{"zone": "b"} })
+				inner <- r.Update(context.Background(), func(in *registry.Record) { in.Metadata = map[string]string{"zone": "b"} })
 			}()
 			tm := time.NewTimer(testutil.Deadline)
 			defer tm.Stop()
@@ -171,7 +171,7 @@ func TestUpdateCallsItsFuncOutsideTheLock(t *testing.T) {
 	}
 	// The outer func saw the record before the inner Update: it runs again on the new one,
 	// so neither change is lost.
-	if got := r.Instance(); got.Weight != 50 || got.Metadata["zone"] != "b" {
+	if got := r.Record(); got.Weight != 50 || got.Metadata["zone"] != "b" {
 		t.Fatalf("record after both Updates: weight %v metadata %v; want 50 and zone b", got.Weight, got.Metadata)
 	}
 }

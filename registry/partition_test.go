@@ -22,8 +22,8 @@ func unreachableAddr(t testing.TB) string {
 	return addr
 }
 
-func hasAll(want ...string) func([]registry.Instance) bool {
-	return func(in []registry.Instance) bool {
+func hasAll(want ...string) func([]registry.Record) bool {
+	return func(in []registry.Record) bool {
 		got := ids(in)
 		for _, id := range want {
 			if !slices.Contains(got, id) {
@@ -77,7 +77,7 @@ func TestAPartitionLongerThanTheTTLLosesNoCalls(t *testing.T) {
 			register(t, direct, "greeter", "m", unreachableAddr(t), func(c *registry.Config) { c.Instance.Color = deploy.Green })
 			// The first lease to expire may take its instance away (another blue one is still
 			// there); the last blue one is held.
-			kept := func(in []registry.Instance) []string {
+			kept := func(in []registry.Record) []string {
 				var out []string
 				for _, id := range ids(in) {
 					if id == "g-1" || id == "g-2" {
@@ -105,7 +105,7 @@ func TestAPartitionLongerThanTheTTLLosesNoCalls(t *testing.T) {
 					return l.saw(registry.StateRegistered, registry.StateLost, registry.StateRegistered)
 				})
 			}
-			c.resolved(t, "g-1 and g-2 registered again", func(in []registry.Instance) bool {
+			c.resolved(t, "g-1 and g-2 registered again", func(in []registry.Record) bool {
 				return hasAll("g-1", "g-2", "m")(in)
 			})
 			cl.waitCalls(t, cl.counts(), 20, "g-1", "g-2")

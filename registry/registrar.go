@@ -48,7 +48,7 @@ type Config struct {
 	// Instance is the record to register. ID, App and Addr are required. A zero Weight
 	// registers deploy.DefaultWeight (100); a zero StartTime registers the time of Register; with
 	// an empty Channel, TrafficWeight is always deploy.DefaultWeight.
-	Instance Instance
+	Instance Record
 	// TTL is the lease TTL, rounded up to whole seconds. If the instance dies, consumers
 	// stop seeing it after at most TTL. Default DefaultTTL (10 s).
 	TTL time.Duration
@@ -179,7 +179,7 @@ type Registrar struct {
 	op chan struct{} // holds a token while an operation writes to etcd
 
 	mu      sync.Mutex
-	inst    Instance                  // the record to write (latest Update)
+	inst    Record                  // the record to write (latest Update)
 	ver     uint64                    // bumped at every change of inst or want
 	lease   clientv3.LeaseID          // 0: none granted, or known to be gone
 	granted map[clientv3.LeaseID]bool // every lease this Registrar was granted: a record on one is ours
@@ -266,8 +266,8 @@ func validatePrefix(p string) error {
 // Key is the etcd key the instance is registered under.
 func (r *Registrar) Key() string { return r.key }
 
-// Instance returns the record as it is (or will be) registered.
-func (r *Registrar) Instance() Instance {
+// Record returns the record as it is (or will be) registered.
+func (r *Registrar) Record() Record {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.inst
@@ -409,7 +409,7 @@ func (r *Registrar) waitReady(ctx context.Context) error {
 // the new record is kept for the next registration. If etcd cannot be reached (or ctx ends
 // first), Update returns the error, keeps the new record, and the Registrar writes it by
 // itself once etcd is back.
-func (r *Registrar) Update(ctx context.Context, fn func(*Instance)) error {
+func (r *Registrar) Update(ctx context.Context, fn func(*Record)) error {
 	var want bool
 	for {
 		r.mu.Lock()
@@ -597,7 +597,7 @@ func (r *Registrar) trySyncLocked(ctx context.Context) (want bool, ver uint64, e
 	return want, ver, r.write(ctx, want, inst, lease, suspect)
 }
 
-func (r *Registrar) write(ctx context.Context, want bool, inst Instance, lease clientv3.LeaseID, suspect bool) error {
+func (r *Registrar) write(ctx context.Context, want bool, inst Record, lease clientv3.LeaseID, suspect bool) error {
 	if !want && lease != 0 && suspect {
 		// Keep a lease etcd kept, so Register can use it again (the keeper renews it once
 		// it is no longer suspect); forget one that is gone, which took the key with it.

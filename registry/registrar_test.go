@@ -62,7 +62,7 @@ func TestRegisterDelay(t *testing.T) {
 	// Register waits RegisterDelay before it writes the key, and returns after it.
 	const delay = 200 * time.Millisecond
 	r, err := registry.NewRegistrar(registry.Config{
-		Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
+		Client: cli, Instance: registry.Record{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
 		RegisterDelay: delay, Logger: testutil.Logger(t),
 	})
 	if err != nil {
@@ -84,7 +84,7 @@ func TestRegisterDelay(t *testing.T) {
 	// running), and a cancelled ctx ends the delay at once with ctx.Err(), writing nothing.
 	ready := make(chan struct{}, 1)
 	r2, err := registry.NewRegistrar(registry.Config{
-		Client: cli, Instance: registry.Instance{App: "order", ID: "o-2", Addr: "127.0.0.1:9002"},
+		Client: cli, Instance: registry.Record{App: "order", ID: "o-2", Addr: "127.0.0.1:9002"},
 		Checks: []registry.Check{{Name: "ready", Func: func(context.Context) error {
 			select {
 			case ready <- struct{}{}:
@@ -127,7 +127,7 @@ func TestReadinessGating(t *testing.T) {
 		cacheWarm := errors.New("cache still loading")
 		r, err := registry.NewRegistrar(registry.Config{
 			Client:   cli,
-			Instance: registry.Instance{App: "order", ID: "ready-1", Addr: "127.0.0.1:9001"},
+			Instance: registry.Record{App: "order", ID: "ready-1", Addr: "127.0.0.1:9001"},
 			Checks: []registry.Check{
 				{Name: "db", Func: func(context.Context) error { return nil }},
 				{Name: "cache", Func: func(context.Context) error {
@@ -157,7 +157,7 @@ func TestReadinessGating(t *testing.T) {
 	t.Run("times out naming the check", func(t *testing.T) {
 		r, err := registry.NewRegistrar(registry.Config{
 			Client:   cli,
-			Instance: registry.Instance{App: "order", ID: "ready-2", Addr: "127.0.0.1:9002"},
+			Instance: registry.Record{App: "order", ID: "ready-2", Addr: "127.0.0.1:9002"},
 			Checks: []registry.Check{
 				{Name: "db", Func: func(context.Context) error { return nil }},
 				{Name: "kafka", Func: func(context.Context) error { return errors.New("broker 3 unreachable") }},
@@ -243,42 +243,42 @@ func TestUpdateReputsUnderTheSameLease(t *testing.T) {
 	rec.waitFor(t, "o-1", hasIDs("o-1"))
 	before, _ := cli.Get(context.Background(), r.Key())
 
-	err := r.Update(context.Background(), func(in *registry.Instance) {
+	err := r.Update(context.Background(), func(in *registry.Record) {
 		in.Channel = "trade"
 		in.TrafficWeight = 0
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := rec.waitFor(t, "traffic_weight 0", func(in []registry.Instance) bool {
+	got := rec.waitFor(t, "traffic_weight 0", func(in []registry.Record) bool {
 		return len(in) == 1 && in[0].Channel == "trade" && in[0].TrafficWeight == 0
 	})
 	after, _ := cli.Get(context.Background(), r.Key())
 	if after.Kvs[0].Lease != before.Kvs[0].Lease {
 		t.Fatalf("Update changed the lease: %x -> %x", before.Kvs[0].Lease, after.Kvs[0].Lease)
 	}
-	if !got[0].StartTime.Equal(r.Instance().StartTime) {
+	if !got[0].StartTime.Equal(r.Record().StartTime) {
 		t.Fatal("Update changed start_time")
 	}
 
 	// Leaving the channel resets traffic_weight to 100, as DESIGN.md requires.
-	if err := r.Update(context.Background(), func(in *registry.Instance) { in.Channel = "" }); err != nil {
+	if err := r.Update(context.Background(), func(in *registry.Record) { in.Channel = "" }); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "traffic_weight back to 100", func(in []registry.Instance) bool {
+	rec.waitFor(t, "traffic_weight back to 100", func(in []registry.Record) bool {
 		return len(in) == 1 && in[0].Channel == "" && in[0].TrafficWeight == 100
 	})
 
-	for name, fn := range map[string]func(*registry.Instance){
-		"addr":   func(in *registry.Instance) { in.Addr = "127.0.0.1:1" },
-		"id":     func(in *registry.Instance) { in.ID = "other" },
-		"weight": func(in *registry.Instance) { in.Weight = -1 },
+	for name, fn := range map[string]func(*registry.Record){
+		"addr":   func(in *registry.Record) { in.Addr = "127.0.0.1:1" },
+		"id":     func(in *registry.Record) { in.ID = "other" },
+		"weight": func(in *registry.Record) { in.Weight = -1 },
 	} {
 		if err := r.Update(context.Background(), fn); err == nil {
 			t.Errorf("Update changing %s was accepted", name)
 		}
 	}
-	if in := r.Instance(); in.Addr != "127.0.0.1:9001" || in.Weight != 100 {
+	if in := r.Record(); in.Addr != "127.0.0.1:9001" || in.Weight != 100 {
 		t.Fatalf("a refused Update changed the record: %+v", in)
 	}
 }
@@ -317,7 +317,7 @@ func TestRegisterWithoutEtcdFailsClearly(t *testing.T) {
 	e.Stop()
 	l := &stateLog{}
 	r, err := registry.NewRegistrar(registry.Config{
-		Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
+		Client: cli, Instance: registry.Record{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"},
 		RequestTimeout: 300 * time.Millisecond, Logger: testutil.Logger(t), OnStateChange: l.add,
 	})
 	if err != nil {
@@ -375,17 +375,17 @@ func TestNewRegistrarRefusesBadConfig(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	ok := registry.Instance{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"}
+	ok := registry.Record{App: "order", ID: "o-1", Addr: "127.0.0.1:9001"}
 	cases := map[string]registry.Config{
 		"nil client":  {Instance: ok},
 		"bad prefix":  {Client: cli, Instance: ok, Prefix: "switchyard/"},
-		"bad addr":    {Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "nohost"}},
+		"bad addr":    {Client: cli, Instance: registry.Record{App: "order", ID: "o-1", Addr: "nohost"}},
 		"negative":    {Client: cli, Instance: ok, TTL: -time.Second},
 		"check name":  {Client: cli, Instance: ok, Checks: []registry.Check{{Func: func(context.Context) error { return nil }}}},
 		"check func":  {Client: cli, Instance: ok, Checks: []registry.Check{{Name: "db"}}},
-		"bad color":   {Client: cli, Instance: registry.Instance{App: "order", ID: "o-1", Addr: "h:1", Color: "Blue"}},
+		"bad color":   {Client: cli, Instance: registry.Record{App: "order", ID: "o-1", Addr: "h:1", Color: "Blue"}},
 		"neg. delay":  {Client: cli, Instance: ok, RegisterDelay: -1},
-		"missing app": {Client: cli, Instance: registry.Instance{ID: "o-1", Addr: "h:1"}},
+		"missing app": {Client: cli, Instance: registry.Record{ID: "o-1", Addr: "h:1"}},
 	}
 	for name, cfg := range cases {
 		if _, err := registry.NewRegistrar(cfg); err == nil || err.Error()[:9] != "registry:" {
@@ -439,7 +439,7 @@ func TestWritesThatFailDuringAPartitionAreRetriedInTheBackground(t *testing.T) {
 	rec.waitFor(t, "both", hasIDs("o-1", "o-2"))
 
 	e.Cut()
-	err := upd.Update(context.Background(), func(in *registry.Instance) { in.Channel, in.TrafficWeight = "trade", 0 })
+	err := upd.Update(context.Background(), func(in *registry.Record) { in.Channel, in.TrafficWeight = "trade", 0 })
 	if !errors.Is(err, registry.ErrEtcdUnavailable) {
 		t.Fatalf("Update during a partition = %v, want ErrEtcdUnavailable", err)
 	}
@@ -449,7 +449,7 @@ func TestWritesThatFailDuringAPartitionAreRetriedInTheBackground(t *testing.T) {
 	e.Heal()
 
 	// Without another call, etcd converges to what was asked: o-1 drained, o-2 gone.
-	rec.waitFor(t, "o-1 updated and o-2 deregistered", func(in []registry.Instance) bool {
+	rec.waitFor(t, "o-1 updated and o-2 deregistered", func(in []registry.Record) bool {
 		return len(in) == 1 && in[0].ID == "o-1" && in[0].Channel == "trade" && in[0].TrafficWeight == 0
 	})
 	// The watch event can arrive before the keeper has recorded its success.

@@ -51,13 +51,13 @@ type ResolverConfig struct {
 	// Rules, when set, gives every endpoint its release channel and traffic weight
 	// (balancer.EndpointInfo.Channel and TrafficWeight) from the app's rule instead of from
 	// the instance records, and the resolver pushes a new state as soon as the app's traffic
-	// changes, without waiting for the instances to re-put their records. A *traffic.Client
+	// changes, without waiting for the instances to re-put their records. A *traffic.Rules
 	// implements it. Default nil: channel and traffic weight come from the records.
 	Rules Rules
 }
 
 // Rules tells the resolver the traffic split of an app (ResolverConfig.Rules). A
-// *traffic.Client implements it.
+// *traffic.Rules implements it.
 type Rules interface {
 	// Traffic returns the open release channel app is in and each color's traffic weight
 	// under its rule (traffic's W/(100+W) formula already applied); ok is false when app is

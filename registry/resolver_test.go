@@ -326,11 +326,11 @@ func TestWeightChangeReusesTheConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, w := range []float64{50, 10, 200} {
-		if err := r.Update(ctx, func(in *registry.Instance) { in.Weight = w }); err != nil {
+		if err := r.Update(ctx, func(in *registry.Record) { in.Weight = w }); err != nil {
 			t.Fatal(err)
 		}
 		// gRPC has taken the new weight: its balancer has processed the state.
-		c.resolved(t, fmt.Sprint("weight ", w), func(in []registry.Instance) bool {
+		c.resolved(t, fmt.Sprint("weight ", w), func(in []registry.Record) bool {
 			return len(in) == 1 && in[0].Weight == w
 		})
 	}

@@ -167,7 +167,7 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 
 // TestShiftReachesTheResolverBeforeAnyReput is TestRulesReachTheResolverBeforeAnyReput with
 // the real rule client: traffic's Controller opens, shifts and finishes a channel, and a
-// consumer whose resolver has the traffic.Client as Rules takes each step in one state, while
+// consumer whose resolver has the traffic.Rules as Rules takes each step in one state, while
 // the plain Registrars never re-put.
 func TestShiftReachesTheResolverBeforeAnyReput(t *testing.T) {
 	t.Parallel()
@@ -177,7 +177,7 @@ func TestShiftReachesTheResolverBeforeAnyReput(t *testing.T) {
 		addr, _ := testutil.ServeGreeter(t, id)
 		register(t, cli, "greeter", id, addr, func(c *registry.Config) { c.Instance.Color = color })
 	}
-	rules, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t)})
+	rules, err := traffic.NewRules(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestReputOfTheRulesOwnSplitCostsTheResolverNothing(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	const n = 20
-	put := func(i int, in registry.Instance) {
+	put := func(i int, in registry.Record) {
 		t.Helper()
 		val, err := registry.Marshal(in)
 		if err != nil {
@@ -240,8 +240,8 @@ func TestReputOfTheRulesOwnSplitCostsTheResolverNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	record := func(i int) registry.Instance {
-		return registry.Instance{App: "greeter", ID: fmt.Sprintf("b-%02d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 7000+i),
+	record := func(i int) registry.Record {
+		return registry.Record{App: "greeter", ID: fmt.Sprintf("b-%02d", i), Addr: fmt.Sprintf("127.0.0.1:%d", 7000+i),
 			Color: deploy.Blue, Weight: 100, TrafficWeight: 100}
 	}
 	for i := range n {

@@ -37,7 +37,7 @@ type WatcherConfig struct {
 	App string
 	// OnUpdate receives every change of the instance set, in order, from the Watcher's
 	// goroutine. Required. It holds up the Watcher while it runs, so it should be quick.
-	OnUpdate func(Update)
+	OnUpdate func(Snapshot)
 	// RequestTimeout caps each list request. Default DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
 	// Logger receives skipped records (Warn) and watch restarts (Info). Default
@@ -59,11 +59,11 @@ type WatcherConfig struct {
 // ResolverConfig.HoldExpired.
 const DefaultHoldExpired = 30 * time.Second
 
-// Update is the complete instance set of one app after a change.
-type Update struct {
+// Snapshot is the complete instance set of one app after a change.
+type Snapshot struct {
 	// Instances are every registered instance, plus the suspects kept by the hold rule
 	// (Held), sorted by ID. Never nil when Err is nil.
-	Instances []Instance
+	Instances []Record
 	// Revision is the etcd revision the set reflects.
 	Revision int64
 	// Err is set, and Instances nil, only while the Watcher has never listed the app:
@@ -87,7 +87,7 @@ type Watcher struct {
 	kv      *kvwatch.Watcher[*inst]
 	app     string
 	log     *slog.Logger
-	onUp    func(Update)  // the user's OnUpdate, or nil
+	onUp    func(Snapshot)  // the user's OnUpdate, or nil
 	onSet   func(instSet) // the resolver's, or nil
 	skipped metric.Int64Counter
 	attrs   metric.AddOption
@@ -106,7 +106,7 @@ type Watcher struct {
 	live    []*inst // what etcd has, sorted by ID
 	held    map[string]heldInstance
 	timer   *time.Timer // republishes when the earliest hold ends
-	decoded Instance    // handed from decode to stamp, which kvwatch calls right after it
+	decoded Record    // handed from decode to stamp, which kvwatch calls right after it
 }
 
 // instSet is an Update as the Watcher keeps it: the records are shared with kvwatch's set
@@ -143,9 +143,9 @@ func (p *inst) info() swbalancer.EndpointInfo {
 }
 
 // instance is the record of p, an instance of app.
-func (p *inst) instance(app string) Instance {
+func (p *inst) instance(app string) Record {
 	info := p.info()
-	in := Instance{ID: p.ID, App: app, Addr: p.Addr, Color: info.Color, Channel: info.Channel,
+	in := Record{ID: p.ID, App: app, Addr: p.Addr, Color: info.Color, Channel: info.Channel,
 		Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime, Warmup: info.Warmup,
 		Epoch: info.Epoch}
 	if m := p.more; m != nil {
@@ -155,7 +155,7 @@ func (p *inst) instance(app string) Instance {
 }
 
 // newInst is in, stamped with its key's create revision and lease.
-func newInst(in *Instance, createRev, lease int64) *inst {
+func newInst(in *Record, createRev, lease int64) *inst {
 	p := &inst{ID: in.ID, Addr: in.Addr, lease: lease}
 	if in.Version != "" || in.Degraded != "" || len(in.Metadata) > 0 {
 		p.more = &instMore{version: in.Version, degraded: in.Degraded, metadata: in.Metadata}
@@ -186,14 +186,14 @@ func (p *inst) equal(o *inst, ignoreRule bool) bool {
 }
 
 // update copies the set into an Update.
-func (s instSet) update() Update {
+func (s instSet) update() Snapshot {
 	if !s.ok {
-		return Update{}
+		return Snapshot{}
 	}
 	if s.err != nil {
-		return Update{Err: s.err}
+		return Snapshot{Err: s.err}
 	}
-	u := Update{Instances: make([]Instance, len(s.refs)), Revision: s.rev, Held: s.held}
+	u := Snapshot{Instances: make([]Record, len(s.refs)), Revision: s.rev, Held: s.held}
 	for i, p := range s.refs {
 		u.Instances[i] = p.instance(s.app)
 	}
@@ -289,7 +289,7 @@ func (w *Watcher) Close() {
 }
 
 // Last returns the last Update given to OnUpdate (zero before the first).
-func (w *Watcher) Last() Update {
+func (w *Watcher) Last() Snapshot {
 	w.mu.Lock()
 	last := w.last
 	w.mu.Unlock()

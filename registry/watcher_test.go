@@ -33,7 +33,7 @@ func (k kv) Put(ctx context.Context, key, val string) error { return k.put(ctx, 
 
 func record(t testing.TB, app, id, addr string) string {
 	t.Helper()
-	b, err := registry.Marshal(registry.Instance{App: app, ID: id, Addr: addr, Weight: 100, TrafficWeight: 100})
+	b, err := registry.Marshal(registry.Record{App: app, ID: id, Addr: addr, Weight: 100, TrafficWeight: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestMalformedRecordsAreSkippedCountedAndLastGoodKept(t *testing.T) {
 
 	// Repairing a brings it back.
 	put(t, k, p+"a", record(t, "order", "a", "127.0.0.1:2001"))
-	got = rec.waitFor(t, "a repaired", func(in []registry.Instance) bool {
+	got = rec.waitFor(t, "a repaired", func(in []registry.Record) bool {
 		return len(in) == 3 && in[0].Addr == "127.0.0.1:2001"
 	})
 	_ = got
@@ -180,7 +180,7 @@ func TestNewWatcherRefusesBadConfig(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	noop := func(registry.Update) {}
+	noop := func(registry.Snapshot) {}
 	for name, cfg := range map[string]registry.WatcherConfig{
 		"nil client":  {App: "order", OnUpdate: noop},
 		"no OnUpdate": {Client: cli, App: "order"},

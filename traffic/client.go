@@ -65,7 +65,7 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Client is the rule client every instance embeds (DESIGN.md "Events"): it loads all rules
+// Rules is the rule client every instance embeds (DESIGN.md "Events"): it loads all rules
 // once, then follows etcd's watch; every read is an in-memory read that takes no lock.
 // Subscribers get each channel's events in order, each from its own goroutine, so a slow
 // subscriber never holds up the watch or the others.
@@ -73,7 +73,7 @@ func (c *Config) setDefaults() error {
 // Locking: rules are read from an immutable snapshot behind an atomic pointer. mu guards
 // subs and serializes swapping the snapshot with queueing its events, so a new subscriber
 // never misses or doubles an event; queueing never blocks and no user code runs under mu.
-type Client struct {
+type Rules struct {
 	cfg     Config
 	kv      *kvwatch.Watcher[item]
 	snap    atomic.Pointer[snapshot]
@@ -156,10 +156,10 @@ type subscription struct {
 	q       *dispatch.Queue[Event]
 }
 
-// NewClient loads every rule and starts following them. It fails, with an error wrapping
+// NewRules loads every rule and starts following them. It fails, with an error wrapping
 // ErrEtcdUnavailable, if etcd cannot be read within RequestTimeout (or ctx ends first); once
 // started, it rides out etcd outages with the rules it has and converges when etcd is back.
-func NewClient(ctx context.Context, cfg Config) (*Client, error) {
+func NewRules(ctx context.Context, cfg Config) (*Rules, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -169,7 +169,7 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("traffic: create metric: %w", err)
 	}
-	c := &Client{cfg: cfg, skipped: skipped, ready: make(chan error, 1), random: rand.Float64, headers: newSlotCache[*header](), subs: map[*subscription]struct{}{}}
+	c := &Rules{cfg: cfg, skipped: skipped, ready: make(chan error, 1), random: rand.Float64, headers: newSlotCache[*header](), subs: map[*subscription]struct{}{}}
 	c.snap.Store(newSnapshot(nil, 0, cfg.Logger))
 	c.kv = kvwatch.New(kvwatch.Config[item]{
 		Client:         cfg.Client,
@@ -194,7 +194,7 @@ func NewClient(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) signal(err error) {
+func (c *Rules) signal(err error) {
 	select {
 	case c.ready <- err:
 	default:
@@ -202,7 +202,7 @@ func (c *Client) signal(err error) {
 }
 
 // Close stops following etcd, stops every subscription and waits for running handlers.
-func (c *Client) Close() {
+func (c *Rules) Close() {
 	c.kv.Close()
 	c.mu.Lock()
 	subs := c.subs
@@ -217,7 +217,7 @@ func (c *Client) Close() {
 }
 
 // Rule returns a channel's rule.
-func (c *Client) Rule(channel string) (Rule, bool) {
+func (c *Rules) Rule(channel string) (Rule, bool) {
 	r, ok := c.snap.Load().rules[channel]
 	return r, ok
 }
@@ -225,7 +225,7 @@ func (c *Client) Rule(channel string) (Rule, bool) {
 // ChannelOf returns the rule of the open channel app is in; ok is false when app is in no
 // open channel it can read. It allocates nothing. A rule key that exists but has never been
 // read does not count here: ask UnreadableFor before acting on "no open channel".
-func (c *Client) ChannelOf(app string) (r Rule, ok bool) {
+func (c *Rules) ChannelOf(app string) (r Rule, ok bool) {
 	s := c.snap.Load()
 	ch, ok := s.open[app]
 	if !ok {
@@ -235,7 +235,7 @@ func (c *Client) ChannelOf(app string) (r Rule, ok bool) {
 }
 
 // The Client is what a resolver reads a rule from.
-var _ registry.Rules = (*Client)(nil)
+var _ registry.Rules = (*Rules)(nil)
 
 // Traffic returns the open release channel app is in and the color weights of its rule
 // (Weights of its BluePercent: W/(100+W) = percent/100, base 100); ok is false, with "" and
@@ -243,7 +243,7 @@ var _ registry.Rules = (*Client)(nil)
 // registry.Rules, so a resolver given the Client (registry.ResolverConfig.Rules) takes each
 // endpoint's channel and traffic weight from the rule itself, not from the instances'
 // re-put records; Updated says when to ask again. It takes no lock and allocates nothing.
-func (c *Client) Traffic(app string) (channel string, blue, green float64, ok bool) {
+func (c *Rules) Traffic(app string) (channel string, blue, green float64, ok bool) {
 	r, ok := c.ChannelOf(app)
 	if !ok {
 		return "", 0, 0, false
@@ -253,17 +253,17 @@ func (c *Client) Traffic(app string) (channel string, blue, green float64, ok bo
 }
 
 // Rules returns every rule, by channel name. The slice is shared: do not modify it.
-func (c *Client) Rules() []Rule { return c.snap.Load().list }
+func (c *Rules) Rules() []Rule { return c.snap.Load().list }
 
 // Revision is the etcd revision the rules reflect.
-func (c *Client) Revision() int64 { return c.snap.Load().rev }
+func (c *Rules) Revision() int64 { return c.snap.Load().rev }
 
 // Skipped is how many rule records have been skipped as malformed.
-func (c *Client) Skipped() uint64 { return c.nSkip.Load() }
+func (c *Rules) Skipped() uint64 { return c.nSkip.Load() }
 
 // Unreadable returns every rule key whose latest value could not be read, by channel, with or
 // without a last good version. The slice is shared: do not modify it.
-func (c *Client) Unreadable() []Unreadable { return c.snap.Load().bad }
+func (c *Rules) Unreadable() []Unreadable { return c.snap.Load().bad }
 
 // UnreadableFor returns the unreadable rule keys that may decide app's traffic and of which
 // the Client has no last good version: those whose value names app (read leniently from its
@@ -273,7 +273,7 @@ func (c *Client) Unreadable() []Unreadable { return c.snap.Load().bad }
 // traffic weight: ChannelOf's "no open channel" may be wrong, and an instance of app that is
 // starting must not register as if no release were open (lifecycle waits). A key read once
 // keeps its last good rule and is not returned.
-func (c *Client) UnreadableFor(app string) []Unreadable {
+func (c *Rules) UnreadableFor(app string) []Unreadable {
 	s := c.snap.Load()
 	var out []Unreadable
 	for _, u := range s.bad {
@@ -291,7 +291,7 @@ func (c *Client) UnreadableFor(app string) []Unreadable {
 // Updated returns a channel that is closed when the rules next change (a rule, its events, or
 // the set of unreadable keys), for a caller that waits for a rule to become readable: take
 // Updated, then read, then wait on it, and no change is missed.
-func (c *Client) Updated() <-chan struct{} { return c.snap.Load().next }
+func (c *Rules) Updated() <-chan struct{} { return c.snap.Load().next }
 
 // Subscribe calls fn with the events of channel ("" for every channel), in order, from a
 // goroutine of its own. It first replays the events that lead from a closed 50 % channel to
@@ -299,7 +299,7 @@ func (c *Client) Updated() <-chan struct{} { return c.snap.Load().next }
 // half is drained), so a late subscriber starts from the same view as an early one. A panic
 // in fn is recovered and logged. Call the returned function to unsubscribe; it does not wait
 // for a running fn and may be called from fn.
-func (c *Client) Subscribe(channel string, fn func(Event)) (unsubscribe func()) {
+func (c *Rules) Subscribe(channel string, fn func(Event)) (unsubscribe func()) {
 	s := &subscription{channel: channel}
 	s.q = dispatch.Start(fn, func(p any) {
 		c.cfg.Logger.Error("traffic: event handler panicked; it keeps receiving events", "channel", channel, "panic", p)
@@ -326,7 +326,7 @@ func (c *Client) Subscribe(channel string, fn func(Event)) (unsubscribe func()) 
 // is the watcher's set as last published, so it holds the key's last good rule if any. It
 // never fails: a value that cannot be read becomes an item with bad set (and the last good
 // rule, if there is one).
-func (c *Client) decode(channel string, val []byte) (item, error) {
+func (c *Rules) decode(channel string, val []byte) (item, error) {
 	r, err := Unmarshal(val)
 	if err == nil && r.Channel != channel {
 		err = malformed(fmt.Errorf("record says channel %q but is stored under %q", r.Channel, channel))
@@ -354,7 +354,7 @@ func lenientApps(val []byte) []string {
 	return slices.Compact(rec.Apps)
 }
 
-func (c *Client) skip(u Unreadable) {
+func (c *Rules) skip(u Unreadable) {
 	c.nSkip.Add(1)
 	c.skipped.Add(context.Background(), 1)
 	if u.LastGood {
@@ -371,7 +371,7 @@ func (c *Client) skip(u Unreadable) {
 
 // apply swaps in the new rules and queues the events of the net change of every channel:
 // after a re-list that is the change across the whole gap.
-func (c *Client) apply(items []item, rev int64) {
+func (c *Rules) apply(items []item, rev int64) {
 	rules := make([]Rule, 0, len(items))
 	var bad []Unreadable
 	for _, it := range items {

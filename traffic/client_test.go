@@ -20,17 +20,17 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func newClient(t testing.TB, cli *clientv3.Client) *traffic.Client {
+func newClient(t testing.TB, cli *clientv3.Client) *traffic.Rules {
 	t.Helper()
 	return newClientLogging(t, cli, testutil.Logger(t))
 }
 
 // newClientLogging is newClient with the rule client's own logger.
-func newClientLogging(t testing.TB, cli *clientv3.Client, log *slog.Logger) *traffic.Client {
+func newClientLogging(t testing.TB, cli *clientv3.Client, log *slog.Logger) *traffic.Rules {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
 	defer cancel()
-	c, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: log, RequestTimeout: time.Second})
+	c, err := traffic.NewRules(ctx, traffic.Config{Client: cli, Logger: log, RequestTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestSlowAndPanickingSubscribersDoNotHoldUpOthers(t *testing.T) {
 // openedThroughProxy returns a rule client reaching etcd through the cuttable proxy, a
 // controller that bypasses it, channel trade opened, the client's trade events so far, and
 // what the client logged.
-func openedThroughProxy(t *testing.T) (*etcdtest.Server, *traffic.Client, *traffic.Controller, *eventLog, *logRecorder) {
+func openedThroughProxy(t *testing.T) (*etcdtest.Server, *traffic.Rules, *traffic.Controller, *eventLog, *logRecorder) {
 	t.Helper()
 	e := etcdtest.Start(t)
 	logs := newLogRecorder()
@@ -254,7 +254,7 @@ func TestNewClientWithoutEtcdFailsClearly(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	e.Stop()
-	_, err := traffic.NewClient(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t), RequestTimeout: 300 * time.Millisecond})
+	_, err := traffic.NewRules(context.Background(), traffic.Config{Client: cli, Logger: testutil.Logger(t), RequestTimeout: 300 * time.Millisecond})
 	if !errors.Is(err, traffic.ErrEtcdUnavailable) || !strings.HasPrefix(err.Error(), "traffic: load rules:") {
 		t.Fatalf("NewClient without etcd = %v, want a traffic error wrapping ErrEtcdUnavailable", err)
 	}

@@ -17,7 +17,7 @@ func Example() {
 	ctx := context.Background()
 	cfg := traffic.Config{Client: cli, Logger: testutil.Silent}
 
-	rules, err := traffic.NewClient(ctx, cfg)
+	rules, err := traffic.NewRules(ctx, cfg)
 	if err != nil {
 		panic(err)
 	}

@@ -3,4 +3,4 @@ package traffic
 // SetRandom replaces the source of c's stickiness decisions (uniform in [0, 1), called
 // concurrently), so a test can check the decision rate deterministically. Call it before c
 // makes any decision.
-func SetRandom(c *Client, f func() float64) { c.random = f }
+func SetRandom(c *Rules, f func() float64) { c.random = f }

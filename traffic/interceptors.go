@@ -26,14 +26,14 @@ const baggageHeader = "baggage"
 // earlier one, so the header goes out exactly once whether or not an OpenTelemetry
 // propagator or otelgrpc stats handler is installed (otelgrpc also replaces it, with the same
 // content). A call with no baggage and no open channel is passed through untouched.
-func (c *Client) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
+func (c *Rules) UnaryClientInterceptor() grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		return invoker(c.stick(ctx, cc.Target()), method, req, reply, cc, opts...)
 	}
 }
 
 // StreamClientInterceptor is UnaryClientInterceptor for streams.
-func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
+func (c *Rules) StreamClientInterceptor() grpc.StreamClientInterceptor {
 	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 		return streamer(c.stick(ctx, cc.Target()), desc, cc, method, opts...)
 	}
@@ -46,7 +46,7 @@ func (c *Client) StreamClientInterceptor() grpc.StreamClientInterceptor {
 // the header from the snapshot or the Client's header cache. Only the context carrying them
 // is new, one allocation (carried), and nothing at all when the outgoing metadata already is
 // that header alone.
-func (c *Client) stick(ctx context.Context, target string) context.Context {
+func (c *Rules) stick(ctx context.Context, target string) context.Context {
 	b := baggage.FromContext(ctx)
 	m := b.Member(deploy.BaggageKey) // read once: each read builds it
 	s := c.snap.Load()
@@ -115,7 +115,7 @@ func newHeader(value string) *header {
 // decisionHeader returns the header of b when b is one decision member (m) without
 // properties that fits the limits: from the snapshot for a single decision of an open channel,
 // else from the Client's cache (computed on a miss); nil otherwise.
-func (c *Client) decisionHeader(s *snapshot, b baggage.Baggage, m baggage.Member) *header {
+func (c *Rules) decisionHeader(s *snapshot, b baggage.Baggage, m baggage.Member) *header {
 	if m.Key() == "" || len(m.Properties()) > 0 {
 		return nil
 	}

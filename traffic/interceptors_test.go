@@ -57,7 +57,7 @@ func (h *hop) SayHello(ctx context.Context, req *greeterpb.HelloRequest) (*greet
 
 type chain struct {
 	cli   *clientv3.Client
-	rules *traffic.Client
+	rules *traffic.Rules
 	ctl   *traffic.Controller
 	entry greeterpb.GreeterClient // calls gateway
 	hops  []*hop
@@ -102,7 +102,7 @@ func serve(t testing.TB, cli *clientv3.Client, app string, h greeterpb.GreeterSe
 func register(t testing.TB, cli *clientv3.Client, app, addr string) {
 	t.Helper()
 	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Logger(t),
-		Instance: registry.Instance{App: app, ID: app + "-1", Addr: addr}})
+		Instance: registry.Record{App: app, ID: app + "-1", Addr: addr}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func resolver(t testing.TB, cli *clientv3.Client) grpc.DialOption {
 
 // dial dials switchyard:///app through the resolver with the rule client's unary
 // interceptor (and otelgrpc's client handler if withOtel).
-func dial(t testing.TB, cli *clientv3.Client, rules *traffic.Client, app string, withOtel bool) greeterpb.GreeterClient {
+func dial(t testing.TB, cli *clientv3.Client, rules *traffic.Rules, app string, withOtel bool) greeterpb.GreeterClient {
 	t.Helper()
 	opts := []grpc.DialOption{resolver(t, cli), grpc.WithChainUnaryInterceptor(rules.UnaryClientInterceptor())}
 	if withOtel {

@@ -109,7 +109,7 @@ func watchCmd(ctx context.Context, e env) error {
 	if err != nil {
 		return err
 	}
-	rules, err := traffic.NewClient(ctx, e.cfg)
+	rules, err := traffic.NewRules(ctx, e.cfg)
 	if err != nil {
 		return err
 	}

@@ -120,7 +120,7 @@ func TestExitCodes(t *testing.T) {
 func TestInstancesAndWatch(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
-	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Logger(t), Instance: registry.Instance{
+	reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Logger(t), Instance: registry.Record{
 		App: "order", ID: "order-1", Addr: "10.0.0.1:9000", Color: deploy.Blue, Version: "v2", Warmup: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +148,7 @@ func TestInstancesAndWatch(t *testing.T) {
 	if _, ok := list[0]["degraded"]; ok {
 		t.Fatalf("instances -o json shows degraded for a healthy instance: %q", out)
 	}
-	if err := reg.Update(context.Background(), func(in *registry.Instance) { in.Degraded = "no serving blue instance of stock" }); err != nil {
+	if err := reg.Update(context.Background(), func(in *registry.Record) { in.Degraded = "no serving blue instance of stock" }); err != nil {
 		t.Fatal(err)
 	}
 	if code, out, _ := sy(t, e, "instances", "order"); code != 0 || !strings.Contains(out, "DEGRADED") || !strings.Contains(out, "no serving blue instance of stock") {

@@ -102,7 +102,7 @@ func main() {
 type demo struct {
 	etcd    *etcdtest.Server
 	cli     *clientv3.Client
-	rules   *traffic.Client
+	rules   *traffic.Rules
 	log     *slog.Logger
 	nats    *natstest.Server
 	work    *workLog
@@ -521,7 +521,7 @@ func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, e
 		return false, err
 	}
 	defer cli.Close()
-	rules, err := traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: log})
+	rules, err := traffic.NewRules(ctx, traffic.Config{Client: cli, Logger: log})
 	if err != nil {
 		return false, err
 	}
@@ -691,7 +691,7 @@ type canaryKill struct {
 // after degradedWait without (the verdict then fails and the load goes on).
 func (d *demo) killCanary(ctx context.Context, k *canaryKill) error {
 	k.caller, k.victim = d.server("order", "blue"), d.server("inventory", "blue").id
-	key := registry.Instance{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
+	key := registry.Record{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
 	resp, err := d.cli.Get(ctx, key)
 	if err != nil {
 		return err
@@ -717,7 +717,7 @@ watch:
 			}
 		}
 	}
-	dead, err := d.cli.Get(ctx, registry.Instance{App: "inventory", ID: k.victim}.Key(deploy.DefaultPrefix))
+	dead, err := d.cli.Get(ctx, registry.Record{App: "inventory", ID: k.victim}.Key(deploy.DefaultPrefix))
 	k.recordKept = err == nil && len(dead.Kvs) == 1
 	return err
 }
@@ -739,7 +739,7 @@ func (d *demo) replaceCanary(ctx context.Context, k *canaryKill) error {
 	if err := d.start(ctx, "inventory", "blue", "v2", nil); err != nil {
 		return err
 	}
-	key := registry.Instance{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
+	key := registry.Record{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
 	return waitFor(ctx, "order@blue to be no longer degraded", func() bool {
 		resp, err := d.cli.Get(ctx, key)
 		return err == nil && len(resp.Kvs) == 1 && degraded(resp.Kvs[0].Value) == ""

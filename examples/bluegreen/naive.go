@@ -64,7 +64,7 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 		greeterpb.RegisterGreeterServer(srv, s)
 		go func() { _ = srv.Serve(ln) }()
 		reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: log,
-			Instance: registry.Instance{App: app, ID: app + "-" + color + "-" + version, Addr: ln.Addr().String(), Color: deploy.Color(color), Version: version}})
+			Instance: registry.Record{App: app, ID: app + "-" + color + "-" + version, Addr: ln.Addr().String(), Color: deploy.Color(color), Version: version}})
 		if err != nil {
 			return err
 		}

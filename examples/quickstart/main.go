@@ -63,7 +63,7 @@ func run() error {
 
 		reg, err := registry.NewRegistrar(registry.Config{
 			Client:   cli,
-			Instance: registry.Instance{App: "greeter", ID: id, Addr: ln.Addr().String(), Version: "v1"},
+			Instance: registry.Record{App: "greeter", ID: id, Addr: ln.Addr().String(), Version: "v1"},
 			Logger:   logger,
 		})
 		if err != nil {

@@ -11,7 +11,7 @@
 //     reach board would add nothing but noise and file descriptors). Each instance serves the
 //     greeter on an in-memory listener (grpc's bufconn); consumers dial it through a context
 //     dialer, so 1,000 instances × 50 consumers (25,000 connections) need no file descriptors.
-//   - Each consumer has its own etcd client and, in the "rules" mode, its own traffic.Client
+//   - Each consumer has its own etcd client and, in the "rules" mode, its own traffic.Rules
 //     passed to the resolver as registry.ResolverConfig.Rules, so its picker takes the split
 //     from the rule; in the "records" mode it waits for the instances' re-puts.
 //   - A consumer's switchyard_weighted balancer is built inside a test-only wrapping policy

@@ -79,7 +79,7 @@ type instance struct {
 	color deploy.Color
 	addr  string
 	reg   *registry.Registrar
-	rules *traffic.Client
+	rules *traffic.Rules
 	unsub func()
 	srv   *grpc.Server
 }
@@ -87,20 +87,20 @@ type instance struct {
 // consumer is one ClientConn to an app, observed by its probe.
 type consumer struct {
 	app   string
-	rules *traffic.Client // nil in the records mode
+	rules *traffic.Rules // nil in the records mode
 	cc    *grpc.ClientConn
 	probe *probe
 }
 
-// rulesAvailable reports whether registry.ResolverConfig has the Rules field a traffic.Client
+// rulesAvailable reports whether registry.ResolverConfig has the Rules field a traffic.Rules
 // can be assigned to (issue 14); setRules assigns it. Reflection keeps the harness building on
 // code from before the field existed, so that the same harness measures before and after.
 func rulesAvailable() bool {
 	var cfg registry.ResolverConfig
-	return setRules(&cfg, new(traffic.Client))
+	return setRules(&cfg, new(traffic.Rules))
 }
 
-func setRules(cfg *registry.ResolverConfig, rules *traffic.Client) bool {
+func setRules(cfg *registry.ResolverConfig, rules *traffic.Rules) bool {
 	f := reflect.ValueOf(cfg).Elem().FieldByName("Rules")
 	if !f.IsValid() || !f.CanSet() || !reflect.TypeOf(rules).AssignableTo(f.Type()) {
 		return false
@@ -197,7 +197,7 @@ func progress(format string, args ...any) {
 	}
 }
 
-var errNoRules = errors.New("shiftbench: registry.ResolverConfig has no Rules field that takes a *traffic.Client; the rules mode needs it")
+var errNoRules = errors.New("shiftbench: registry.ResolverConfig has no Rules field that takes a *traffic.Rules; the rules mode needs it")
 
 func (f *fleet) newClient() (*clientv3.Client, error) {
 	c, err := f.etcd.NewClient(f.etcd.DirectEndpoints())
@@ -211,11 +211,11 @@ func (f *fleet) newClient() (*clientv3.Client, error) {
 // rule from then on.
 func (in *instance) start(ctx context.Context, cli *clientv3.Client, id string) error {
 	var err error
-	if in.rules, err = traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: testutil.Silent}); err != nil {
+	if in.rules, err = traffic.NewRules(ctx, traffic.Config{Client: cli, Logger: testutil.Silent}); err != nil {
 		return err
 	}
 	ch, tw := in.trafficOf()
-	in.reg, err = registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Silent, Instance: registry.Instance{
+	in.reg, err = registry.NewRegistrar(registry.Config{Client: cli, Logger: testutil.Silent, Instance: registry.Record{
 		ID: id, App: in.app, Addr: in.addr, Color: in.color, Channel: ch, TrafficWeight: tw,
 	}})
 	if err != nil {
@@ -240,7 +240,7 @@ func (in *instance) trafficOf() (string, float64) {
 // onEvent is lifecycle's re-put: when the app's channel or traffic weight changes, Update the
 // record, on the rule client's subscriber goroutine.
 func (in *instance) onEvent(e traffic.Event) {
-	cur := in.reg.Instance()
+	cur := in.reg.Record()
 	if e.Channel != cur.Channel && !e.Rule.Has(in.app) {
 		return
 	}
@@ -251,7 +251,7 @@ func (in *instance) onEvent(e traffic.Event) {
 		var err error
 		for try := 0; try == 0 || err != nil && !errors.Is(err, registry.ErrClosed) && try < 100; try++ {
 			ctx, cancel := context.WithTimeout(context.Background(), registry.DefaultRequestTimeout)
-			err = in.reg.Update(ctx, func(r *registry.Instance) { r.Channel, r.TrafficWeight = ch, tw })
+			err = in.reg.Update(ctx, func(r *registry.Record) { r.Channel, r.TrafficWeight = ch, tw })
 			cancel()
 		}
 		if r := in.f.cur.Load(); err == nil && r != nil && near(tw, r.want(in.color)) {
@@ -286,7 +286,7 @@ func (f *fleet) newConsumer(ctx context.Context, j int) (*consumer, error) {
 	c.probe = newProbe(f)
 	rc := registry.ResolverConfig{Client: cli, Logger: testutil.Silent, ServiceConfig: c.probe.serviceConfig()}
 	if f.cfg.rules {
-		if c.rules, err = traffic.NewClient(ctx, traffic.Config{Client: cli, Logger: testutil.Silent}); err != nil {
+		if c.rules, err = traffic.NewRules(ctx, traffic.Config{Client: cli, Logger: testutil.Silent}); err != nil {
 			return nil, err
 		}
 		if !setRules(&rc, c.rules) {
@@ -418,7 +418,7 @@ func newRound(m int, blue, green float64, endpoints int) *round {
 // expectPuts sets how many instances will re-put their record: those whose weight changes.
 func (r *round) expectPuts(insts []*instance) {
 	for _, in := range insts {
-		if !near(in.reg.Instance().TrafficWeight, r.want(in.color)) {
+		if !near(in.reg.Record().TrafficWeight, r.want(in.color)) {
 			r.n++
 		}
 	}
