@@ -179,7 +179,7 @@ type Registrar struct {
 	op chan struct{} // holds a token while an operation writes to etcd
 
 	mu      sync.Mutex
-	inst    Record                  // the record to write (latest Update)
+	inst    Record                    // the record to write (latest Update)
 	ver     uint64                    // bumped at every change of inst or want
 	lease   clientv3.LeaseID          // 0: none granted, or known to be gone
 	granted map[clientv3.LeaseID]bool // every lease this Registrar was granted: a record on one is ours

@@ -87,8 +87,8 @@ type Watcher struct {
 	kv      *kvwatch.Watcher[*inst]
 	app     string
 	log     *slog.Logger
-	onUp    func(Snapshot)  // the user's OnUpdate, or nil
-	onSet   func(instSet) // the resolver's, or nil
+	onUp    func(Snapshot) // the user's OnUpdate, or nil
+	onSet   func(instSet)  // the resolver's, or nil
 	skipped metric.Int64Counter
 	attrs   metric.AddOption
 	nSkip   atomic.Uint64
@@ -106,7 +106,7 @@ type Watcher struct {
 	live    []*inst // what etcd has, sorted by ID
 	held    map[string]heldInstance
 	timer   *time.Timer // republishes when the earliest hold ends
-	decoded Record    // handed from decode to stamp, which kvwatch calls right after it
+	decoded Record      // handed from decode to stamp, which kvwatch calls right after it
 }
 
 // instSet is an Update as the Watcher keeps it: the records are shared with kvwatch's set
