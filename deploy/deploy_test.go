@@ -118,3 +118,17 @@ func TestValidateName(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyLayout(t *testing.T) {
+	for _, c := range []struct{ got, want string }{
+		{deploy.InstanceKey(deploy.DefaultPrefix, "order", "order-1"), "/switchyard/services/order/order-1"},
+		{deploy.AppPrefix("/p", "order"), "/p/services/order/"},
+		{deploy.ChannelKey(deploy.DefaultPrefix, "trade"), "/switchyard/channels/trade"},
+		{deploy.ChannelsPrefix("/p"), "/p/channels/"},
+		{deploy.JobPrefix("/p", "settle"), "/p/jobs/settle/"},
+	} {
+		if c.got != c.want {
+			t.Errorf("key %q, want %q", c.got, c.want)
+		}
+	}
+}

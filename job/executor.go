@@ -84,7 +84,7 @@ func NewExecutor(cfg Config) (*Executor, error) {
 	}
 	e := &Executor{cfg: cfg, sched: sched, color: color, log: cfg.Logger.With("job", cfg.Job.Name, "executor", cfg.ID),
 		kick: make(chan struct{}, 1), recheck: time.Second}
-	p := jobPrefix(cfg.Prefix, cfg.Job.Name)
+	p := deploy.JobPrefix(cfg.Prefix, cfg.Job.Name)
 	e.keys.executors = p + "executors/"
 	e.keys.exec = e.keys.executors + cfg.ID
 	e.keys.election = p + "leader"

@@ -144,7 +144,6 @@ type every time.Duration
 func (d every) Next(t time.Time) time.Time { return t.Truncate(time.Duration(d)).Add(time.Duration(d)) }
 
 // The etcd keys of a job, under <prefix>/jobs/<job>/.
-func jobPrefix(prefix, job string) string { return prefix + "/jobs/" + job + "/" }
 
 // executorRecord is stored at executors/<id>, attached to the executor's session lease.
 type executorRecord struct {

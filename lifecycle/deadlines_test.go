@@ -57,7 +57,7 @@ func TestStartWhileEtcdIsDownWaitsForEtcd(t *testing.T) {
 	if s := inst.State(); s != lifecycle.StateServing {
 		t.Fatalf("state %v after Start; want serving", s)
 	}
-	resp, err := e.DirectClient(t).Get(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, "greeter")+"a")
+	resp, err := e.DirectClient(t).Get(context.Background(), deploy.AppPrefix(deploy.DefaultPrefix, "greeter")+"a")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("record of a after Start: %v (err %v); want it registered", resp, err)
 	}

@@ -157,7 +157,7 @@ func TestRequestDecidedForTheOwnColorIsMarked(t *testing.T) {
 // degradedOf is the Degraded of instance id of app in etcd, and whether it has a record.
 func degradedOf(t *testing.T, cli *clientv3.Client, app, id string) (string, bool) {
 	t.Helper()
-	resp, err := cli.Get(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, app)+id)
+	resp, err := cli.Get(context.Background(), deploy.AppPrefix(deploy.DefaultPrefix, app)+id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package lifecycle
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -407,7 +406,7 @@ func unreadableReason(app string, bad []traffic.Unreadable) string {
 	if apps == nil {
 		apps = []string{app}
 	}
-	example, _ := json.Marshal(map[string]any{"v": traffic.SchemaVersion, "channel": u.Channel, "apps": apps, "releasing": true, "blue_percent": 0})
+	example, _ := traffic.Marshal(traffic.Rule{Channel: u.Channel, Apps: apps, Releasing: true, BluePercent: 0})
 	fmt.Fprintf(&b, ": without it the instance cannot know whether its color is drained, so it does not register; "+
 		"put a valid record at the key with the real state of the release (e.g. etcdctl put %s '%s'), "+
 		"upgrade this instance if a newer tool wrote it, or delete the key if the channel is gone", u.Key, example)

@@ -124,7 +124,7 @@ func putRule(t *testing.T, cli *clientv3.Client, channel string, apps []string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Put(context.Background(), traffic.Key(deploy.DefaultPrefix, channel), string(b)); err != nil {
+	if _, err := cli.Put(context.Background(), deploy.ChannelKey(deploy.DefaultPrefix, channel), string(b)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -170,7 +170,7 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 			})
 
 			// The rule becomes unreadable while blue-1 runs: it keeps its last good rule.
-			key := traffic.Key(deploy.DefaultPrefix, "trade")
+			key := deploy.ChannelKey(deploy.DefaultPrefix, "trade")
 			if _, err := cli.Put(ctx, key, tc.bad); err != nil {
 				t.Fatal(err)
 			}
@@ -240,7 +240,7 @@ func TestUnreadableRuleKeepsARestartedInstanceOut(t *testing.T) {
 func TestUnreadableRuleFailsStartAtStartTimeout(t *testing.T) {
 	t.Parallel() // it waits out its StartTimeout
 	cli := etcdtest.Start(t).Client(t)
-	key := traffic.Key(deploy.DefaultPrefix, "trade")
+	key := deploy.ChannelKey(deploy.DefaultPrefix, "trade")
 	if _, err := cli.Put(context.Background(), key, `{"v":2,"channel":"trade","apps":["greeter","pay"]}`); err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestUnreadableRuleOfOtherAppsDoesNotBlockAStart(t *testing.T) {
 	t.Parallel()
 	cli := etcdtest.Start(t).Client(t)
 	ctx := context.Background()
-	if _, err := cli.Put(ctx, traffic.Key(deploy.DefaultPrefix, "pay"), `{"v":2,"channel":"pay","apps":["pay","wallet"]}`); err != nil {
+	if _, err := cli.Put(ctx, deploy.ChannelKey(deploy.DefaultPrefix, "pay"), `{"v":2,"channel":"pay","apps":["pay","wallet"]}`); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := start(t, cli, "a")
@@ -285,7 +285,7 @@ func TestUnreadableRuleOfOtherAppsDoesNotBlockAStart(t *testing.T) {
 		t.Fatalf("a: %+v", st)
 	}
 	putRule(t, cli, "trade", []string{"greeter"}, true, 0)
-	if _, err := cli.Put(ctx, traffic.Key(deploy.DefaultPrefix, "zzz"), "garbage"); err != nil {
+	if _, err := cli.Put(ctx, deploy.ChannelKey(deploy.DefaultPrefix, "zzz"), "garbage"); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := start(t, cli, "b", func(c *lifecycle.Config) { c.Color = deploy.Blue })

@@ -37,7 +37,7 @@ func populated(b testing.TB, n int) *clientv3.Client {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ops = append(ops, clientv3.OpPut(in.Key(deploy.DefaultPrefix), string(val)))
+		ops = append(ops, clientv3.OpPut(deploy.InstanceKey(deploy.DefaultPrefix, in.App, in.ID), string(val)))
 		if len(ops) == 100 {
 			flush()
 		}
@@ -71,7 +71,7 @@ func BenchmarkResolverUpdate(b *testing.B) {
 				in := registry.Record{App: "bench", ID: fmt.Sprintf("i-%05d", i%n), Addr: fmt.Sprintf("10.0.%d.%d:9000", (i%n)/250, (i%n)%250+1),
 					Weight: float64(i + 1), TrafficWeight: 100} // always a real change
 				val, _ := registry.Marshal(in)
-				if _, err := cli.Put(context.Background(), in.Key(deploy.DefaultPrefix), string(val)); err != nil {
+				if _, err := cli.Put(context.Background(), deploy.InstanceKey(deploy.DefaultPrefix, in.App, in.ID), string(val)); err != nil {
 					b.Fatal(err)
 				}
 				if s := nextState(b, cc); len(s.Endpoints) != n {

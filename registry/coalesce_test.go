@@ -79,7 +79,7 @@ func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return clientv3.OpPut(in.Key(deploy.DefaultPrefix), string(val))
+		return clientv3.OpPut(deploy.InstanceKey(deploy.DefaultPrefix, in.App, in.ID), string(val))
 	}
 	var ops []clientv3.Op
 	for i := 0; i < n; i++ {
@@ -97,7 +97,7 @@ func TestReputsThatArriveTogetherAreOneResolverUpdate(t *testing.T) {
 	cc.mu.Lock()
 	cc.hold = true
 	cc.mu.Unlock()
-	seen := cli.Watch(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, "burst"), clientv3.WithPrefix(),
+	seen := cli.Watch(context.Background(), deploy.AppPrefix(deploy.DefaultPrefix, "burst"), clientv3.WithPrefix(),
 		clientv3.WithRev(resp.Header.Revision+1))
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {

@@ -75,7 +75,7 @@
 // has never reached etcd it reports the error to gRPC, so RPCs fail fast with
 // "registry: no instances known yet: ..." rather than hang, and it recovers by itself. Its
 // default service config selects switchyard's weighted policy, package balancer, which this
-// package links in (DefaultServiceConfig); ResolverConfig.MethodConfig adds method configs
+// package links in (defaultServiceConfig); ResolverConfig.MethodConfig adds method configs
 // such as RetryPolicy.
 //
 // With ResolverConfig.Rules (a *traffic.Rules implements it; default nil), the resolver

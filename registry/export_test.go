@@ -11,3 +11,6 @@ func SetResolverCoalesce(d time.Duration) (restore func()) {
 	prev := resolverCoalesce.Swap(int64(d))
 	return func() { resolverCoalesce.Store(prev) }
 }
+
+// DefaultServiceConfig is the service config the resolver sends without MethodConfig.
+const DefaultServiceConfig = defaultServiceConfig

@@ -20,8 +20,8 @@ import (
 // exact enough, where weights near MaxFloat64 overflowed it to +Inf.
 const MaxWeight = 1e6
 
-// SchemaVersion is the "v" field of the instance records this package writes and reads.
-const SchemaVersion = 1
+// schemaVersion is the "v" field of the instance records this package writes and reads.
+const schemaVersion = 1
 
 // Record is one running process of an app, as registered in etcd (DESIGN.md "Record
 // record"). Treat a received Record as read-only: its Metadata map may be shared.
@@ -69,12 +69,6 @@ type Record struct {
 	// record. Ignored when registering; 0 in a Registrar's own record.
 	Epoch int64
 }
-
-// Key is the etcd key of the instance under prefix: <prefix>/services/<app>/<id>.
-func (in Record) Key(prefix string) string { return AppPrefix(prefix, in.App) + in.ID }
-
-// AppPrefix is the etcd key prefix of all instances of app, ending in '/'.
-func AppPrefix(prefix, app string) string { return prefix + "/services/" + app + "/" }
 
 // Equal reports whether two instances have the same content.
 func (in Record) Equal(o Record) bool {
@@ -205,7 +199,7 @@ func Marshal(in Record) ([]byte, error) {
 	}
 	w, tw := in.Weight, in.TrafficWeight
 	return json.Marshal(record{
-		V: SchemaVersion, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
+		V: schemaVersion, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
 		Version: in.Version, Channel: in.Channel, Weight: &w, TrafficWeight: &tw,
 		StartTime: in.StartTime.UTC(), WarmupMS: in.Warmup.Milliseconds(), Metadata: in.Metadata,
 		Degraded: in.Degraded,
@@ -223,8 +217,8 @@ func Unmarshal(data []byte) (Record, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return Record{}, malformed(err)
 	}
-	if r.V != SchemaVersion {
-		return Record{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, SchemaVersion)
+	if r.V != schemaVersion {
+		return Record{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, schemaVersion)
 	}
 	if r.WarmupMS < 0 || r.WarmupMS > math.MaxInt64/int64(time.Millisecond) {
 		return Record{}, fmt.Errorf("%w: warmup_ms %d is out of range", ErrMalformedRecord, r.WarmupMS)

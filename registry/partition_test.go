@@ -189,7 +189,7 @@ func putWithLease(t testing.TB, cli *clientv3.Client, app, id string) clientv3.L
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := registry.AppPrefix(deploy.DefaultPrefix, app) + id
+	key := deploy.AppPrefix(deploy.DefaultPrefix, app) + id
 	if _, err := cli.Put(context.Background(), key, record(t, app, id, "127.0.0.1:9100"), clientv3.WithLease(g.ID)); err != nil {
 		t.Fatal(err)
 	}

@@ -239,7 +239,7 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 	}
 	r := &Registrar{
 		cfg:    cfg,
-		key:    inst.Key(cfg.Prefix),
+		key:    deploy.InstanceKey(cfg.Prefix, inst.App, inst.ID),
 		ttlSec: int64((cfg.TTL + time.Second - 1) / time.Second),
 		log:    cfg.Logger.With("app", inst.App, "instance", inst.ID),
 		inst:   inst,

@@ -20,9 +20,9 @@ import (
 	"github.com/switchyard-go/switchyard/deploy"
 )
 
-// DefaultServiceConfig is the service config the resolver sends when ResolverConfig has
+// defaultServiceConfig is the service config the resolver sends when ResolverConfig has
 // none: it selects switchyard's weighted policy (package balancer, linked in by this package).
-const DefaultServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}]}`
+const defaultServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}]}`
 
 // ResolverConfig configures the resolver builder.
 type ResolverConfig struct {
@@ -31,7 +31,7 @@ type ResolverConfig struct {
 	// Prefix is the etcd key prefix. Default deploy.DefaultPrefix ("/switchyard").
 	Prefix string
 	// ServiceConfig is the whole JSON service config sent with every update, replacing the
-	// default. Default DefaultServiceConfig plus MethodConfig.
+	// default. Default defaultServiceConfig plus MethodConfig.
 	ServiceConfig string
 	// MethodConfig is a JSON array of gRPC method configs, merged into the default service
 	// config, e.g. a retry policy for methods that are safe to retry (see RetryPolicy).
@@ -116,7 +116,7 @@ func serviceConfigOf(serviceConfig, methodConfig string) (string, error) {
 		}
 		sc = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}],"methodConfig":` + methodConfig + `}`
 	default:
-		return DefaultServiceConfig, nil
+		return defaultServiceConfig, nil
 	}
 	// gRPC parses a default service config when the client is created, without connecting.
 	cc, err := grpc.NewClient("passthrough:///service-config-check", grpc.WithTransportCredentials(insecure.NewCredentials()),

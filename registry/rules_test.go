@@ -137,7 +137,7 @@ func TestRulesReachTheResolverBeforeAnyReput(t *testing.T) {
 	}
 	// The records in etcd still say no channel (nothing was re-put); the endpoints' records
 	// say what the rule says.
-	resp, err := cli.Get(context.Background(), registry.AppPrefix(deploy.DefaultPrefix, "greeter"), clientv3.WithPrefix())
+	resp, err := cli.Get(context.Background(), deploy.AppPrefix(deploy.DefaultPrefix, "greeter"), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestReputOfTheRulesOwnSplitCostsTheResolverNothing(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cli.Put(context.Background(), in.Key(deploy.DefaultPrefix), string(val)); err != nil {
+		if _, err := cli.Put(context.Background(), deploy.InstanceKey(deploy.DefaultPrefix, in.App, in.ID), string(val)); err != nil {
 			t.Fatal(err)
 		}
 	}

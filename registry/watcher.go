@@ -265,7 +265,7 @@ func newWatcher(cfg WatcherConfig, onSet func(instSet), coalesce time.Duration, 
 	}
 	w.kv = kvwatch.New(kvwatch.Config[*inst]{
 		Client:         cfg.Client,
-		Prefix:         AppPrefix(cfg.Prefix, cfg.App),
+		Prefix:         deploy.AppPrefix(cfg.Prefix, cfg.App),
 		Decode:         w.decode,
 		Stamp:          func(_ *inst, createRev, lease int64) *inst { return newInst(&w.decoded, createRev, lease) },
 		Equal:          func(a, b *inst) bool { return a.equal(b, w.ruled) },

@@ -18,24 +18,17 @@ import (
 // colors other than blue and green are ignored; the first valid pair for the channel wins.
 // It allocates nothing, whether or not a decision is present.
 func Decision(ctx context.Context, channel string) (deploy.Color, bool) {
-	c, ok := sticky.Decision(ctx, channel)
-	return deploy.Color(c), ok
+	return sticky.Decision(ctx, channel)
 }
 
-// ParseDecisions returns every valid channel → color pair of a decision value, ignoring
+// parseDecisions returns every valid channel → color pair of a decision value, ignoring
 // malformed ones (the first valid pair of a channel wins). For tools and tests; the
 // interceptors use Decision.
-func ParseDecisions(value string) map[string]deploy.Color {
+func parseDecisions(value string) map[string]deploy.Color {
 	out := map[string]deploy.Color{}
-	for value != "" {
-		var pair string
-		pair, value, _ = strings.Cut(value, "&")
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok || deploy.ValidateName("channel", k) != nil {
-			continue
-		}
-		if c := deploy.Color(v); (c == deploy.Blue || c == deploy.Green) && out[k] == "" {
-			out[k] = c
+	for p := range sticky.Pairs(value) {
+		if p.Color != "" && out[p.Channel] == "" && deploy.ValidateName("channel", p.Channel) == nil {
+			out[p.Channel] = p.Color
 		}
 	}
 	return out
@@ -54,7 +47,7 @@ func WithDecision(ctx context.Context, channel string, color deploy.Color) (cont
 		return ctx, fmt.Errorf("traffic: decision for %q: color %q must be blue or green", channel, color)
 	}
 	b := baggage.FromContext(ctx)
-	decisions := ParseDecisions(b.Member(deploy.BaggageKey).Value())
+	decisions := parseDecisions(b.Member(deploy.BaggageKey).Value())
 	decisions[channel] = color
 	parts := make([]string, 0, len(decisions))
 	for _, ch := range slices.Sorted(maps.Keys(decisions)) {

@@ -173,7 +173,7 @@ func NewRules(ctx context.Context, cfg Config) (*Rules, error) {
 	c.snap.Store(newSnapshot(nil, 0, cfg.Logger))
 	c.kv = kvwatch.New(kvwatch.Config[item]{
 		Client:         cfg.Client,
-		Prefix:         ChannelsPrefix(cfg.Prefix),
+		Prefix:         deploy.ChannelsPrefix(cfg.Prefix),
 		Decode:         c.decode,
 		Equal:          item.equal,
 		OnChange:       c.apply,
@@ -307,7 +307,7 @@ func (c *Rules) Subscribe(channel string, fn func(Event)) (unsubscribe func()) {
 	c.mu.Lock()
 	for _, r := range c.snap.Load().list {
 		if channel == "" || channel == r.Channel {
-			for _, e := range Diff(r.Channel, Rule{}, false, r, true) {
+			for _, e := range diff(r.Channel, Rule{}, false, r, true) {
 				s.q.Push(e)
 			}
 		}
@@ -334,7 +334,7 @@ func (c *Rules) decode(channel string, val []byte) (item, error) {
 	if err == nil {
 		return item{rule: r}, nil
 	}
-	u := &Unreadable{Key: Key(c.cfg.Prefix, channel), Channel: channel, Apps: lenientApps(val), Err: err}
+	u := &Unreadable{Key: deploy.ChannelKey(c.cfg.Prefix, channel), Channel: channel, Apps: lenientApps(val), Err: err}
 	last, ok := c.snap.Load().rules[channel]
 	u.LastGood = ok
 	c.skip(*u)
@@ -390,11 +390,11 @@ func (c *Rules) apply(items []item, rev int64) {
 	var events []Event
 	for ch, r := range next.rules {
 		old, had := prev.rules[ch]
-		events = append(events, Diff(ch, old, had, r, true)...)
+		events = append(events, diff(ch, old, had, r, true)...)
 	}
 	for ch, old := range prev.rules {
 		if _, ok := next.rules[ch]; !ok {
-			events = append(events, Diff(ch, old, true, Rule{}, false)...)
+			events = append(events, diff(ch, old, true, Rule{}, false)...)
 		}
 	}
 	for s := range c.subs {

@@ -84,7 +84,7 @@ func (c *Controller) Open(ctx context.Context, channel string, apps []string) (R
 // Shift sets the blue percent of an open release: 0 drains blue, 100 drains green, 1 is a
 // 1 % canary on blue. Unreadable keys of other channels do not hold it up.
 func (c *Controller) Shift(ctx context.Context, channel string, bluePercent float64) (Rule, error) {
-	if err := ValidatePercent(bluePercent); err != nil {
+	if err := validatePercent(bluePercent); err != nil {
 		return Rule{}, err
 	}
 	return c.update(ctx, channel, func(cur Rule, exists bool, _ scan) (Rule, error) {
@@ -190,7 +190,7 @@ func (c *Controller) Delete(ctx context.Context, channel string, force bool) err
 	if channel == "" {
 		return &RuleError{Field: "channel", Value: `""`, Rule: "must not be empty"}
 	}
-	key := Key(c.cfg.Prefix, channel)
+	key := deploy.ChannelKey(c.cfg.Prefix, channel)
 	s, err := c.read(ctx)
 	if err != nil {
 		return err
@@ -244,7 +244,7 @@ func (s scan) unreadable(channel string) (Unreadable, bool) {
 func (c *Controller) read(ctx context.Context) (scan, error) {
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
-	prefix := ChannelsPrefix(c.cfg.Prefix)
+	prefix := deploy.ChannelsPrefix(c.cfg.Prefix)
 	resp, err := c.cfg.Client.Get(rctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		return scan{}, c.etcdErr(ctx, err)
@@ -304,7 +304,7 @@ func (c *Controller) update(ctx context.Context, channel string, decide func(cur
 	// than it), and the channel's own key is as read (this also catches its deletion; a
 	// missing key has mod revision 0). Other channels being deleted cannot invalidate the
 	// decision.
-	prefix, key := ChannelsPrefix(c.cfg.Prefix), Key(c.cfg.Prefix, channel)
+	prefix, key := deploy.ChannelsPrefix(c.cfg.Prefix), deploy.ChannelKey(c.cfg.Prefix, channel)
 	resp, err := c.cfg.Client.Txn(wctx).
 		If(clientv3.Compare(clientv3.ModRevision(prefix), "<", s.rev+1).WithPrefix(),
 			clientv3.Compare(clientv3.ModRevision(key), "=", s.modRevs[channel])).

@@ -65,10 +65,10 @@ func EffectivePercent(r Rule) float64 {
 	return EvenSplit
 }
 
-// Diff returns the events that take a channel from rule before to rule after; a missing
+// diff returns the events that take a channel from rule before to rule after; a missing
 // rule (ok false) counts as closed at 50 %. Both colors' drains can change at once: going
 // from 100 straight to 0 exits all-blue and enters all-green.
-func Diff(channel string, before Rule, hadBefore bool, after Rule, hasAfter bool) []Event {
+func diff(channel string, before Rule, hadBefore bool, after Rule, hasAfter bool) []Event {
 	closed := Rule{Channel: channel, BluePercent: EvenSplit}
 	if !hadBefore {
 		before = closed

@@ -13,8 +13,8 @@ import (
 	"github.com/switchyard-go/switchyard/deploy"
 )
 
-// SchemaVersion is the "v" field of the rule records this package writes and reads.
-const SchemaVersion = 1
+// schemaVersion is the "v" field of the rule records this package writes and reads.
+const schemaVersion = 1
 
 // EvenSplit is the blue percent of a channel with no release open: blue and green share
 // traffic by their base weights alone.
@@ -34,12 +34,6 @@ type Rule struct {
 	// UpdatedAt is when the rule was last written.
 	UpdatedAt time.Time
 }
-
-// Key is the etcd key of the channel's rule under prefix: <prefix>/channels/<channel>.
-func Key(prefix, channel string) string { return ChannelsPrefix(prefix) + channel }
-
-// ChannelsPrefix is the etcd key prefix of every rule, ending in '/'.
-func ChannelsPrefix(prefix string) string { return prefix + "/channels/" }
 
 // Equal reports whether two rules have the same content.
 func (r Rule) Equal(o Rule) bool {
@@ -70,8 +64,8 @@ func (e *RuleError) Error() string {
 // Is makes errors.Is(err, ErrInvalidRule) true.
 func (e *RuleError) Is(target error) bool { return target == ErrInvalidRule }
 
-// ValidatePercent checks a blue percent: finite, in [0, 100].
-func ValidatePercent(p float64) error {
+// validatePercent checks a blue percent: finite, in [0, 100].
+func validatePercent(p float64) error {
 	if math.IsNaN(p) || math.IsInf(p, 0) || p < 0 || p > 100 {
 		return &RuleError{Field: "blue_percent", Value: strconv.FormatFloat(p, 'g', -1, 64),
 			Rule: "must be a finite number from 0 to 100 (0 drains blue, 100 drains green)"}
@@ -96,7 +90,7 @@ func (r Rule) Validate() error {
 			return &RuleError{Field: "apps", Value: strconv.Quote(app), Rule: "must be sorted and name each app once"}
 		}
 	}
-	return ValidatePercent(r.BluePercent)
+	return validatePercent(r.BluePercent)
 }
 
 // ruleOf returns the rule part of a deploy.NameError.
@@ -132,7 +126,7 @@ func Marshal(r Rule) ([]byte, error) {
 		return nil, err
 	}
 	rel, p := r.Releasing, r.BluePercent
-	return json.Marshal(record{V: SchemaVersion, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
+	return json.Marshal(record{V: schemaVersion, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
 		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC()})
 }
 
@@ -147,8 +141,8 @@ func Unmarshal(data []byte) (Rule, error) {
 		return Rule{}, malformed(err)
 	}
 	switch {
-	case rec.V != SchemaVersion:
-		return Rule{}, malformed(fmt.Errorf("schema version \"v\":%d, this reader knows %d; upgrade switchyard", rec.V, SchemaVersion))
+	case rec.V != schemaVersion:
+		return Rule{}, malformed(fmt.Errorf("schema version \"v\":%d, this reader knows %d; upgrade switchyard", rec.V, schemaVersion))
 	case rec.Releasing == nil:
 		return Rule{}, malformed(errors.New(`"releasing" is missing`))
 	case rec.BluePercent == nil:

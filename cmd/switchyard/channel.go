@@ -143,7 +143,7 @@ func warnUnreadable(errOut io.Writer, bad []traffic.Unreadable) {
 // deleteRule is channel delete: with --yes it deletes the channel's rule key (an open
 // release only with --force too); without, it says what it would delete and asks for --yes.
 func deleteRule(ctx context.Context, o opts, cli *clientv3.Client, ctl *traffic.Controller, ch string, out io.Writer) error {
-	key := traffic.Key(o.prefix, ch)
+	key := deploy.ChannelKey(o.prefix, ch)
 	if !o.yes {
 		rctx, cancel := context.WithTimeout(ctx, o.timeout)
 		defer cancel()

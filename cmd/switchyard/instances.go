@@ -41,7 +41,7 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	resp, err := cli.Get(rctx, registry.AppPrefix(o.prefix, app), clientv3.WithPrefix())
+	resp, err := cli.Get(rctx, deploy.AppPrefix(o.prefix, app), clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("%w: %w", registry.ErrEtcdUnavailable, err)
 	}

@@ -691,7 +691,7 @@ type canaryKill struct {
 // after degradedWait without (the verdict then fails and the load goes on).
 func (d *demo) killCanary(ctx context.Context, k *canaryKill) error {
 	k.caller, k.victim = d.server("order", "blue"), d.server("inventory", "blue").id
-	key := registry.Record{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
+	key := deploy.InstanceKey(deploy.DefaultPrefix, "order", k.caller.id)
 	resp, err := d.cli.Get(ctx, key)
 	if err != nil {
 		return err
@@ -717,7 +717,7 @@ watch:
 			}
 		}
 	}
-	dead, err := d.cli.Get(ctx, registry.Record{App: "inventory", ID: k.victim}.Key(deploy.DefaultPrefix))
+	dead, err := d.cli.Get(ctx, deploy.InstanceKey(deploy.DefaultPrefix, "inventory", k.victim))
 	k.recordKept = err == nil && len(dead.Kvs) == 1
 	return err
 }
@@ -739,7 +739,7 @@ func (d *demo) replaceCanary(ctx context.Context, k *canaryKill) error {
 	if err := d.start(ctx, "inventory", "blue", "v2", nil); err != nil {
 		return err
 	}
-	key := registry.Record{App: "order", ID: k.caller.id}.Key(deploy.DefaultPrefix)
+	key := deploy.InstanceKey(deploy.DefaultPrefix, "order", k.caller.id)
 	return waitFor(ctx, "order@blue to be no longer degraded", func() bool {
 		resp, err := d.cli.Get(ctx, key)
 		return err == nil && len(resp.Kvs) == 1 && degraded(resp.Kvs[0].Value) == ""
@@ -797,7 +797,7 @@ func (k *canaryKill) verdict(out io.Writer, total *stats, crossed int64, drained
 // so far. When a step ends a color's drain, it notes the revision of that rule write: the
 // job verdict's bound.
 func (d *demo) afterStep(ctx context.Context, drained string) error {
-	resp, err := d.cli.Get(ctx, traffic.Key(deploy.DefaultPrefix, "trade"))
+	resp, err := d.cli.Get(ctx, deploy.ChannelKey(deploy.DefaultPrefix, "trade"))
 	if err != nil {
 		return err
 	}

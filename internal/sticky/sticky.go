@@ -5,6 +5,7 @@ package sticky
 
 import (
 	"context"
+	"iter"
 	"strings"
 
 	"go.opentelemetry.io/otel/baggage"
@@ -19,17 +20,40 @@ func Decision(ctx context.Context, channel string) (deploy.Color, bool) {
 	return Lookup(baggage.FromContext(ctx).Member(deploy.BaggageKey).Value(), channel)
 }
 
-// Lookup finds channel's color in a decision value without allocating.
-func Lookup(value, channel string) (deploy.Color, bool) {
-	for value != "" {
-		var pair string
-		pair, value, _ = strings.Cut(value, "&")
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok || k != channel {
-			continue
+// Pair is one '&'-separated element of a decision value: Raw as written, and Channel and
+// Color when it is a valid <channel>=<color> pair (Color is blue or green; "" when the
+// element is malformed or names another color).
+type Pair struct {
+	Raw, Channel string
+	Color        deploy.Color
+}
+
+// Pairs yields the elements of a decision value in order. It is the one reading of the
+// decision format: Lookup, Redecide and traffic's parsing all go through it. It allocates
+// nothing.
+func Pairs(value string) iter.Seq[Pair] {
+	return func(yield func(Pair) bool) {
+		for rest := value; rest != ""; {
+			var p Pair
+			p.Raw, rest, _ = strings.Cut(rest, "&")
+			if k, v, ok := strings.Cut(p.Raw, "="); ok {
+				if c := deploy.Color(v); c == deploy.Blue || c == deploy.Green {
+					p.Channel, p.Color = k, c
+				}
+			}
+			if !yield(p) {
+				return
+			}
 		}
-		if c := deploy.Color(v); c == deploy.Blue || c == deploy.Green {
-			return c, true
+	}
+}
+
+// Lookup finds channel's color in a decision value without allocating: the first valid pair
+// for channel wins.
+func Lookup(value, channel string) (deploy.Color, bool) {
+	for p := range Pairs(value) {
+		if p.Color != "" && p.Channel == channel {
+			return p.Color, true
 		}
 	}
 	return "", false
@@ -76,19 +100,18 @@ func Index(color deploy.Color) int {
 func Redecide(value, channel string, color deploy.Color) string {
 	var b strings.Builder
 	done := false
-	for rest := value; rest != ""; {
-		var pair string
-		pair, rest, _ = strings.Cut(rest, "&")
-		if k, v, ok := strings.Cut(pair, "="); ok && k == channel && (deploy.Color(v) == deploy.Blue || deploy.Color(v) == deploy.Green) {
+	for p := range Pairs(value) {
+		raw := p.Raw
+		if p.Color != "" && p.Channel == channel {
 			if done {
 				continue
 			}
-			pair, done = channel+"="+string(color), true
+			raw, done = channel+"="+string(color), true
 		}
 		if b.Len() > 0 {
 			b.WriteByte('&')
 		}
-		b.WriteString(pair)
+		b.WriteString(raw)
 	}
 	if !done {
 		if b.Len() > 0 {
