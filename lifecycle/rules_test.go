@@ -257,7 +257,7 @@ func TestUnreadableRuleFailsStartAtStartTimeout(t *testing.T) {
 		t.Fatalf("Start with an unreadable rule until StartTimeout = %v; want a lifecycle error naming %s and what to do", err, key)
 	}
 	// The record it suggests is one this version reads.
-	if _, example, ok := strings.Cut(err.Error(), "'"); !ok {
+	if _, example, ok := strings.Cut(err.Error(), "etcdctl put "+key+" '"); !ok || !strings.Contains(example, "'") {
 		t.Fatalf("no example record in %v", err)
 	} else if _, err := traffic.Unmarshal([]byte(example[:strings.Index(example, "'")])); err != nil {
 		t.Fatalf("the suggested record does not decode: %v", err)
