@@ -57,11 +57,11 @@ import (
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
-	"github.com/switchyard-go/switchyard/internal/natstest"
 	"github.com/switchyard-go/switchyard/job"
 	"github.com/switchyard-go/switchyard/lifecycle"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/natsjs"
+	"github.com/switchyard-go/switchyard/mq/natsjs/natstest"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )

@@ -13,4 +13,8 @@
 //	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",
 //		Group: "billing", Drains: inst, Handler: handle})
 //	inst.Append(consumer)
+//
+// The package is a module of its own, github.com/switchyard-go/switchyard/mq/kafka: only its
+// users have franz-go (and, for its tests, kfake) in their module graph. Get it besides the root
+// module (README, "Modules").
 package kafka

@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/switchyard-go/switchyard/deploy"
-	"github.com/switchyard-go/switchyard/internal/natstest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/natsjs"
+	"github.com/switchyard-go/switchyard/mq/natsjs/natstest"
 )
 
 // BenchmarkConsume: b.N blue messages consumed by one plain JetStream durable consumer (the

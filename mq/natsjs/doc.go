@@ -3,7 +3,7 @@
 // consumer shared by its members, and every group receives every message of the stream.
 // Acknowledgements wait for the server (DoubleAck), so a member that stops hands over exactly
 // what it has not finished. Tested against a real nats-server run in process
-// (internal/natstest), including a server restart.
+// (package natstest, which examples and your tests can use too), including a server restart.
 //
 // What a member holds is bounded: it fetches at most Options.PullBatch messages (default 16)
 // ahead of its handler, and a group has at most Options.MaxAckPending (default 256)
@@ -18,4 +18,8 @@
 //	consumer, _ := mq.NewConsumer(mq.ConsumerConfig{Broker: broker, Topic: "orders.created",
 //		Group: "billing", Drains: inst, Handler: handle})
 //	inst.Append(consumer)
+//
+// The package is a module of its own, github.com/switchyard-go/switchyard/mq/natsjs: only its
+// users have nats.go and nats-server in their module graph. Get it besides the root
+// module (README, "Modules").
 package natsjs

@@ -10,11 +10,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
-	"github.com/switchyard-go/switchyard/internal/natstest"
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/mq"
 	"github.com/switchyard-go/switchyard/mq/mqtest"
 	"github.com/switchyard-go/switchyard/mq/natsjs"
+	"github.com/switchyard-go/switchyard/mq/natsjs/natstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -1,5 +1,3 @@
-// Package natstest runs a real NATS server with JetStream in process, for tests and examples.
-// Stop and Start restart it on the same port and store, so clients reconnect to the same URL.
 package natstest
 
 import (
