@@ -65,7 +65,7 @@ type Instance struct {
 	adminAddr string
 	lis       net.Listener
 	admin     *http.Server
-	rules     *traffic.Rules
+	rules     *traffic.Rules // set once, before loaded is closed: read without mu after <-loaded
 	reg       *registry.Registrar
 	unsub     func()
 	comps     []Component   // Append's, in order; fixed once Start begins
@@ -160,7 +160,7 @@ func (i *Instance) setState(s State) {
 // While etcd does not answer (ErrEtcdUnavailable), Start tries the step again (loading the
 // rules, registering), an attempt per RequestTimeout at most, logging a warning per attempt,
 // until StartTimeout; then it fails with the last error.
-func (i *Instance) Start(ctx context.Context) (err error) {
+func (i *Instance) Start(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
 	if s := i.State(); s != StateNew {
@@ -169,19 +169,46 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.setState(StateStarting)
 	ctx, cancel := context.WithTimeout(ctx, i.cfg.StartTimeout)
 	defer cancel()
-	var undo []func(context.Context) error
-	defer func() {
-		if err == nil {
-			return
+	var undo undoStack
+	for _, step := range []startStep{
+		i.listenAndServe,  // gRPC serves (health NOT_SERVING)
+		i.startAdmin,      // the probes answer "not ready"
+		i.loadRules,       // the rules, readable for the app's channel; Drained reports them
+		i.followRules,     // the registrar, its record carrying the channel's traffic weight
+		i.register,        // readiness checks → RegisterDelay → the record in etcd
+		i.startComponents, // in order
+		i.markServing,     // gRPC health SERVING, /healthz/ready 200
+	} {
+		if err := step(ctx, &undo); err != nil {
+			err = undo.run(err)
+			i.setState(StateStopped)
+			return err
 		}
-		errs := []error{err}
-		for k := len(undo) - 1; k >= 0; k-- {
-			errs = append(errs, undo[k](context.Background()))
-		}
-		err = errors.Join(errs...)
-		i.setState(StateStopped)
-	}()
+	}
+	return nil
+}
 
+// startStep is one step of Start: it does its part and pushes onto undo what stops it, for
+// a later step that fails. ctx is Start's, capped by StartTimeout.
+type startStep func(ctx context.Context, undo *undoStack) error
+
+// undoStack is what a failing Start stops, the last pushed first.
+type undoStack []func(context.Context) error
+
+func (u *undoStack) push(f func(context.Context) error) { *u = append(*u, f) }
+
+// run stops everything pushed, last first, and returns err joined with their errors.
+func (u undoStack) run(err error) error {
+	errs := []error{err}
+	for k := len(u) - 1; k >= 0; k-- {
+		errs = append(errs, u[k](context.Background()))
+	}
+	return errors.Join(errs...)
+}
+
+// listenAndServe listens on ListenAddr and serves gRPC; the address registered is the
+// advertised one (Config.AdvertiseAddr).
+func (i *Instance) listenAndServe(_ context.Context, undo *undoStack) error {
 	lis, err := net.Listen("tcp", i.cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("lifecycle: listen for gRPC on %s: %w", i.cfg.ListenAddr, err)
@@ -196,11 +223,15 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.mu.Lock()
 	i.lis, i.addr, i.served = lis, addr, served
 	i.mu.Unlock()
-	undo = append(undo, func(context.Context) error { i.srv.Stop(); return nil })
+	undo.push(func(context.Context) error { i.srv.Stop(); return nil })
 	// Nothing is left running if Start fails; the undo steps' etcd requests (deregister,
 	// revoke) are bounded by RequestTimeout.
-	undo = append(undo, func(context.Context) error { i.bgCancel(); return nil })
+	undo.push(func(context.Context) error { i.bgCancel(); return nil })
+	return nil
+}
 
+// startAdmin serves the admin HTTP server on AdminAddr.
+func (i *Instance) startAdmin(_ context.Context, undo *undoStack) error {
 	adminLis, err := net.Listen("tcp", i.cfg.AdminAddr)
 	if err != nil {
 		return fmt.Errorf("lifecycle: listen for admin HTTP on %s: %w", i.cfg.AdminAddr, err)
@@ -209,10 +240,16 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	i.mu.Lock()
 	i.admin, i.adminAddr = admin, adminLis.Addr().String()
 	i.mu.Unlock()
-	undo = append(undo, func(context.Context) error { return stopAdmin(admin) })
+	undo.push(func(context.Context) error { return stopAdmin(admin) })
+	return nil
+}
 
+// loadRules builds the rule client (trying again while etcd does not answer), waits until no
+// rule that may decide the app's traffic is unreadable, and then has Drained report the
+// rule and closes loaded.
+func (i *Instance) loadRules(ctx context.Context, undo *undoStack) error {
 	var rules *traffic.Rules
-	err = i.untilEtcdAnswers(ctx, "load the traffic rules", func() (err error) {
+	err := i.untilEtcdAnswers(ctx, "load the traffic rules", func() (err error) {
 		rules, err = traffic.NewRules(ctx, traffic.Config{Client: i.cfg.Client, Prefix: i.cfg.Prefix,
 			RequestTimeout: i.cfg.RequestTimeout, Logger: i.cfg.Logger})
 		return err
@@ -220,12 +257,24 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	undo = append(undo, func(context.Context) error { rules.Close(); return nil })
+	undo.push(func(context.Context) error { rules.Close(); return nil })
 	if err := i.awaitReadableRules(ctx, rules); err != nil {
 		return err
 	}
 	i.drains.Set(i.drainOf(rules))
-	close(i.loaded) // Drained reports the rule from now on
+	i.mu.Lock()
+	i.rules = rules
+	i.mu.Unlock()
+	close(i.loaded) // Drained and the connections of Dial use the rules from now on
+	return nil
+}
+
+// followRules builds the registrar, its record carrying the channel and traffic weight the
+// rule gives the instance, and subscribes onEvent to the rules, which re-puts them.
+func (i *Instance) followRules(_ context.Context, undo *undoStack) error {
+	i.mu.Lock()
+	rules, addr := i.rules, i.addr
+	i.mu.Unlock()
 	channel, tw := i.trafficOf(rules)
 	i.gate.setOwn(channel, i.cfg.Color, i.cfg.App+"/"+i.cfg.ID)
 	reg, err := registry.NewRegistrar(registry.Config{
@@ -241,34 +290,50 @@ func (i *Instance) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	undo = append(undo, func(ctx context.Context) error {
+	undo.push(func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
 		defer cancel()
 		return reg.Close(ctx)
 	})
 	i.mu.Lock()
-	i.rules, i.reg = rules, reg
+	i.reg = reg
 	i.mu.Unlock()
 	unsub := rules.Subscribe("", i.onEvent)
-	undo = append(undo, func(context.Context) error { unsub(); return nil })
+	undo.push(func(context.Context) error { unsub(); return nil })
 	i.mu.Lock()
 	i.unsub = unsub
 	i.mu.Unlock()
+	return nil
+}
 
+// register runs the registrar's readiness checks, waits RegisterDelay and writes the record
+// (all three again while etcd does not answer), then keeps the record's Degraded in step with
+// what the process's connections reach.
+func (i *Instance) register(ctx context.Context, undo *undoStack) error {
+	i.mu.Lock()
+	reg := i.reg
+	i.mu.Unlock()
 	if err := i.untilEtcdAnswers(ctx, "register", func() error { return reg.Register(ctx) }); err != nil {
 		return err
 	}
-	undo = append(undo, func(ctx context.Context) error {
+	undo.push(func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, i.cfg.RequestTimeout)
 		defer cancel()
 		return reg.Deregister(ctx)
 	})
 	i.startFollowingReach(reg)
-	undo = append(undo, func(context.Context) error { i.stopFollowingReach(); return nil })
-	undo = append(undo, i.stopComponents) // stops only those that started
-	if err := i.startComponents(ctx); err != nil {
-		return err
-	}
+	undo.push(func(context.Context) error { i.stopFollowingReach(); return nil })
+	return nil
+}
+
+// startComponents starts the components in order; a failure stops those that started.
+func (i *Instance) startComponents(ctx context.Context, undo *undoStack) error {
+	undo.push(i.stopComponents) // stops only those that started
+	return i.startComponentsNow(ctx)
+}
+
+// markServing sets gRPC health SERVING and the readiness probe 200.
+func (i *Instance) markServing(context.Context, *undoStack) error {
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	i.ready.Store(true)
 	i.setState(StateServing)
@@ -463,7 +528,8 @@ func (i *Instance) onEvent(e traffic.Event) {
 	}
 }
 
-func (i *Instance) startComponents(ctx context.Context) error {
+// startComponentsNow starts the components in order, counting those that started.
+func (i *Instance) startComponentsNow(ctx context.Context) error {
 	i.mu.Lock()
 	comps := i.comps
 	i.mu.Unlock()
@@ -564,7 +630,7 @@ func (i *Instance) Online(ctx context.Context) error {
 	i.goingOff = make(chan struct{})
 	i.mu.Unlock()
 	i.gate.offline.Store(false)
-	if err := i.startComponents(ctx); err != nil {
+	if err := i.startComponentsNow(ctx); err != nil {
 		// Back to drained: flag on, components that started stopped, deregistered.
 		i.gate.offline.Store(true)
 		i.mu.Lock()
