@@ -139,7 +139,7 @@ func TestDecodeErrorsSayWhatIsWrong(t *testing.T) {
 		name, val, want string
 	}{
 		{"", `{"v":1`, "malformed assignment"},
-		{"", `{"v":2,"version":1}`, "schema 2"},
+		{"", `{"v":2,"version":1}`, `"v":2 is newer`},
 		{"", `{"v":1,"version":0}`, "version 0"},
 		{"", `{"v":1,"version":1,"items":{"a":[8]}}`, "item 8 to a; this job has items 0..7"},
 		{"", `{"v":1,"version":1,"items":{"a":[1],"b":[1]}}`, "item 1 to both a and b"},

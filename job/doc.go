@@ -6,7 +6,8 @@
 // github.com/robfig/cron/v3, or a fixed interval, Every), N shard items and a handler called
 // as handler(ctx, item). Keys, under <prefix>/jobs/<job>/:
 //
-//	executors/<id>        each executor, on its session lease (TTL default 10 s)
+//	executors/<id>        {"v":1,"id":"<id>","color":"blue"}, each executor, on its session lease
+//	                      (TTL default 10 s; a record without "v", from an older executor, reads as v 1)
 //	leader/<lease>        the election (etcd concurrency's layout); leadership ends with the session
 //	assignment            {"v":1,"version":N,"items":{"<id>":[0,4],…}}, written by the
 //	                      leader only while its election key is still its own

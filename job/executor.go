@@ -19,6 +19,7 @@ import (
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/backoff"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
+	"github.com/switchyard-go/switchyard/internal/record"
 )
 
 // claimTTL is how long run claims live: long enough that a new owner checking a missed
@@ -137,7 +138,7 @@ func (e *Executor) failed(ctx context.Context, what string, err error) error {
 }
 
 func (e *Executor) record() string {
-	val, _ := json.Marshal(executorRecord{ID: e.cfg.ID, Color: string(e.color)})
+	val, _ := json.Marshal(executorRecord{Header: record.Header{V: schemaVersion}, ID: e.cfg.ID, Color: string(e.color)})
 	return string(val)
 }
 
@@ -490,7 +491,7 @@ func (e *Executor) reassign(ctx context.Context, key string, rev int64, cur *ass
 		}
 	}
 	slices.Sort(eligible)
-	next := assignment{V: 1, Version: cur.Version + 1, Items: map[string][]int{}}
+	next := assignment{Header: record.Header{V: schemaVersion}, Version: cur.Version + 1, Items: map[string][]int{}}
 	for it := 0; it < e.cfg.Job.Items && len(eligible) > 0; it++ {
 		id := eligible[it%len(eligible)]
 		next.Items[id] = append(next.Items[id], it)

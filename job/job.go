@@ -2,13 +2,11 @@ package job
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -16,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/deploy"
+	"github.com/switchyard-go/switchyard/internal/record"
 )
 
 // DefaultRequestTimeout is Config.RequestTimeout's default.
@@ -145,15 +144,19 @@ func (d every) Next(t time.Time) time.Time { return t.Truncate(time.Duration(d))
 
 // The etcd keys of a job, under <prefix>/jobs/<job>/.
 
+// schemaVersion is the "v" of the job records this package writes and reads.
+const schemaVersion = 1
+
 // executorRecord is stored at executors/<id>, attached to the executor's session lease.
 type executorRecord struct {
+	record.Header
 	ID    string `json:"id"`
 	Color string `json:"color"`
 }
 
 // assignment is stored at assignment, written only by the leader.
 type assignment struct {
-	V       int              `json:"v"`
+	record.Header
 	Version int64            `json:"version"`
 	Items   map[string][]int `json:"items"` // executor id → its items
 }
@@ -169,11 +172,8 @@ func decodeAssignment(name string, val []byte, n int) (assignment, error) {
 		return assignment{}, fmt.Errorf("job: key %q next to the assignment is not the assignment; only <prefix>/jobs/<job>/assignment is read", "assignment"+name)
 	}
 	var a assignment
-	if err := json.Unmarshal(val, &a); err != nil {
-		return assignment{}, fmt.Errorf("job: malformed assignment %s: %w; the leader writes {\"v\":1,\"version\":N,\"items\":{\"<id>\":[0,4],…}}", snippet(val), err)
-	}
-	if a.V != 1 {
-		return assignment{}, fmt.Errorf("job: assignment schema %d, this reader knows 1; is a newer switchyard's executor leading?", a.V)
+	if err := record.Decode(val, schemaVersion, &a, false); err != nil {
+		return assignment{}, fmt.Errorf("job: malformed assignment: %w; the leader writes {\"v\":1,\"version\":N,\"items\":{\"<id>\":[0,4],…}}", err)
 	}
 	if a.Version < 1 {
 		return assignment{}, fmt.Errorf("job: assignment version %d; a leader writes versions from 1", a.Version)
@@ -199,8 +199,9 @@ func decodeAssignment(name string, val []byte, n int) (assignment, error) {
 // decodeExecutor decodes the record at executors/<id>; id is the key's last segment.
 func decodeExecutor(id string, val []byte) (executorRecord, error) {
 	var r executorRecord
-	if err := json.Unmarshal(val, &r); err != nil {
-		return executorRecord{}, fmt.Errorf("job: malformed executor record at executors/%s %s: %w; executors write {\"id\":\"<id>\",\"color\":\"blue\"|\"green\"|\"\"}", id, snippet(val), err)
+	// Executors before schema versions wrote no "v": read that as version 1.
+	if err := record.Decode(val, schemaVersion, &r, true); err != nil {
+		return executorRecord{}, fmt.Errorf("job: malformed executor record at executors/%s: %w; executors write {\"v\":1,\"id\":\"<id>\",\"color\":\"blue\"|\"green\"|\"\"}", id, err)
 	}
 	if r.ID != id {
 		return executorRecord{}, fmt.Errorf("job: executor record at executors/%s names executor %q; an executor's id is its key's last segment", id, r.ID)
@@ -221,13 +222,4 @@ func badName(err error) string {
 		return fe.Value + " (it " + fe.Rule + ")"
 	}
 	return err.Error()
-}
-
-// snippet quotes the start of a value for an error message.
-func snippet(val []byte) string {
-	const max = 64
-	if len(val) > max {
-		return strconv.Quote(string(val[:max])) + "…"
-	}
-	return strconv.Quote(string(val))
 }

@@ -8,10 +8,10 @@ import (
 	"math"
 	"net"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/switchyard-go/switchyard/deploy"
+	"github.com/switchyard-go/switchyard/internal/record"
 )
 
 // MaxWeight bounds Weight and TrafficWeight. A consumer's picker multiplies the two and sums
@@ -174,10 +174,10 @@ func validateWeight(field string, w float64) error {
 	return nil
 }
 
-// record is the stored JSON form (DESIGN.md "Instance record"), kept apart from Instance so the
+// stored is the stored JSON form (DESIGN.md "Instance record"), kept apart from Instance so the
 // public type can evolve without changing what is in etcd.
-type record struct {
-	V             int               `json:"v"`
+type stored struct {
+	record.Header
 	ID            string            `json:"id"`
 	App           string            `json:"app"`
 	Addr          string            `json:"addr"`
@@ -198,8 +198,8 @@ func Marshal(in Record) ([]byte, error) {
 		return nil, err
 	}
 	w, tw := in.Weight, in.TrafficWeight
-	return json.Marshal(record{
-		V: schemaVersion, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
+	return json.Marshal(stored{
+		Header: record.Header{V: schemaVersion}, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
 		Version: in.Version, Channel: in.Channel, Weight: &w, TrafficWeight: &tw,
 		StartTime: in.StartTime.UTC(), WarmupMS: in.Warmup.Milliseconds(), Metadata: in.Metadata,
 		Degraded: in.Degraded,
@@ -213,12 +213,9 @@ var ErrMalformedRecord = errors.New("registry: malformed instance record")
 // Unmarshal decodes and validates a stored instance record. A missing weight or
 // traffic_weight reads as deploy.DefaultWeight. Records of another schema version are refused.
 func Unmarshal(data []byte) (Record, error) {
-	var r record
-	if err := json.Unmarshal(data, &r); err != nil {
+	var r stored
+	if err := record.Decode(data, schemaVersion, &r, false); err != nil {
 		return Record{}, malformed(err)
-	}
-	if r.V != schemaVersion {
-		return Record{}, fmt.Errorf("%w: schema version \"v\":%d, this reader knows %d; upgrade switchyard", ErrMalformedRecord, r.V, schemaVersion)
 	}
 	if r.WarmupMS < 0 || r.WarmupMS > math.MaxInt64/int64(time.Millisecond) {
 		return Record{}, fmt.Errorf("%w: warmup_ms %d is out of range", ErrMalformedRecord, r.WarmupMS)
@@ -241,16 +238,8 @@ func Unmarshal(data []byte) (Record, error) {
 	return in, nil
 }
 
-// malformedError wraps why a stored record was refused, under one package prefix.
-type malformedError struct{ err error }
-
-func malformed(err error) error { return &malformedError{err} }
-
-func (e *malformedError) Error() string {
-	return ErrMalformedRecord.Error() + ": " + strings.TrimPrefix(e.err.Error(), "registry: ")
-}
-
-func (e *malformedError) Unwrap() []error { return []error{ErrMalformedRecord, e.err} }
+// malformed wraps why a stored record was refused under ErrMalformedRecord.
+func malformed(err error) error { return record.Malformed(ErrMalformedRecord, "registry: ", err) }
 
 // withDefaults fills what a registration leaves zero: Weight 0 → deploy.DefaultWeight, and an
 // instance in no channel always carries TrafficWeight deploy.DefaultWeight (DESIGN.md).

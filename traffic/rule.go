@@ -7,10 +7,10 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/switchyard-go/switchyard/deploy"
+	"github.com/switchyard-go/switchyard/internal/record"
 )
 
 // schemaVersion is the "v" field of the rule records this package writes and reads.
@@ -110,9 +110,9 @@ func NewRule(channel string, apps []string, releasing bool, bluePercent float64)
 	return r, r.Validate()
 }
 
-// record is the stored JSON form, kept apart from Rule.
-type record struct {
-	V           int       `json:"v"`
+// stored is the stored JSON form, kept apart from Rule.
+type stored struct {
+	record.Header
 	Channel     string    `json:"channel"`
 	Apps        []string  `json:"apps"`
 	Releasing   *bool     `json:"releasing"`
@@ -126,7 +126,7 @@ func Marshal(r Rule) ([]byte, error) {
 		return nil, err
 	}
 	rel, p := r.Releasing, r.BluePercent
-	return json.Marshal(record{V: schemaVersion, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
+	return json.Marshal(stored{Header: record.Header{V: schemaVersion}, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
 		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC()})
 }
 
@@ -136,13 +136,11 @@ var ErrMalformedRule = errors.New("traffic: malformed rule record")
 // Unmarshal decodes and validates a stored rule. Every field is required; apps are accepted
 // in any order and returned sorted, but not with duplicates.
 func Unmarshal(data []byte) (Rule, error) {
-	var rec record
-	if err := json.Unmarshal(data, &rec); err != nil {
+	var rec stored
+	if err := record.Decode(data, schemaVersion, &rec, false); err != nil {
 		return Rule{}, malformed(err)
 	}
 	switch {
-	case rec.V != schemaVersion:
-		return Rule{}, malformed(fmt.Errorf("schema version \"v\":%d, this reader knows %d; upgrade switchyard", rec.V, schemaVersion))
 	case rec.Releasing == nil:
 		return Rule{}, malformed(errors.New(`"releasing" is missing`))
 	case rec.BluePercent == nil:
@@ -157,15 +155,8 @@ func Unmarshal(data []byte) (Rule, error) {
 	return r, nil
 }
 
-type malformedError struct{ err error }
-
-func malformed(err error) error { return &malformedError{err} }
-
-func (e *malformedError) Error() string {
-	return ErrMalformedRule.Error() + ": " + strings.TrimPrefix(e.err.Error(), "traffic: ")
-}
-
-func (e *malformedError) Unwrap() []error { return []error{ErrMalformedRule, e.err} }
+// malformed wraps why a stored rule was refused under ErrMalformedRule.
+func malformed(err error) error { return record.Malformed(ErrMalformedRule, "traffic: ", err) }
 
 // Weights returns the per-instance color weights (base 100) that give blue a share of
 // bluePercent/100 when one blue and one green instance compete, so that
