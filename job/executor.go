@@ -128,13 +128,14 @@ func (e *Executor) request(ctx context.Context) (context.Context, context.Cancel
 // failed says what failed and why: etcd not answering within RequestTimeout, ctx ending, or
 // etcd's own error.
 func (e *Executor) failed(ctx context.Context, what string, err error) error {
-	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("job: %s: etcd did not answer within Config.RequestTimeout (%v); check that etcd is running and reachable at the client's endpoints: %w", what, e.cfg.RequestTimeout, err)
-	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("job: %s: gave up when the caller's ctx ended: %w", what, ctx.Err())
 	}
-	return fmt.Errorf("job: %s: %w", what, kvwatch.Err(ctx, err))
+	err = kvwatch.Err(ctx, err) // etcd not answering is ErrEtcdUnavailable, as in registry and traffic
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("job: %s: no answer within Config.RequestTimeout (%v): %w", what, e.cfg.RequestTimeout, err)
+	}
+	return fmt.Errorf("job: %s: %w", what, err)
 }
 
 func (e *Executor) record() string {

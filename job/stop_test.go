@@ -2,6 +2,7 @@ package job_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/switchyard-go/switchyard/internal/testutil"
 	"github.com/switchyard-go/switchyard/job"
+	"github.com/switchyard-go/switchyard/registry"
 )
 
 // held holds the runs of a test in progress: each run blocks until its ctx ends or the test
@@ -204,8 +206,8 @@ func TestStartDuringAnEtcdOutageReturnsByItsDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start(newExecutor(0), ctx)
-	if err := start(newExecutor(300*time.Millisecond), context.Background()); !strings.Contains(err.Error(), "RequestTimeout") {
-		t.Errorf("Start returned %q; want it to name RequestTimeout", err)
+	if err := start(newExecutor(300*time.Millisecond), context.Background()); !strings.Contains(err.Error(), "RequestTimeout") || !errors.Is(err, registry.ErrEtcdUnavailable) {
+		t.Errorf("Start returned %q; want it to name RequestTimeout and be an ErrEtcdUnavailable, as registry's and traffic's are", err)
 	}
 	v.e.Heal()
 	if n := len(v.registered()); n != 0 {
