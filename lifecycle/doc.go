@@ -21,9 +21,9 @@
 // etcd is down), with a Warn line per attempt ("lifecycle: etcd did not answer; trying again
 // until StartTimeout", with the step, the attempt, the time waited and the error), until
 // StartTimeout (default 2 min); then it fails with an error saying so. Each attempt resets the
-// etcd connection's reconnect backoff, so it reaches etcd as soon as etcd answers; in the tests
-// the instance started within 100 ms of etcd coming back. Every etcd request of the instance
-// is bounded by Config.RequestTimeout.
+// etcd connection's reconnect backoff, so it reaches etcd as soon as etcd answers, whatever
+// gRPC's reconnect backoff has grown to. Every etcd request of the instance is bounded by
+// Config.RequestTimeout.
 //
 // A start fails closed when it cannot read its channel: if a rule key that may decide the
 // app's traffic exists but cannot be read (garbage, or "v":2 from a newer tool) and the
@@ -51,6 +51,23 @@
 // The instance's server (Server) comes with its interceptors: in-flight accounting, the
 // offline flag, baggage extraction for sticky decisions, and the own-color mark. It follows
 // its app's channel and re-puts its record's channel and traffic_weight when the rule changes.
+//
+// # Calling other apps
+//
+// Instance.Dial(app, opts...) is the client connection a service's code uses to call another
+// app: switchyard:///<app> through the registry resolver, with the instance's rule client as
+// its Rules (a shift reaches the picker as soon as the instance has it), the switchyard
+// balancer, the rule client's interceptors first in the chain (a call made under a request's
+// context keeps the request's sticky decision downstream; a call with none is decided by the
+// rule), and plaintext transport credentials; opts come after, so a
+// grpc.WithTransportCredentials replaces the plaintext. It may be called before Start (as
+// grpc.NewClient, it connects nothing): calls through it wait until Start has loaded the rules
+// and fail with codes.FailedPrecondition if the instance stops before that.
+//
+//	inst, _ := lifecycle.New(cfg)
+//	toInventory, err := inst.Dial("inventory")
+//	orderpb.RegisterOrderServer(inst.Server(), &server{inventory: inventorypb.NewInventoryClient(toInventory)})
+//	err = inst.Run(ctx)
 //
 // # Components
 //
@@ -90,7 +107,7 @@
 // and shows it in Status.Degraded (GET /status). Consumers then send it no request decided for
 // its color, so the chain's entry re-decides those for the other color: a dead or stuck canary
 // further down stops receiving decisions within the time to see its connection fail plus one
-// etcd write and watch (milliseconds; tens in the tests), not a lease TTL, and the only calls
+// etcd write and watch, not a lease TTL, and the only calls
 // lost are those under way at the instance meanwhile (they fail UNAVAILABLE, none crosses).
 // When its color serves again (a new instance is up), it clears the mark (an Info log line)
 // and decisions for its color come back. The mark is computed again at every change of the
@@ -129,7 +146,7 @@
 // drain's time is up is abandoned (the registrar keeps deregistering in the background until
 // the lease is revoked or expires, and the offline flag has told callers meanwhile). During an
 // etcd outage, with the defaults, Offline takes about 10 s (one RequestTimeout to deregister,
-// one to revoke; less with a smaller RequestTimeout: 0.6 s in the tests with 300 ms). Under
+// one to revoke: two RequestTimeouts). Under
 // Kubernetes, terminationGracePeriodSeconds must cover OfflineTimeout (with the defaults: 40 s
 // rather than Kubernetes' default 30 s, or lower MaxDrain); a preStop hook that runs POST
 // /offline does the drain part of it, and Offline then skips the drain.
@@ -165,7 +182,7 @@
 //
 // Transitions are serialized by Instance.opMu; a concurrent caller waits and then finds the
 // state the first one left. Interceptors read atomics only and allocate nothing while the
-// instance is online (about 80 ns per call, BenchmarkGate), except the one context of a
-// request decided for its own color (BenchmarkGateDecided). The degraded mark is kept by one
+// instance is online, except the one context of a request decided for its own color
+// (BenchmarkGate and BenchmarkGateDecided measure them). The degraded mark is kept by one
 // goroutine per instance, from registration to Offline.
 package lifecycle

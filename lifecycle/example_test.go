@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"google.golang.org/grpc"
+
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
@@ -78,4 +80,47 @@ func ExampleInstance_Append() {
 	// Output:
 	// worker of a blue instance starts; drained: true
 	// worker stops
+}
+
+// A service that calls another dials it through its instance, typically before Start; calls
+// made under a request's context keep that request's sticky decision downstream.
+func ExampleInstance_Dial() {
+	cli, stop := etcdtest.ForExample()
+	defer stop()
+	ctx := context.Background()
+	newInstance := func(app, id string) *lifecycle.Instance {
+		inst, err := lifecycle.New(lifecycle.Config{
+			Client: cli, App: app, ID: id, ListenAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", Logger: testutil.Silent,
+		})
+		if err != nil {
+			panic(err)
+		}
+		return inst
+	}
+	inventory := newInstance("inventory", "inventory-1")
+	greeterpb.RegisterGreeterServer(inventory.Server(), &greeterpb.Server{Instance: "inventory-1"})
+	if err := inventory.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer func() { _ = inventory.Offline(ctx) }()
+
+	order := newInstance("order", "order-1")
+	toInventory, err := order.Dial("inventory") // connects nothing until the first call
+	if err != nil {
+		panic(err)
+	}
+	defer toInventory.Close()
+	// ... register order's server, whose handlers call inventory through toInventory ...
+	if err := order.Start(ctx); err != nil {
+		panic(err)
+	}
+	defer func() { _ = order.Offline(ctx) }()
+
+	resp, err := greeterpb.NewGreeterClient(toInventory).SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("answered by", resp.GetInstance())
+	// Output:
+	// answered by inventory-1
 }

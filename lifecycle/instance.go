@@ -66,16 +66,20 @@ type Instance struct {
 	lis       net.Listener
 	admin     *http.Server
 	rules     *traffic.Rules // set once, before loaded is closed: read without mu after <-loaded
-	reg       *registry.Registrar
-	unsub     func()
-	comps     []Component   // Append's, in order; fixed once Start begins
-	started   int           // components started
-	goingOff  chan struct{} // closed when a drain begins; renewed by Online
-	served    chan error    // gRPC Serve's result
-	stopErr   error
-	blocked   string        // why Start waits, while it does (Status.Blocked)
-	reachKick chan struct{} // wakes the degraded-mark goroutine at a rule change (cap 1)
-	reachStop func()        // stops that goroutine and waits for it; nil if not running
+	// clientUnary and clientStream are the rule client's interceptors, for the connections
+	// of Dial; set with rules.
+	clientUnary  grpc.UnaryClientInterceptor
+	clientStream grpc.StreamClientInterceptor
+	reg          *registry.Registrar
+	unsub        func()
+	comps        []Component   // Append's, in order; fixed once Start begins
+	started      int           // components started
+	goingOff     chan struct{} // closed when a drain begins; renewed by Online
+	served       chan error    // gRPC Serve's result
+	stopErr      error
+	blocked      string        // why Start waits, while it does (Status.Blocked)
+	reachKick    chan struct{} // wakes the degraded-mark goroutine at a rule change (cap 1)
+	reachStop    func()        // stops that goroutine and waits for it; nil if not running
 
 	// bg is the ctx of the etcd writes made on the instance's behalf (the rule handler's
 	// re-puts); Offline cancels it before it waits for them.
@@ -263,7 +267,7 @@ func (i *Instance) loadRules(ctx context.Context, undo *undoStack) error {
 	}
 	i.drains.Set(i.drainOf(rules))
 	i.mu.Lock()
-	i.rules = rules
+	i.rules, i.clientUnary, i.clientStream = rules, rules.UnaryClientInterceptor(), rules.StreamClientInterceptor()
 	i.mu.Unlock()
 	close(i.loaded) // Drained and the connections of Dial use the rules from now on
 	return nil
