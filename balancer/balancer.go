@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -83,8 +82,9 @@ func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balance
 
 // newBalancer builds the policy with its clock (the warmup ramp and its refresh timer) and
 // logger; Build passes the real clock and slog.Default(), tests a fake clock and their own.
-func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clockwork.Clock, log *slog.Logger) *wBalancer {
-	log = log.With("component", "switchyard-balancer", "target", opts.Target.String())
+// A logger in the resolver state's attributes (WithLogger) replaces log.
+func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clockwork.Clock, baseLog *slog.Logger) *wBalancer {
+	log := baseLog.With("component", "switchyard-balancer", "target", opts.Target.String())
 	meter := otel.GetMeterProvider().Meter(meterName)
 	fallbacks, err := meter.Int64Counter("switchyard.balancer.sticky_fallbacks",
 		metric.WithDescription("Sticky requests sent to the other color, and re-decided for it, because the decided color had no usable endpoint and the caller is not of that color."),
@@ -104,6 +104,7 @@ func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clock
 		cc:         cc,
 		opts:       opts,
 		buildChild: balancer.Get(pickfirst.Name).Build,
+		baseLog:    baseLog,
 		log:        log,
 		app:        opts.Target.Endpoint(),
 		fallbacks:  fallbacks,
@@ -135,8 +136,7 @@ type wBalancer struct {
 	cc         balancer.ClientConn // gRPC's
 	opts       balancer.BuildOptions
 	buildChild func(balancer.ClientConn, balancer.BuildOptions) balancer.Balancer // pick_first
-	log        *slog.Logger
-	app        string // the target's endpoint: the called app, for the reach board
+	app        string                                                             // the target's endpoint: the called app, for the reach board
 	fallbacks  metric.Int64Counter
 	refusals   metric.Int64Counter
 	fbAttrs    metric.AddOption
@@ -145,6 +145,8 @@ type wBalancer struct {
 	reach      *reach.Entry // this connection's view on the process's reach board
 
 	mu         sync.Mutex
+	baseLog    *slog.Logger            // Build's, or the resolver state's (WithLogger)
+	log        *slog.Logger            // baseLog with the component and target
 	list       []*endpoint             // the resolver state's endpoints, in its order, without duplicates
 	spare      []*endpoint             // the previous list's array, reused by the next update
 	byKey      map[string]*endpoint    // list by endpointKey
@@ -230,6 +232,7 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 	if cfg, ok := s.BalancerConfig.(lbConfig); ok {
 		b.stickyWait = cfg.stickyWait
 	}
+	b.useLoggerLocked(loggerFrom(s.ResolverState.Attributes))
 	b.inhibit = true
 	b.resolveErr = nil
 	b.gen++
@@ -589,10 +592,7 @@ func (b *wBalancer) notReadyLocked(connecting, idle, failed int) balancer.State 
 	case failed > 0:
 		st = connectivity.TransientFailure
 	default:
-		err := errors.New("switchyard balancer: the resolver named no endpoint")
-		if b.resolveErr != nil {
-			err = fmt.Errorf("switchyard balancer: no endpoint: name resolver error: %w", b.resolveErr)
-		}
+		err := b.noEndpointErrLocked()
 		return balancer.State{ConnectivityState: connectivity.TransientFailure, Picker: base.NewErrPicker(err)}
 	}
 	pickers := make([]balancer.Picker, 0, connecting+idle+failed)
@@ -605,6 +605,20 @@ func (b *wBalancer) notReadyLocked(connecting, idle, failed int) balancer.State 
 		return balancer.State{ConnectivityState: connectivity.Connecting, Picker: base.NewErrPicker(balancer.ErrNoSubConnAvailable)}
 	}
 	return balancer.State{ConnectivityState: st, Picker: &turnPicker{pickers: pickers, next: uint32(b.next.Load())}}
+}
+
+// noEndpointErrLocked is why a pick fails when the resolver named no endpoint: the resolver's
+// error if it reported one, else that no instance of the app is registered (for a
+// switchyard:/// target) or that the resolver named none. Both name the app. Needs mu.
+func (b *wBalancer) noEndpointErrLocked() error {
+	switch {
+	case b.resolveErr != nil:
+		return fmt.Errorf("switchyard balancer: no endpoint of app %q: name resolver error: %w", b.app, b.resolveErr)
+	case b.opts.Target.URL.Scheme == deploy.Scheme:
+		return fmt.Errorf("switchyard balancer: no instance of app %q is registered (the resolver named no endpoint); "+
+			"start one, or check the app name and the registry prefix", b.app)
+	}
+	return fmt.Errorf("switchyard balancer: the resolver named no endpoint for %q", b.opts.Target.String())
 }
 
 // turnPicker takes turns over its children's pickers: the picker while nothing is READY.

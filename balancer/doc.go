@@ -111,6 +111,24 @@
 // same 4 servers: 0.98 × round_robin (30.7 µs vs 30.1 µs per call, 8 in flight; both 144
 // allocations per call).
 //
+// # Logging
+//
+// The policy logs through the logger the resolver attaches to its states (WithLogger):
+// registry's resolver attaches ResolverConfig.Logger, so a ClientConn dialed through it logs
+// where the rest of the consumer does. Before the first such state, and on a ClientConn
+// whose resolver attaches none, it logs through slog.Default() as it was when gRPC built the
+// policy. Every line carries component=switchyard-balancer and target. Pick logs nothing
+// above debug level and does not consult the logger unless a sticky request crosses or fails.
+//
+// # No instance
+//
+// When the resolver names no endpoint, calls fail at once with UNAVAILABLE and a message
+// naming the app: for a switchyard:///<app> target, that no instance of it is registered
+// (start one, or check the app name and the registry prefix); if the resolver reported an
+// error instead, the message names the app and quotes that error. A call with grpc.WaitForReady waits for an instance instead,
+// and if none comes before its deadline, gRPC's DEADLINE_EXCEEDED quotes the same message
+// as the "latest balancer error".
+//
 // # Locking
 //
 // gRPC calls the Balancer methods one at a time; children's state updates, the refresh timer

@@ -2,7 +2,14 @@ package balancer_test
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/switchyard-go/switchyard/balancer"
 )
@@ -21,4 +28,26 @@ func ExampleEndpointInfo_EffectiveWeight() {
 	// warmup factor 0.25
 	// effective weight, both colors present: 0.2525
 	// effective weight, blue alone: 25
+}
+
+// A resolver of your own that hands the policy your logger: attach it to every state it
+// sends. (registry's resolver does this with ResolverConfig.Logger.)
+func ExampleWithLogger() {
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("service", "checkout")
+	r := manual.NewBuilderWithScheme("mine")
+	r.InitialState(resolver.State{
+		Endpoints: []resolver.Endpoint{
+			balancer.SetEndpointInfo(resolver.Endpoint{Addresses: []resolver.Address{{Addr: "10.0.0.7:9000"}}},
+				balancer.EndpointInfo{ID: "order-7d9f", Weight: 100}),
+		},
+		Attributes: balancer.WithLogger(nil, log),
+	})
+	cc, err := grpc.NewClient("mine:///order", grpc.WithResolvers(r),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"`+balancer.Name+`":{}}]}`))
+	if err != nil {
+		panic(err)
+	}
+	defer cc.Close()
+	// Calls on cc now log their offline marks through log, not slog.Default().
 }

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
@@ -44,7 +45,9 @@ type ResolverConfig struct {
 	// from etcd does not take away instances that still serve. Default DefaultHoldExpired
 	// (30 s); negative: none.
 	HoldExpired time.Duration
-	// Logger, default slog.Default().
+	// Logger, default slog.Default(). The balancer of every ClientConn this builder
+	// resolves for logs through it too (the resolver attaches it to each state with
+	// balancer.WithLogger), with component=switchyard-balancer and the target.
 	Logger *slog.Logger
 	// MeterProvider, default otel.GetMeterProvider().
 	MeterProvider metric.MeterProvider
@@ -145,7 +148,8 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	if sc.Err != nil {
 		return nil, fmt.Errorf("registry: ResolverConfig.ServiceConfig rejected by gRPC: %w", sc.Err)
 	}
-	r := &etcdResolver{cc: cc, sc: sc, log: b.cfg.Logger.With("app", app), app: app, rules: b.cfg.Rules}
+	r := &etcdResolver{cc: cc, sc: sc, log: b.cfg.Logger.With("app", app), app: app, rules: b.cfg.Rules,
+		attrs: swbalancer.WithLogger(nil, b.cfg.Logger)}
 	if r.rules != nil {
 		r.traffic = trafficOf(r.rules, app)
 	}
@@ -188,6 +192,7 @@ func init() { resolverCoalesce.Store(int64(Coalesce)) }
 type etcdResolver struct {
 	cc    resolver.ClientConn
 	sc    *serviceconfig.ParseResult
+	attrs *attributes.Attributes // every state's: the balancer's logger
 	log   *slog.Logger
 	w     *Watcher
 	app   string
@@ -307,7 +312,7 @@ func (r *etcdResolver) update(s instSet) {
 		return
 	}
 	r.pushed = true
-	if err := r.cc.UpdateState(resolver.State{Endpoints: eps, ServiceConfig: r.sc}); err != nil {
+	if err := r.cc.UpdateState(resolver.State{Endpoints: eps, ServiceConfig: r.sc, Attributes: r.attrs}); err != nil {
 		// The balancer refused the state (e.g. no endpoints at all). gRPC will ask
 		// for a re-resolution; the watch delivers the next change anyway.
 		r.log.Debug("registry: gRPC did not accept the instance set", "instances", len(eps), "err", err)
