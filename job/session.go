@@ -2,12 +2,13 @@ package job
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"encoding/json"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard-go/switchyard/internal/backoff"
+	"github.com/switchyard-go/switchyard/internal/record"
 )
 
 // session is a lease kept alive until it is orphaned, revoked or lost (etcd did not answer
@@ -65,61 +66,99 @@ func (e *Executor) revoke(ctx context.Context, s *session) error {
 	return err
 }
 
-// elect puts the executor's candidacy, <election>/<lease in hex> = its id, on the session's
-// lease, and returns once it is the oldest candidacy: this executor leads for as long as
-// that key lives with that create revision. The layout is etcd concurrency.Election's (and
-// etcdctl elect's). Each request is capped by RequestTimeout; the wait for the candidacies
-// before it to go is a watch, which ends with ctx.
-func (e *Executor) elect(ctx context.Context, s *session) (key string, rev int64, err error) {
-	key = fmt.Sprintf("%s/%x", e.keys.election, int64(s.id))
+// register makes the executor's sessions, the session proper (TTL Config.TTL) and the claims
+// session (claimTTL), and registers the executor on the first. On an error it revokes what it
+// made, as far as etcd answers, and says what failed.
+func (e *Executor) register(ctx context.Context) (sess, claims *session, err error) {
+	if sess, err = e.grant(ctx, e.cfg.TTL); err != nil {
+		return nil, nil, e.failed(ctx, "grant the session lease", err)
+	}
+	if claims, err = e.grant(ctx, claimTTL*time.Second); err != nil {
+		_ = e.revoke(ctx, sess)
+		return nil, nil, e.failed(ctx, "grant the claims lease", err)
+	}
+	if err = e.putRecord(ctx, sess); err != nil {
+		_ = e.revoke(ctx, sess)
+		_ = e.revoke(ctx, claims)
+		return nil, nil, e.failed(ctx, "register executor", err)
+	}
+	return sess, claims, nil
+}
+
+// putRecord writes the executor's record, executors/<id>, on sess's lease.
+func (e *Executor) putRecord(ctx context.Context, sess *session) error {
+	val, _ := json.Marshal(executorRecord{Header: record.Header{V: schemaVersion}, ID: e.cfg.ID, Color: string(e.color)})
 	rctx, cancel := e.request(ctx)
-	resp, err := e.cfg.Client.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, e.cfg.ID, clientv3.WithLease(s.id))).
-		Else(clientv3.OpGet(key)).Commit()
-	cancel()
-	if err != nil {
-		return "", 0, e.failed(ctx, "campaign", err)
-	}
-	rev = resp.Header.Revision
-	if !resp.Succeeded { // a candidacy of this session's from an earlier campaign
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 {
-			return "", 0, fmt.Errorf("job: campaign: candidacy %s vanished; trying again", key)
+	defer cancel()
+	_, err := e.cfg.Client.Put(rctx, e.keys.exec, string(val), clientv3.WithLease(sess.id))
+	return err
+}
+
+// keep campaigns with the current session and, when etcd was unreachable for longer than
+// the TTL and the session ended, makes a new one (with backoff) and registers again.
+func (e *Executor) keep(ctx context.Context) {
+	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	for ctx.Err() == nil {
+		e.mu.Lock()
+		sess := e.sess
+		e.mu.Unlock()
+		select {
+		case <-sess.done:
+			if err := e.renew(ctx); err != nil {
+				if ctx.Err() == nil {
+					e.log.Warn("job: cannot renew the session yet", "err", err)
+				}
+				sleep(ctx, bo.Next())
+				continue
+			}
+			e.log.Info("job: session renewed; registered again")
+			bo.Reset()
+			continue
+		default:
 		}
-		rev = kvs[0].CreateRevision
-	}
-	for {
-		rctx, cancel := e.request(ctx)
-		older, err := e.cfg.Client.Get(rctx, e.keys.election+"/", append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(rev-1))...)
-		cancel()
-		if err != nil {
-			return "", 0, e.failed(ctx, "campaign", err)
-		}
-		if len(older.Kvs) == 0 {
-			return key, rev, nil
-		}
-		if err := waitDelete(ctx, e.cfg.Client, string(older.Kvs[0].Key), older.Header.Revision); err != nil {
-			return "", 0, err
+		if err := e.campaign(ctx, sess); err != nil && ctx.Err() == nil {
+			e.log.Warn("job: campaign failed; trying again", "err", err)
+			sleep(ctx, bo.Next())
 		}
 	}
 }
 
-// waitDelete waits until key is deleted after revision rev, or ctx ends.
-func waitDelete(ctx context.Context, cli *clientv3.Client, key string, rev int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for resp := range cli.Watch(wctx, key, clientv3.WithRev(rev+1)) {
-		if err := resp.Err(); err != nil {
-			return fmt.Errorf("job: campaign: watching %s: %w", key, err)
-		}
-		for _, ev := range resp.Events {
-			if ev.Type == mvccpb.DELETE {
-				return nil
-			}
-		}
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
-	if ctx.Err() != nil {
-		return ctx.Err()
+}
+
+// renew replaces a lost session (and a lost claims session) and re-registers.
+func (e *Executor) renew(ctx context.Context) error {
+	e.mu.Lock()
+	claims := e.claims
+	e.mu.Unlock()
+	select {
+	case <-claims.done:
+		c, err := e.grant(ctx, claimTTL*time.Second)
+		if err != nil {
+			return e.failed(ctx, "grant the claims lease", err)
+		}
+		e.mu.Lock()
+		e.claims = c
+		e.mu.Unlock()
+	default:
 	}
-	return errors.New("job: campaign: the watch ended")
+	sess, err := e.grant(ctx, e.cfg.TTL)
+	if err != nil {
+		return e.failed(ctx, "grant the session lease", err)
+	}
+	if err := e.putRecord(ctx, sess); err != nil {
+		sess.orphan() // its lease expires with the TTL
+		return e.failed(ctx, "register executor", err)
+	}
+	e.mu.Lock()
+	e.sess = sess
+	e.mu.Unlock()
+	return nil
 }
