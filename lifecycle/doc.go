@@ -133,6 +133,13 @@
 // drains if needed, then GracefulStop, capped by StopTimeout (default 10 s), then Stop, and
 // revokes the lease. All are idempotent and safe to call concurrently.
 //
+// Abort, for tests and fault drills, stops the instance as a killed process stops: gRPC Stop
+// (calls in flight fail), the admin server closed, the components stopped with a ctx already
+// cancelled, and nothing sent to etcd or callers — no offline flag, no drain, no
+// deregistration, no revocation — so the record stays in etcd, and consumers keep picking it,
+// until its lease expires (Config.TTL). Abort and Offline after it return at once. Use it to
+// test how your callers and your release cope with an instance that dies.
+//
 // Components follow one Stop contract (written in package mq, "Stop contract"): calls in
 // progress finish, or their ctx is cancelled at Stop's ctx deadline; work not started is
 // handed back; Stop returns by that deadline; nothing is left running. lifecycle passes them

@@ -56,6 +56,8 @@ type Instance struct {
 	gate   gate
 	log    *slog.Logger
 	ready  atomic.Bool
+	// aborted is set by Abort, before it stops the gRPC server.
+	aborted atomic.Bool
 
 	opMu sync.Mutex
 
@@ -167,6 +169,10 @@ func (i *Instance) setState(s State) {
 func (i *Instance) Start(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
+	if i.aborted.Load() {
+		i.abortLocked()
+		return errors.New("lifecycle: Start on an aborted instance; build a new Instance with New")
+	}
 	if s := i.State(); s != StateNew {
 		return fmt.Errorf("lifecycle: Start on an instance that is %s; an Instance starts once", s)
 	}
@@ -577,6 +583,10 @@ func (i *Instance) Drain(ctx context.Context) error {
 }
 
 func (i *Instance) drainLocked(ctx context.Context) error {
+	if i.aborted.Load() {
+		i.abortLocked()
+		return nil
+	}
 	switch s := i.State(); s {
 	case StateDraining, StateDrained, StateStopped, StateNew:
 		return nil
@@ -624,6 +634,10 @@ func (i *Instance) waitQuiet(ctx context.Context, begin time.Time) {
 func (i *Instance) Online(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
+	if i.aborted.Load() {
+		i.abortLocked()
+		return fmt.Errorf("%w (it was aborted)", ErrNotDrained)
+	}
 	if s := i.State(); s != StateDrained {
 		return fmt.Errorf("%w (it is %s)", ErrNotDrained, s)
 	}
@@ -656,10 +670,13 @@ func (i *Instance) Online(ctx context.Context) error {
 func (i *Instance) Offline(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
-	switch i.State() {
-	case StateStopped:
+	switch {
+	case i.State() == StateStopped:
 		return i.stopErr
-	case StateNew:
+	case i.aborted.Load():
+		i.abortLocked()
+		return nil
+	case i.State() == StateNew:
 		i.bgCancel()
 		i.setState(StateStopped)
 		return nil
@@ -693,6 +710,69 @@ func (i *Instance) Offline(ctx context.Context) error {
 	return i.stopErr
 }
 
+// Abort stops the instance at once, as a killed process stops, for tests and fault drills
+// (how do consumers and the release cope when an instance dies?): the gRPC server stops
+// (grpc.Server.Stop: connections closed, calls in flight fail), the admin server closes, the
+// components are stopped with a ctx already cancelled (their in-flight work is cancelled; what
+// they hold elsewhere, such as a broker's group membership or an etcd session, is released only
+// as far as their Stop does without a deadline left), and the rule client and the instance's
+// goroutines end. Nothing goes to etcd or to callers: no offline flag, no drain, no
+// deregistration, no lease revocation, GoingOffline stays open. The lease's keepalive stops, so
+// the record stays in etcd, and consumers keep it, until the lease expires (Config.TTL), as
+// after a crash.
+//
+// The gRPC server stops before Abort waits for a transition in progress (Start, Drain,
+// Online, Offline) to end; the rest follows. Abort on an instance that never started only
+// stops it. Abort and Offline after Abort return at once (Offline returns nil); Run returns
+// nil. Not for production shutdown: use Offline (or Run), which loses nothing.
+func (i *Instance) Abort() {
+	i.aborted.Store(true)
+	i.srv.Stop()
+	i.opMu.Lock()
+	defer i.opMu.Unlock()
+	i.abortLocked()
+}
+
+// abortLocked is Abort's work after the gRPC server stopped, under opMu. A transition that
+// takes opMu once aborted is set calls it instead of doing its own work: the one that won
+// the race with Abort for opMu must not drain or deregister either.
+func (i *Instance) abortLocked() {
+	i.srv.Stop()
+	switch i.State() {
+	case StateStopped:
+		return
+	case StateNew:
+		i.bgCancel()
+		i.setState(StateStopped)
+		return
+	}
+	i.ready.Store(false)
+	i.mu.Lock()
+	admin, unsub, rules, reg := i.admin, i.unsub, i.rules, i.reg
+	i.mu.Unlock()
+	if err := admin.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		i.log.Warn("lifecycle: abort: close the admin server", "err", err)
+	}
+	i.bgCancel() // the rule handler's re-puts end now
+	i.stopFollowingReach()
+	unsub()
+	rules.Close()
+	cut, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := i.stopComponents(cut); err != nil {
+		i.log.Warn("lifecycle: abort: stop components", "err", err)
+	}
+	// With its ctx already cancelled, Close stops the keepalive and sends no revocation (gRPC
+	// sends no request on a cancelled ctx): the lease and the record live on until the TTL.
+	_ = reg.Close(cut)
+	i.setState(StateStopped)
+	ttl := i.cfg.TTL
+	if ttl <= 0 {
+		ttl = registry.DefaultTTL
+	}
+	i.log.Warn("lifecycle: aborted: stopped at once without draining or deregistering; the record stays until its lease expires", "ttl", ttl)
+}
+
 // Run starts the instance, serves until SIGTERM or SIGINT arrives, ctx ends, or the gRPC
 // server fails, and then goes offline losslessly. It is the one call a main needs.
 func (i *Instance) Run(ctx context.Context) error {
@@ -710,7 +790,11 @@ func (i *Instance) Run(ctx context.Context) error {
 	case <-sig.Done():
 		i.log.Info("lifecycle: shutting down", "cause", context.Cause(sig))
 	case serveErr = <-served:
-		i.log.Error("lifecycle: gRPC server stopped unexpectedly", "err", serveErr)
+		if i.aborted.Load() {
+			serveErr = nil // Abort stopped it; Offline waits for Abort and does nothing more
+		} else {
+			i.log.Error("lifecycle: gRPC server stopped unexpectedly", "err", serveErr)
+		}
 	}
 	// Offline bounds itself (OfflineTimeout); the ctx is a safety net.
 	octx, cancel := context.WithTimeout(context.Background(), i.cfg.OfflineTimeout()+5*time.Second)
