@@ -238,6 +238,20 @@ func Unmarshal(data []byte) (Record, error) {
 	return in, nil
 }
 
+// unmarshalAt decodes the record stored under the instance key of app and id (id is the
+// key's last part, which may be anything a user wrote): it is malformed unless the key names
+// an instance and the record is that instance's.
+func unmarshalAt(app, id string, val []byte) (Record, error) {
+	if err := validName("id", id); err != nil {
+		return Record{}, malformed(errors.New("key does not name an instance: want <prefix>/services/<app>/<id>"))
+	}
+	in, err := Unmarshal(val)
+	if err == nil && (in.App != app || in.ID != id) {
+		err = malformed(fmt.Errorf("record says app %q id %q but is stored under app %q id %q", in.App, in.ID, app, id))
+	}
+	return in, err
+}
+
 // malformed wraps why a stored record was refused under ErrMalformedRecord.
 func malformed(err error) error { return record.Malformed(ErrMalformedRecord, "registry: ", err) }
 

@@ -307,13 +307,7 @@ func (w *Watcher) Refresh() { w.kv.Refresh() }
 // kvwatch calls right after it to make the inst. The record shares its ID, App and Color
 // strings with the key, the Watcher and the constants, to keep one copy of each.
 func (w *Watcher) decode(id string, val []byte) (*inst, error) {
-	if err := validName("id", id); err != nil {
-		return nil, errors.New("key does not name an instance: want <prefix>/services/<app>/<id>")
-	}
-	in, err := Unmarshal(val)
-	if err == nil && (in.App != w.app || in.ID != id) {
-		err = malformed(fmt.Errorf("record says app %q id %q but is stored under app %q id %q", in.App, in.ID, w.app, id))
-	}
+	in, err := unmarshalAt(w.app, id, val)
 	if err != nil {
 		return nil, err
 	}

@@ -41,18 +41,16 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 	}
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	resp, err := cli.Get(rctx, deploy.AppPrefix(o.prefix, app), clientv3.WithPrefix())
+	recs, skipped, err := registry.List(rctx, cli, o.prefix, app)
 	if err != nil {
-		return fmt.Errorf("%w: %w", registry.ErrEtcdUnavailable, err)
+		return err
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(errOut, "switchyard: skipping malformed record %s (fix or delete it): %v\n", s.Key, s.Err)
 	}
 	now := time.Now()
 	var list []instanceJSON
-	for _, kv := range resp.Kvs {
-		in, err := registry.Unmarshal(kv.Value)
-		if err != nil {
-			fmt.Fprintf(errOut, "switchyard: skipping malformed record %s (fix or delete it): %v\n", kv.Key, err)
-			continue
-		}
+	for _, in := range recs {
 		left := max(0, in.StartTime.Add(in.Warmup).Sub(now))
 		list = append(list, instanceJSON{in.ID, in.Addr, string(in.Color), in.Version, in.Channel, in.Weight, in.TrafficWeight,
 			left.Milliseconds(), now.Sub(in.StartTime).Milliseconds(), in.Degraded})
