@@ -38,7 +38,7 @@
 // Update that return an error keep what they were asked and the Registrar writes it in the
 // background.
 //
-// # Consumers: Watcher and the resolver
+// # Consumers: Watcher, List and the resolver
 //
 // A Watcher follows one app: it lists the instances, then watches from the list's revision
 // + 1. When the watch fails (etcd restarted, leader lost, history compacted while it was
@@ -54,7 +54,7 @@
 // Deregister does (it keeps the lease), however many leave together. The last instance of
 // its color whose record vanished with its lease (the lease expired, or was revoked without
 // Deregister: a partition or a crash) is held as a suspect, kept in the set and marked in
-// Update.Held, until it registers again or WatcherConfig.HoldExpired (default 30 s) has
+// Snapshot.Held, until it registers again or WatcherConfig.HoldExpired (default 30 s) has
 // passed; past that, suspects stay while no instance of the app is left in etcd. gRPC does not pick an endpoint it cannot connect to,
 // so a held instance that really died costs connection attempts, not calls. This holds the
 // same whether the deletions arrive live or in a burst after a watch gap or a re-list.
@@ -62,17 +62,20 @@
 // record; the resolver passes it on as balancer.EndpointInfo.Epoch, so a new registration
 // (an /offline then /online, seen late by a consumer) clears that consumer's offline mark.
 //
+// List reads an app's instances once, for a tool or a one-off check: the records sorted by
+// ID, with their Epoch, and the keys it skipped because their value is not a valid instance
+// record (each with an error wrapping ErrMalformedRecord), so that a malformed record is
+// reported rather than dropped. An empty prefix is deploy.DefaultPrefix. The read lasts until
+// ctx's deadline, or DefaultRequestTimeout (5 s) without one; etcd not answering by then is
+// ErrEtcdUnavailable. The switchyard CLI's "instances" command uses it.
+//
 // NewResolverBuilder returns a gRPC resolver for targets switchyard:///<app>, to pass to
 // grpc.NewClient with grpc.WithResolvers. Every change the balancer can see becomes a
 // resolver.State whose Endpoints carry the instance's address and, in their Attributes, its
 // balancer.EndpointInfo (balancer.EndpointInfoFrom reads it; the whole record is the
 // Watcher's, not attached); an unchanged instance keeps the same Endpoint, so a weight change
 // reuses the connection, and a change of a record's Version or Metadata alone sends nothing.
-// The resolver keeps each record once, compactly, and its endpoints share the
-// balancer.EndpointInfo the Watcher built for it: about 390 B per endpoint at 10,000
-// instances, 1.6 × etcd's own naming resolver (BenchmarkResolverMemory,
-// TestResolverMemoryWithinTwiceEtcdNaming). While it
-// has never reached etcd it reports the error to gRPC, so RPCs fail fast with
+// While it has never reached etcd it reports the error to gRPC, so RPCs fail fast with
 // "registry: no instances known yet: ..." rather than hang, and it recovers by itself. Its
 // default service config selects switchyard's weighted policy, package balancer, which this
 // package links in (defaultServiceConfig); ResolverConfig.MethodConfig adds method configs
@@ -98,11 +101,12 @@
 // their records together (as after a shift) cost a consumer 2 or 3 resolver updates and picker
 // rebuilds instead of 100 (TestReputsThatArriveTogetherAreOneResolverUpdate).
 //
-// The resolver and its Watcher keep one copy of each record, shared by the watch's set, the
-// Update and the endpoint's attributes (with Rules, a second copy with the rule's channel and
-// weight): BenchmarkResolverMemory measures about 570 B per endpoint at 10,000 instances,
-// with the state gRPC holds, against about 240 B for etcd's naming resolver, which carries
-// no record (1,460 B before).
+// The resolver and its Watcher keep one copy of each record, compactly, shared by the watch's
+// set, the Snapshot and the endpoint's attributes (with Rules, a second copy with the rule's
+// channel and weight), and an endpoint carries the balancer.EndpointInfo the Watcher built
+// for it rather than the record. A test keeps the heap per endpoint, gRPC's state included,
+// within twice that of etcd's own naming resolver, which carries no record
+// (TestResolverMemoryWithinTwiceEtcdNaming); README "Benchmarks" gives the figures.
 //
 // # etcd client settings
 //
@@ -123,6 +127,6 @@
 // RequestTimeout; waiting for it respects the caller's ctx); mu guards its fields and is never
 // held across I/O or a callback; state changes are pushed to OnStateChange's queue (which
 // never blocks) under mu. Watcher: the watch loop
-// owns the set; mu guards only the last Update. The resolver's state is owned by its
-// Watcher's goroutine.
+// owns the set; mu guards only the last Snapshot. The resolver's state is owned by its
+// Watcher's goroutine. List keeps nothing between calls and takes no lock.
 package registry
