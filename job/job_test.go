@@ -147,6 +147,15 @@ func (v *env) startAll(ttl time.Duration, ids ...string) {
 	}
 }
 
+// running starts executors ids with session TTL ttl and returns once the leader has assigned
+// the items to them and every item has run at one trigger.
+func (v *env) running(ttl time.Duration, ids ...string) {
+	v.t.Helper()
+	v.startAll(ttl, ids...)
+	v.assigned(ids...)
+	v.ran(v.trigger())
+}
+
 func (v *env) stop(id string) {
 	v.t.Helper()
 	if err := v.execs[id].Stop(context.Background()); err != nil {
@@ -454,9 +463,7 @@ func TestLeaderLossAndAKilledExecutor(t *testing.T) {
 func TestARewriteOfTheSameAssignmentKeepsTheJobRunning(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	v.startAll(long, "green-1", "green-2")
-	v.assigned("green-1", "green-2")
-	v.ran(v.trigger())
+	v.running(long, "green-1", "green-2")
 	a := v.get(keys + "assignment").Kvs[0]
 	if _, err := v.direct.Put(context.Background(), string(a.Key), string(a.Value)); err != nil {
 		t.Fatal(err)
@@ -480,9 +487,7 @@ func waitClosed(t *testing.T, what string, ch <-chan struct{}) {
 func TestScheduleResumesAfterEtcdRestart(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	v.startAll(short, "green-1", "green-2")
-	v.assigned("green-1", "green-2")
-	v.ran(v.trigger())
+	v.running(short, "green-1", "green-2")
 	before := v.registered()
 
 	// etcd stops for longer than the TTL: a trigger passes while it is down (its claims wait
@@ -510,9 +515,7 @@ func TestScheduleResumesAfterEtcdRestart(t *testing.T) {
 func TestExecutorsRegisterAgainAfterTheirLeasesExpired(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	v.startAll(short, "green-1", "green-2")
-	v.assigned("green-1", "green-2")
-	v.ran(v.trigger())
+	v.running(short, "green-1", "green-2")
 
 	// A partition: etcd keeps running and expires the executors' leases (TTL 1 s).
 	v.e.Cut()
@@ -572,9 +575,7 @@ func TestStartContextEndingDoesNotStopTheExecutor(t *testing.T) {
 func TestTheLeaderReplacesAForeignAssignment(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	v.startAll(long, "green-1", "green-2")
-	v.assigned("green-1", "green-2")
-	v.ran(v.trigger())
+	v.running(long, "green-1", "green-2")
 	for _, foreign := range []string{
 		`not json`,
 		`{"v":1,"version":1000,"items":{"green-1":[0,1,2,3,4,5,6,7,8,9,10],"green-2":[-1]}}`,

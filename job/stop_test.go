@@ -47,6 +47,20 @@ func holdRuns(v *env) *held {
 	return h
 }
 
+// runHeld starts executors ids with session TTL ttl, holding their runs (holdRuns), and
+// returns once the leader assigned the items to them and every item of the next trigger is
+// running. The runs are freed at cleanup, before the executors stop.
+func runHeld(v *env, ttl time.Duration, ids ...string) *held {
+	v.t.Helper()
+	h := holdRuns(v)
+	v.startAll(ttl, ids...)
+	v.t.Cleanup(h.free)
+	v.assigned(ids...)
+	v.trigger()
+	testutil.Eventually(v.t, "every item of the trigger running", func() bool { return h.started() == items })
+	return h
+}
+
 func (h *held) free() { h.once.Do(func() { close(h.release) }) }
 
 func (h *held) started() int {
@@ -55,8 +69,10 @@ func (h *held) started() int {
 	return len(h.ctxs)
 }
 
-// cancelled counts the runs whose ctx has ended.
-func (h *held) cancelled() int {
+// allCancelled fails the test unless the ctx of every run of the trigger (items of them) has
+// ended: called when Stop returned.
+func (h *held) allCancelled(t *testing.T) {
+	t.Helper()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := 0
@@ -65,7 +81,9 @@ func (h *held) cancelled() int {
 			n++
 		}
 	}
-	return n
+	if n != items {
+		t.Fatalf("when Stop returned, %d of the %d runs in progress had their ctx cancelled; want all", n, items)
+	}
 }
 
 // stopAll stops the executors ids at once, each with a ctx of d, and returns what each Stop
@@ -108,14 +126,9 @@ func (v *env) stopAll(d time.Duration, ids ...string) (map[string]error, map[str
 func TestStopDuringAnEtcdOutageReturnsByItsDeadline(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	h := holdRuns(v)
 	ids := []string{"green-1", "green-2"}
 	// Their leases outlive the test: a Stop that waits for a lease to expire never returns.
-	v.startAll(2*testutil.Deadline, ids...)
-	t.Cleanup(h.free)
-	v.assigned(ids...)
-	v.trigger()
-	testutil.Eventually(t, "every item of the trigger running", func() bool { return h.started() == items })
+	h := runHeld(v, 2*testutil.Deadline, ids...)
 
 	// The outage lasts until both Stops returned: a Stop that waits for etcd never returns.
 	v.e.Cut()
@@ -128,41 +141,27 @@ func TestStopDuringAnEtcdOutageReturnsByItsDeadline(t *testing.T) {
 			t.Errorf("Stop of %s returned %v; want an error saying runs in progress were cancelled", id, err)
 		}
 	}
-	if n := h.cancelled(); n != items {
-		t.Fatalf("when Stop returned, %d of the %d runs in progress had their ctx cancelled; want all", n, items)
-	}
+	h.allCancelled(t)
 }
 
 // Stop waits for runs in progress (at most StopTimeout), then cancels their ctx.
 func TestStopTimeoutCancelsTheRunsInProgress(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	h := holdRuns(v)
 	v.tweak = func(c *job.Config) { c.StopTimeout = 300 * time.Millisecond }
-	v.startAll(long, "green-1")
-	t.Cleanup(h.free)
-	v.assigned("green-1")
-	v.trigger()
-	testutil.Eventually(t, "every item of the trigger running", func() bool { return h.started() == items })
+	h := runHeld(v, long, "green-1")
 	errs, _ := v.stopAll(time.Minute, "green-1")
 	if err := errs["green-1"]; err == nil || !strings.Contains(err.Error(), "StopTimeout") {
 		t.Errorf("Stop returned %v; want an error saying StopTimeout passed", err)
 	}
-	if n := h.cancelled(); n != items {
-		t.Fatalf("when Stop returned, %d of the %d runs in progress had their ctx cancelled; want all", n, items)
-	}
+	h.allCancelled(t)
 }
 
 // Runs in progress that finish in time finish with their ctx alive, and Stop waits for them.
 func TestStopWaitsForTheRunsInProgress(t *testing.T) {
 	t.Parallel()
 	v := newEnv(t)
-	h := holdRuns(v)
-	v.startAll(long, "green-1")
-	t.Cleanup(h.free)
-	v.assigned("green-1")
-	v.trigger()
-	testutil.Eventually(t, "every item of the trigger running", func() bool { return h.started() == items })
+	h := runHeld(v, long, "green-1")
 	stopped := make(chan error, 1)
 	go func() { stopped <- v.execs["green-1"].Stop(context.Background()) }()
 	h.free()
