@@ -14,14 +14,26 @@
 //	runs/<item>/<trigger> one claim per item and trigger
 //
 // The leader assigns items 0..N-1 round-robin over the executors whose color is not drained,
-// and rewrites the assignment as soon as an executor joins or leaves or a drain changes
-// (Config.Drains, deploy.Drains: in a service the lifecycle.Instance, which reads them from the
-// app's traffic rule). At each trigger, an executor claims each of
-// its items with a transaction that succeeds only if nobody claimed (item, trigger) and the
-// assignment it acts on is still the current one: it never starts an item it no longer owns,
-// and no item runs twice for one trigger. An executor of a drained color starts nothing, from
-// the moment it hears of the drain. A run in progress finishes, or is cancelled at
-// Job.Timeout.
+// and rewrites the assignment as soon as an executor joins or leaves or a drain changes. At
+// each trigger, an executor claims each of its items with a transaction that succeeds only if
+// nobody claimed (item, trigger) and the assignment it acts on is still the current one: it
+// never starts an item it no longer owns, and no item runs twice for one trigger. An executor
+// of a drained color starts nothing, from the moment it hears of the drain. A run in progress
+// finishes, or is cancelled at Job.Timeout.
+//
+// # Drains and lifecycle
+//
+// An executor learns from Config.Drains (a deploy.Drains) its color, which colors of its app
+// are drained, and when that changes. In a service that is the lifecycle.Instance, which
+// reads them from the app's traffic rule; append the executor to it, so that it starts once
+// the instance is registered and stops, after its runs, while the instance drains:
+//
+//	ex, err := job.NewExecutor(job.Config{Client: cli, ID: id, Drains: inst, Job: settle})
+//	…
+//	inst.Append(ex)
+//
+// deploy.ManualDrains sets them by hand (a test, or a job outside a service; Example_drains
+// does). With Drains nil the executor is colorless (deploy.None) and never drained.
 //
 // What is under the prefix is outside input: anyone who may write there can put anything.
 // An executor refuses an assignment no leader writes (another schema, a version below 1, an
@@ -63,10 +75,8 @@
 // 5 s) and by the call or loop that makes it, which Stop ends first: Start gives up by its
 // ctx's end or after RequestTimeout per request, leaving in etcd only leases that expire, and
 // nothing waits for etcd beyond that. (Its sessions and election are its own, not etcd's
-// concurrency package's, whose lease grant, revoke and resignation ran on the client's
-// context: Stop with a 2 s ctx while etcd was cut off took 12 s with a 10 s TTL, and waited
-// for etcd to come back when etcd itself was stopped or the TTL was longer; it takes 2.0 s
-// now.)
+// concurrency package's, whose lease grant, revoke and resignation run on the client's
+// context, so a Stop during an outage would wait for etcd to come back.)
 //
 // The schedule's time comes from Config.Clock (default the real clock); leases are etcd's
 // time whatever the clock. The tests move a fake clock from trigger to trigger and check, in
