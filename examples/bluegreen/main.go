@@ -51,7 +51,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/deploy"
@@ -97,12 +96,10 @@ func main() {
 	}
 }
 
-// demo is the running system: etcd, the rule client the instances' clients use, and the
-// instances by app and color.
+// demo is the running system: etcd and the instances by app and color.
 type demo struct {
 	etcd    *etcdtest.Server
 	cli     *clientv3.Client
-	rules   *traffic.Rules
 	log     *slog.Logger
 	nats    *natstest.Server
 	work    *workLog
@@ -111,11 +108,10 @@ type demo struct {
 	insts   map[string]*lifecycle.Instance // "order/blue" → instance
 	servers map[string]*server             // "order/blue" → its gRPC service
 	clis    map[string]*clientv3.Client    // "order/blue" → its own etcd client, as its own process would have
-	closers map[string]func()              // what closes its components' connections
+	closers map[string]func()              // what closes its components' and its downstream connections
 	watched map[string]*watched            // "order/blue" → what its components saw
 	execs   map[string]*watched            // executor ID → its instance's, for the job verdict
 	ids     map[string]bool                // instance IDs used so far
-	dead    sync.WaitGroup                 // what is left of killed instances, ending
 	// For the job verdict: the color drained in the current phase, the rule revision at which
 	// each color's drain ended, and the job's claims by key.
 	drained    string
@@ -182,23 +178,11 @@ func (s *server) SayHellos(_ *greeterpb.HelloRequest, st grpc.ServerStreamingSer
 	return st.Send(&greeterpb.HelloReply{Message: s.label()})
 }
 
-// dial is a client of app with switchyard's resolver, balancer and sticky interceptors; the
-// resolver takes each endpoint's channel and traffic weight from the rule client, so a shift
-// reaches the picker at once, not after every instance re-put its record.
-func (d *demo) dial(app string) (*grpc.ClientConn, error) {
-	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: d.cli, Logger: d.log, Rules: d.rules})
-	if err != nil {
-		return nil, err
-	}
-	return grpc.NewClient("switchyard:///"+app, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(d.rules.UnaryClientInterceptor()),
-		grpc.WithChainStreamInterceptor(d.rules.StreamClientInterceptor()))
-}
-
 // start runs one instance of app, of color and version, through lifecycle, with its own etcd
-// client. A replacement of a killed instance gets a new ID: the dead one's record holds the
-// old one until its lease expires.
-func (d *demo) start(ctx context.Context, app, color, version string, next *grpc.ClientConn) error {
+// client and its own connection to its downstream app (Instance.Dial: the instance's rules,
+// resolver and sticky interceptors). A replacement of a killed instance gets a new ID: the
+// dead one's record holds the old one until its lease expires.
+func (d *demo) start(ctx context.Context, app, color, version string) error {
 	id := app + "-" + color + "-" + version
 	d.mu.Lock()
 	for n := 2; d.ids[id]; n++ {
@@ -227,12 +211,21 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 	}
 	inst.Append(comps...)
 	s := &server{app: app, id: id, color: color, version: version, crossed: &d.crossed}
-	if next != nil {
-		s.next = greeterpb.NewGreeterClient(next)
+	closeAll := closeComps
+	if next := downstream[app]; next != "" {
+		cc, err := inst.Dial(next) // before Start: its calls wait until the rules are loaded
+		if err != nil {
+			_ = inst.Offline(ctx)
+			closeComps()
+			cli.Close()
+			return err
+		}
+		closeAll = func() { _ = cc.Close(); closeComps() }
+		s.next = greeterpb.NewGreeterClient(cc)
 	}
 	greeterpb.RegisterGreeterServer(inst.Server(), s)
 	if err := inst.Start(ctx); err != nil {
-		closeComps()
+		closeAll()
 		cli.Close()
 		return err
 	}
@@ -240,26 +233,21 @@ func (d *demo) start(ctx context.Context, app, color, version string, next *grpc
 	d.insts[app+"/"+color] = inst
 	d.servers[app+"/"+color] = s
 	d.clis[app+"/"+color] = cli
-	d.closers[app+"/"+color] = closeComps
+	d.closers[app+"/"+color] = closeAll
 	d.mu.Unlock()
 	return nil
 }
 
 // kill ends the instance of app and color as a crash would: first its etcd client closes, so
-// nothing of it reaches etcd any more (no deregistration, no offline mark, no lease
-// keepalive: its record stays until the lease expires); then its gRPC server stops hard,
-// failing the calls in flight. What is left of it (admin server, rule client, components,
-// which can no longer reach etcd) is ended in the background, as the process's exit would.
+// nothing of it reaches etcd any more, not even what its components' Stop would send; then
+// Instance.Abort stops it at once: its gRPC server stops hard, failing the calls in flight,
+// with no deregistration, no offline mark and no lease keepalive (its record stays until the
+// lease expires).
 func (d *demo) kill(app, color string) {
-	inst, cli, closeComps := d.take(app, color, true) // its rule client follows nothing any more
+	inst, cli, closeAll := d.take(app, color, true) // its rule client follows nothing any more
 	cli.Close()
-	inst.Server().Stop()
-	closeComps()
-	d.dead.Go(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel() // nothing to wait for: no request can reach it, nothing of it reaches etcd
-		_ = inst.Offline(ctx)
-	})
+	inst.Abort()
+	closeAll()
 }
 
 func (d *demo) server(app, color string) *server {
@@ -425,7 +413,8 @@ func (w *workLog) summary() (string, int) {
 }
 
 // take removes the instance of app and color from the demo's tables and returns it with its
-// etcd client and its components' closer; unwatch also forgets what its components saw.
+// etcd client and what closes its components' and downstream connections; unwatch also
+// forgets what its components saw.
 func (d *demo) take(app, color string, unwatch bool) (*lifecycle.Instance, *clientv3.Client, func()) {
 	key := app + "/" + color
 	d.mu.Lock()
@@ -442,9 +431,9 @@ func (d *demo) take(app, color string, unwatch bool) (*lifecycle.Instance, *clie
 
 // stop takes the instance of app and color offline, losslessly.
 func (d *demo) stop(ctx context.Context, app, color string) error {
-	inst, cli, closeComps := d.take(app, color, false)
+	inst, cli, closeAll := d.take(app, color, false)
 	err := inst.Offline(ctx)
-	closeComps()
+	closeAll()
 	cli.Close()
 	return err
 }
@@ -511,21 +500,11 @@ func (s *stats) row(name string) string {
 func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, error) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	etcd, err := etcdtest.New() // in production: your etcd cluster
+	etcd, cli, stopEtcd, err := newEtcd()
 	if err != nil {
 		return false, err
 	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		return false, err
-	}
-	defer cli.Close()
-	rules, err := traffic.NewRules(ctx, traffic.Config{Client: cli, Logger: log})
-	if err != nil {
-		return false, err
-	}
-	defer rules.Close()
+	defer stopEtcd()
 	ctl, err := traffic.NewController(traffic.Config{Client: cli})
 	if err != nil {
 		return false, err
@@ -536,7 +515,7 @@ func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, e
 	}
 	defer ns.Close()
 	work := &workLog{counts: map[string]int{}}
-	d := &demo{etcd: etcd, cli: cli, rules: rules, log: log, nats: ns, work: work,
+	d := &demo{etcd: etcd, cli: cli, log: log, nats: ns, work: work,
 		insts: map[string]*lifecycle.Instance{}, servers: map[string]*server{}, clis: map[string]*clientv3.Client{},
 		closers: map[string]func(){}, watched: map[string]*watched{}, execs: map[string]*watched{}, ids: map[string]bool{},
 		undrainRev: map[string]int64{}, claims: map[string]claim{}}
@@ -545,39 +524,13 @@ func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, e
 			app, color, _ := strings.Cut(key, "/")
 			_ = d.stop(ctx, app, color)
 		}
-		d.dead.Wait()
 	}()
-
-	toInventory, err := d.dial("inventory")
+	start := func(app, color, version string) error { return d.start(ctx, app, color, version) }
+	gateway, closeGateway, err := bringUp(ctx, start, dialer(cli, log, ""))
 	if err != nil {
 		return false, err
 	}
-	defer toInventory.Close()
-	toOrder, err := d.dial("order")
-	if err != nil {
-		return false, err
-	}
-	defer toOrder.Close()
-	toGateway, err := d.dial("gateway")
-	if err != nil {
-		return false, err
-	}
-	defer toGateway.Close()
-	for _, c := range []string{"blue", "green"} {
-		if err := d.start(ctx, "inventory", c, "v1", nil); err != nil {
-			return false, err
-		}
-		if err := d.start(ctx, "order", c, "v1", toInventory); err != nil {
-			return false, err
-		}
-	}
-	if err := d.start(ctx, "gateway", "", "v1", toOrder); err != nil {
-		return false, err
-	}
-	gateway := greeterpb.NewGreeterClient(toGateway)
-	if _, err := gateway.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true)); err != nil {
-		return false, err
-	}
+	defer closeGateway()
 
 	l := startLoad(ctx, gateway, workers)
 	defer l.close()
@@ -594,10 +547,10 @@ func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, e
 				return fmt.Errorf("stop %s/%s: %w", app, color, err)
 			}
 		}
-		if err := d.start(ctx, "inventory", color, "v2", nil); err != nil {
+		if err := d.start(ctx, "inventory", color, "v2"); err != nil {
 			return err
 		}
-		return d.start(ctx, "order", color, "v2", toInventory)
+		return d.start(ctx, "order", color, "v2")
 	}
 	shift := func(p float64) func() error {
 		return func() error { _, err := ctl.Shift(ctx, "trade", p); return err }
@@ -736,7 +689,7 @@ func degraded(record []byte) string {
 func (d *demo) replaceCanary(ctx context.Context, k *canaryKill) error {
 	k.taken, k.failed = k.caller.calls.Load()-k.calls0, k.caller.failed.Load()-k.failed0
 	k.last = time.Unix(0, k.caller.last.Load())
-	if err := d.start(ctx, "inventory", "blue", "v2", nil); err != nil {
+	if err := d.start(ctx, "inventory", "blue", "v2"); err != nil {
 		return err
 	}
 	key := deploy.InstanceKey(deploy.DefaultPrefix, "order", k.caller.id)

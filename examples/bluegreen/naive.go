@@ -11,10 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/switchyard-go/switchyard/deploy"
-	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
 	"github.com/switchyard-go/switchyard/registry"
 )
@@ -22,8 +20,9 @@ import (
 // naiveInstance is a plain gRPC server registered in etcd: no readiness gating, no offline
 // flag, no drain, no weights — what a service without switchyard has.
 type naiveInstance struct {
-	srv *grpc.Server
-	reg *registry.Registrar
+	srv  *grpc.Server
+	reg  *registry.Registrar
+	next *grpc.ClientConn // its connection to its downstream app; nil for inventory
 }
 
 // runNaive does the same v1 → v2 release as a rolling restart (order first, then inventory,
@@ -31,48 +30,39 @@ type naiveInstance struct {
 func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total int, err error) {
 	ctx := context.Background()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	etcd, err := etcdtest.New()
+	_, cli, stopEtcd, err := newEtcd()
 	if err != nil {
 		return 0, 0, err
 	}
-	defer etcd.Close()
-	cli, err := etcd.NewClient(etcd.Endpoints())
-	if err != nil {
-		return 0, 0, err
-	}
-	defer cli.Close()
-	dial := func(app string) (*grpc.ClientConn, error) {
-		rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: log,
-			ServiceConfig: `{"loadBalancingConfig":[{"round_robin":{}}]}`})
-		if err != nil {
-			return nil, err
-		}
-		return grpc.NewClient("switchyard:///"+app, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	}
+	defer stopEtcd()
+	dial := dialer(cli, log, `{"loadBalancingConfig":[{"round_robin":{}}]}`)
 	var mu sync.Mutex
 	insts := map[string]*naiveInstance{}
-	start := func(app, color, version string, next *grpc.ClientConn) error {
+	start := func(app, color, version string) error {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return err
 		}
 		s := &server{app: app, color: color, version: version}
-		if next != nil {
-			s.next = greeterpb.NewGreeterClient(next)
+		in := &naiveInstance{srv: grpc.NewServer()}
+		if next := downstream[app]; next != "" {
+			if in.next, err = dial(next); err != nil {
+				return err
+			}
+			s.next = greeterpb.NewGreeterClient(in.next)
 		}
-		srv := grpc.NewServer()
-		greeterpb.RegisterGreeterServer(srv, s)
-		go func() { _ = srv.Serve(ln) }()
-		reg, err := registry.NewRegistrar(registry.Config{Client: cli, Logger: log,
+		greeterpb.RegisterGreeterServer(in.srv, s)
+		go func() { _ = in.srv.Serve(ln) }()
+		in.reg, err = registry.NewRegistrar(registry.Config{Client: cli, Logger: log,
 			Instance: registry.Record{App: app, ID: app + "-" + color + "-" + version, Addr: ln.Addr().String(), Color: deploy.Color(color), Version: version}})
 		if err != nil {
 			return err
 		}
-		if err := reg.Register(ctx); err != nil {
+		if err := in.reg.Register(ctx); err != nil {
 			return err
 		}
 		mu.Lock()
-		insts[app+"/"+color] = &naiveInstance{srv: srv, reg: reg}
+		insts[app+"/"+color] = in
 		mu.Unlock()
 		return nil
 	}
@@ -90,6 +80,9 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 			in.srv.Stop()
 		}
 		_ = in.reg.Close(ctx)
+		if in.next != nil {
+			_ = in.next.Close()
+		}
 	}
 	defer func() {
 		for key := range insts {
@@ -98,47 +91,18 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 		}
 	}()
 
-	toInventory, err := dial("inventory")
+	gateway, closeGateway, err := bringUp(ctx, start, dial)
 	if err != nil {
 		return 0, 0, err
 	}
-	defer toInventory.Close()
-	toOrder, err := dial("order")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer toOrder.Close()
-	toGateway, err := dial("gateway")
-	if err != nil {
-		return 0, 0, err
-	}
-	defer toGateway.Close()
-	for _, c := range []string{"blue", "green"} {
-		if err := start("inventory", c, "v1", nil); err != nil {
-			return 0, 0, err
-		}
-		if err := start("order", c, "v1", toInventory); err != nil {
-			return 0, 0, err
-		}
-	}
-	if err := start("gateway", "", "v1", toOrder); err != nil {
-		return 0, 0, err
-	}
-	gateway := greeterpb.NewGreeterClient(toGateway)
-	if _, err := gateway.SayHello(ctx, &greeterpb.HelloRequest{}, grpc.WaitForReady(true)); err != nil {
-		return 0, 0, err
-	}
+	defer closeGateway()
 	l := startLoad(ctx, gateway, workers)
 	defer l.close()
 
 	roll := func(app, color string) func() error {
 		return func() error {
 			stop(app, color)
-			next := toInventory
-			if app == "inventory" {
-				next = nil
-			}
-			return start(app, color, "v2", next)
+			return start(app, color, "v2")
 		}
 	}
 	steps := []step{
