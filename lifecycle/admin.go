@@ -36,6 +36,8 @@ const (
 type adminLimits struct {
 	readHeader, idle time.Duration
 	maxConns         int
+	// listening, if set, is handed the admin server's listener (a test waits on its state).
+	listening func(*limitListener)
 }
 
 // adminLimitsKnob, when set, replaces the admin server's limits for the instances started
@@ -50,6 +52,9 @@ func (i *Instance) serveAdmin(lis net.Listener) *http.Server {
 		lim = *k
 	}
 	ll := newLimitListener(lis, lim.maxConns)
+	if lim.listening != nil {
+		lim.listening(ll)
+	}
 	srv := &http.Server{Handler: i.adminHandler(), ReadHeaderTimeout: lim.readHeader, IdleTimeout: lim.idle, ConnState: ll.connState}
 	go func() { _ = srv.Serve(ll) }()
 	return srv

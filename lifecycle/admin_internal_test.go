@@ -160,12 +160,22 @@ func TestAdminServerCapsConnections(t *testing.T) {
 	lim := adminLimits{readHeader: time.Minute, idle: time.Minute, maxConns: 2}
 
 	t.Run("idle connections make room", func(t *testing.T) {
+		var ll *limitListener
+		lim := lim
+		lim.listening = func(l *limitListener) { ll = l }
 		i := startAdmin(t, cli, "admin-cap-idle", lim)
 		c1, c2 := dialAdmin(t, i), dialAdmin(t, i)
-		for _, c := range []*adminConn{c1, c2} {
+		for k, c := range []*adminConn{c1, c2} {
 			if err := c.get(testutil.Deadline); err != nil {
 				t.Fatal(err)
 			}
+			// The server marks a connection idle after it wrote the answer, which the client
+			// may have read first: c1 must be idle before c2 is, so it is idle the longest.
+			testutil.Eventually(t, fmt.Sprintf("%d connections idle", k+1), func() bool {
+				ll.mu.Lock()
+				defer ll.mu.Unlock()
+				return len(ll.idle) == k+1
+			})
 		}
 		// c1 is idle the longest: a third connection is answered, and c1 closed for it.
 		if err := dialAdmin(t, i).get(testutil.Deadline); err != nil {
