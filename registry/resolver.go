@@ -23,7 +23,10 @@ import (
 
 // defaultServiceConfig is the service config the resolver sends when ResolverConfig has
 // none: it selects switchyard's weighted policy (package balancer, linked in by this package).
-const defaultServiceConfig = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}]}`
+const defaultServiceConfig = `{` + lbConfig + `}`
+
+// lbConfig chooses the switchyard_weighted policy: the one place it is written.
+const lbConfig = `"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}]`
 
 // ResolverConfig configures the resolver builder.
 type ResolverConfig struct {
@@ -117,7 +120,7 @@ func serviceConfigOf(serviceConfig, methodConfig string) (string, error) {
 		if err := json.Unmarshal([]byte(methodConfig), &mc); err != nil {
 			return "", fmt.Errorf("registry: ResolverConfig.MethodConfig must be a JSON array of method configs: %w", err)
 		}
-		sc = `{"loadBalancingConfig":[{"` + swbalancer.Name + `":{}}],"methodConfig":` + methodConfig + `}`
+		sc = `{` + lbConfig + `,"methodConfig":` + methodConfig + `}`
 	default:
 		return defaultServiceConfig, nil
 	}
