@@ -99,9 +99,8 @@
 // side channel into failed calls on every instance, while dropping keeps the one member
 // routing depends on. Refusing would not save the work either: the headers must be read to
 // know they are over. The merge reads each header byte a bounded number of times and
-// allocates only its result, so a request of 400 headers of 64 members costs under a
-// millisecond and 34 KB in 88 allocations, as much as the largest legal baggage (it cost
-// 100 s and 43 GB of allocation before the limits).
+// allocates only its result, so a request of 400 headers of 64 members costs about what the
+// largest legal baggage costs (BenchmarkServerBaggage).
 //
 // # Costs
 //
@@ -117,26 +116,17 @@
 // outgoing metadata gets a copy of it with the header added. The interceptors read gRPC's
 // metadata and OpenTelemetry's baggage through the context keys those packages use, learnt
 // once by asking their getters, so they read without the copies the getters make; if a key
-// cannot be learnt they use the getters and allocate as before. Baggage with other members is written out per call. The
-// server interceptors cache what each single header they meet gives (64 slots per
+// cannot be learnt they use the getters and allocate as before. Baggage with other members is
+// written out per call. The server interceptors cache what each single header they meet gives (64 slots per
 // interceptor, headers up to 1 KB): a header seen before is not parsed again and costs one
 // context, and when otelgrpc's handler already extracted the same baggage from it the context
 // is left as it is and nothing is allocated. Nothing is added to a handler's outgoing
 // metadata: as with gRPC and otelgrpc, only a client interceptor (or propagator) on the next
-// call writes the header. A header not seen before is parsed within the limits as described above. The caches
-// are fixed-size and direct-mapped, lock-free, and a header a caller chooses can only make
+// call writes the header. A header not seen before is parsed within the limits as described
+// above. The caches are fixed-size and direct-mapped, lock-free, and a header a caller chooses can only make
 // them miss, never grow.
 //
-// Measured with BenchmarkClientInterceptor and BenchmarkServerInterceptor on 2 cores shared
-// with other work (medians of 3 runs, before and after these caches in turns): a call to an
-// app in no open channel without baggage, 75 ns and no allocation; a call carrying its
-// decision, 0.3–0.4 µs and 1 allocation of 32 B (0.6 µs and 2 before the prebuilt contexts;
-// 2.9 µs and 6 before the caches); the same with its header already written, 0.2 µs and none
-// (1; 8); a call that decides, 0.2–0.3 µs and 1 (4; 17); the server interceptor, 0.08 µs and
-// none without baggage, 0.13–0.19 µs and 1 with a header seen before (3; 6), 0.11–0.16 µs and
-// none after otelgrpc extracted it (1; 10); a header not seen before, 2–3 µs and 9 (9; 7). Over
-// loopback with a release open, 8 calls at a time, BenchmarkInterceptorThroughput compares
-// the interceptors with grpc's round_robin in the same run. The largest legal baggage (64
-// members, 8 KB) or 400 headers of 64 members cost 0.15–0.3 ms and 88 allocations
-// (BenchmarkServerBaggage); a decision for a caller whose baggage is full, 0.13 ms and 172.
+// BenchmarkClientInterceptor, BenchmarkServerInterceptor, BenchmarkServerBaggage and
+// BenchmarkInterceptorThroughput (against grpc's round_robin in the same run) measure these
+// paths; README "Benchmarks" has the figures.
 package traffic
