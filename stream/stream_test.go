@@ -130,8 +130,11 @@ func TestResumeCarriesAStreamAcrossADrain(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Resume: %v after %d messages", err, next)
 	}
-	if next != total || opens != 2 {
-		t.Fatalf("%d of %d messages in %d opens; want all in 2 (one resume)", next, total, opens)
+	// One resume, or a few more: gRPC may pick the draining instance again before the first
+	// stream's trailer has taken it out of the picker; such a stream ends drained at once,
+	// empty, and Resume opens it again.
+	if next != total || opens < 2 {
+		t.Fatalf("%d of %d messages in %d opens; want all, in 2 or more", next, total, opens)
 	}
 	first, second := servedBy[0], servedBy[pauseAt]
 	if first == second || servedBy[pauseAt-1] != first || servedBy[total-1] != second {
