@@ -73,3 +73,21 @@ func (m *ManualDrains) Set(d Drain) {
 		}
 	}
 }
+
+// WorkKind is a kind of work a component does besides serving requests.
+type WorkKind int
+
+// The kinds of work.
+const (
+	MessageWork WorkKind = iota // an mq message handled
+	JobWork                     // a job item run
+	NumWorkKinds
+)
+
+// Worker is told of each piece of work a component did, so that the instance's signals show
+// it (the dashboard's mq and job work per color). lifecycle's Instance implements it. A
+// component reaches it through its Drains: mq and job report to their Drains when it also
+// implements Worker, as lifecycle's Instance does, and to nothing otherwise.
+type Worker interface {
+	DidWork(kind WorkKind, failed bool)
+}
