@@ -13,6 +13,12 @@
 // channel and traffic_weight). Deregister deletes the key at once and keeps the lease, so that
 // Register can put it back; Close revokes the lease.
 //
+// A record says where its instance serves (Addr, the gRPC address consumers dial) and, in
+// Admin ("admin" in JSON, omitted when empty), where its admin HTTP server listens: lifecycle
+// sets it to Addr's host and the admin listener's port, and the dashboard (`switchyard
+// dashboard`, `switchyard top`) polls its /stats there. Both are validated alike: host:port,
+// no wildcard host, a port from 1 to 65535.
+//
 // Instance ids must be unique within an app. Every write is a transaction that creates the
 // key or replaces this Registrar's own record (one on a lease it was granted); a record of
 // another live instance is never overwritten or deleted: Register returns a

@@ -62,6 +62,10 @@ type Record struct {
 	// decided for its color, so the chain's entry routes those to the other color
 	// (DESIGN.md "Faults"). At most MaxDegradedLen bytes.
 	Degraded string
+	// Admin is the host:port of the instance's admin HTTP server (probes, /status, and
+	// /stats, the window the dashboard polls), "" when not known. lifecycle sets it to the
+	// host of Addr and its admin listener's port. Validated like Addr when set.
+	Admin string
 	// Epoch identifies one registration: the etcd create revision of the instance's key,
 	// set by the Watcher (and so the resolver) from etcd, not stored in the record. It
 	// changes with every new registration (Register after Deregister, or after a lost
@@ -76,7 +80,7 @@ func (in Record) Equal(o Record) bool {
 		in.Version == o.Version && in.Channel == o.Channel && in.Weight == o.Weight &&
 		in.TrafficWeight == o.TrafficWeight && in.StartTime.Equal(o.StartTime) &&
 		in.Warmup == o.Warmup && maps.Equal(in.Metadata, o.Metadata) && in.Epoch == o.Epoch &&
-		in.Degraded == o.Degraded
+		in.Degraded == o.Degraded && in.Admin == o.Admin
 }
 
 // ErrInvalidInstance is returned (wrapped, as a *FieldError) when an instance record breaks a
@@ -121,8 +125,13 @@ func (in Record) Validate() error {
 	if err := validName("id", in.ID); err != nil {
 		return err
 	}
-	if err := validateAddr(in.Addr); err != nil {
+	if err := validateAddr("addr", in.Addr); err != nil {
 		return err
+	}
+	if in.Admin != "" {
+		if err := validateAddr("admin", in.Admin); err != nil {
+			return err
+		}
 	}
 	if !in.Color.Valid() {
 		return &FieldError{Field: "color", Value: strconv.Quote(string(in.Color)), Rule: `must be "blue", "green" or "" (none)`}
@@ -148,20 +157,22 @@ func (in Record) Validate() error {
 	return nil
 }
 
-func validateAddr(addr string) error {
+// validateAddr checks an address others dial (field "addr" or "admin"): host:port, with a
+// host that is not a wildcard and a port from 1 to 65535.
+func validateAddr(field, addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: `must be "host:port", e.g. "10.0.3.7:9000" or "[::1]:9000"`}
+		return &FieldError{Field: field, Value: strconv.Quote(addr), Rule: `must be "host:port", e.g. "10.0.3.7:9000" or "[::1]:9000"`}
 	}
 	if host == "" {
-		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: "has no host; register the address consumers can dial, not a wildcard listen address"}
+		return &FieldError{Field: field, Value: strconv.Quote(addr), Rule: "has no host; register the address others can dial, not a wildcard listen address"}
 	}
 	if host == "0.0.0.0" || host == "::" {
-		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: "is a wildcard address; register the address consumers can dial"}
+		return &FieldError{Field: field, Value: strconv.Quote(addr), Rule: "is a wildcard address; register the address others can dial"}
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil || p < 1 || p > 65535 {
-		return &FieldError{Field: "addr", Value: strconv.Quote(addr), Rule: "port must be a number from 1 to 65535"}
+		return &FieldError{Field: field, Value: strconv.Quote(addr), Rule: "port must be a number from 1 to 65535"}
 	}
 	return nil
 }
@@ -190,6 +201,7 @@ type stored struct {
 	WarmupMS      int64             `json:"warmup_ms"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	Degraded      string            `json:"degraded,omitempty"`
+	Admin         string            `json:"admin,omitempty"`
 }
 
 // Marshal validates in and encodes it as the stored JSON record.
@@ -202,7 +214,7 @@ func Marshal(in Record) ([]byte, error) {
 		Header: record.Header{V: schemaVersion}, ID: in.ID, App: in.App, Addr: in.Addr, Color: string(in.Color),
 		Version: in.Version, Channel: in.Channel, Weight: &w, TrafficWeight: &tw,
 		StartTime: in.StartTime.UTC(), WarmupMS: in.Warmup.Milliseconds(), Metadata: in.Metadata,
-		Degraded: in.Degraded,
+		Degraded: in.Degraded, Admin: in.Admin,
 	})
 }
 
@@ -224,7 +236,7 @@ func Unmarshal(data []byte) (Record, error) {
 		ID: r.ID, App: r.App, Addr: r.Addr, Color: deploy.Color(r.Color), Version: r.Version,
 		Channel: r.Channel, Weight: deploy.DefaultWeight, TrafficWeight: deploy.DefaultWeight,
 		StartTime: r.StartTime, Warmup: time.Duration(r.WarmupMS) * time.Millisecond, Metadata: r.Metadata,
-		Degraded: r.Degraded,
+		Degraded: r.Degraded, Admin: r.Admin,
 	}
 	if r.Weight != nil {
 		in.Weight = *r.Weight

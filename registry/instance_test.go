@@ -43,6 +43,9 @@ func TestValidateNamesTheFieldAndRule(t *testing.T) {
 		{"NaN traffic weight", func(i *registry.Record) { i.TrafficWeight = math.NaN() }, "traffic_weight", "finite"},
 		{"Inf weight", func(i *registry.Record) { i.Weight = math.Inf(1) }, "weight", "finite"},
 		{"negative warmup", func(i *registry.Record) { i.Warmup = -time.Second }, "warmup_ms", "negative"},
+		{"admin without port", func(i *registry.Record) { i.Admin = "10.0.3.7" }, "admin", "host:port"},
+		{"wildcard admin", func(i *registry.Record) { i.Admin = "[::]:8081" }, "admin", "wildcard"},
+		{"admin port 0", func(i *registry.Record) { i.Admin = "10.0.3.7:0" }, "admin", "1 to 65535"},
 		{"long degraded", func(i *registry.Record) { i.Degraded = strings.Repeat("x", 513) }, "degraded", "at most 512"},
 	}
 	for _, c := range cases {
@@ -106,6 +109,25 @@ func TestRecordRoundTripAndDesignExample(t *testing.T) {
 		t.Fatalf("degraded did not round trip (%v): %s -> %+v", err, data, out)
 	}
 
+	if _, ok := fields["admin"]; ok {
+		t.Errorf("a record without an admin server stores admin: %s", data)
+	}
+	in.Admin = "10.0.3.7:8081"
+	if data, err = registry.Marshal(in); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"admin":"10.0.3.7:8081"`) {
+		t.Errorf("admin not stored as \"admin\": %s", data)
+	}
+	if out, err = registry.Unmarshal(data); err != nil || !out.Equal(in) {
+		t.Fatalf("admin did not round trip (%v): %s -> %+v", err, data, out)
+	}
+	other := in
+	other.Admin = "10.0.3.7:8082"
+	if other.Equal(in) {
+		t.Errorf("Equal ignores Admin")
+	}
+
 	// The example of DESIGN.md decodes as written.
 	design := `{"v":1,"id":"order-7d9f","app":"order","addr":"10.0.3.7:9000","color":"blue","version":"v2",
  "channel":"trade","weight":100,"traffic_weight":100,"start_time":"2026-11-21T10:00:00Z",
@@ -152,6 +174,8 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","start_time":"bad"}`))
 	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","color":"red"}`))
 	f.Add([]byte(`{"v":1,"metadata":{"k":1}}`))
+	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","admin":"h:8081"}`))
+	f.Add([]byte(`{"v":1,"id":"a","app":"x","addr":"h:1","admin":":8081"}`))
 	f.Add([]byte(`not json`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in, err := registry.Unmarshal(data)

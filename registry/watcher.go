@@ -129,6 +129,7 @@ type inst struct {
 	Addr  string
 	attrs *attributes.Attributes // balancer.EndpointInfo (SetEndpointInfo's), with Epoch
 	more  *instMore              // nil: no Version, Metadata or Degraded
+	admin string                 // Record.Admin (set by every lifecycle instance, so not in more)
 	lease int64                  // of the key as read; 0: none
 }
 
@@ -147,7 +148,7 @@ func (p *inst) instance(app string) Record {
 	info := p.info()
 	in := Record{ID: p.ID, App: app, Addr: p.Addr, Color: info.Color, Channel: info.Channel,
 		Weight: info.Weight, TrafficWeight: info.TrafficWeight, StartTime: info.StartTime, Warmup: info.Warmup,
-		Epoch: info.Epoch}
+		Epoch: info.Epoch, Admin: p.admin}
 	if m := p.more; m != nil {
 		in.Version, in.Degraded, in.Metadata = m.version, m.degraded, m.metadata
 	}
@@ -156,7 +157,7 @@ func (p *inst) instance(app string) Record {
 
 // newInst is in, stamped with its key's create revision and lease.
 func newInst(in *Record, createRev, lease int64) *inst {
-	p := &inst{ID: in.ID, Addr: in.Addr, lease: lease}
+	p := &inst{ID: in.ID, Addr: in.Addr, admin: in.Admin, lease: lease}
 	if in.Version != "" || in.Degraded != "" || len(in.Metadata) > 0 {
 		p.more = &instMore{version: in.Version, degraded: in.Degraded, metadata: in.Metadata}
 	}
@@ -171,7 +172,7 @@ func newInst(in *Record, createRev, lease int64) *inst {
 // equal tells an unchanged record from a changed one; with ignoreRule, a change of only the
 // channel and traffic weight is none.
 func (p *inst) equal(o *inst, ignoreRule bool) bool {
-	if p.ID != o.ID || p.Addr != o.Addr || (p.more == nil) != (o.more == nil) {
+	if p.ID != o.ID || p.Addr != o.Addr || p.admin != o.admin || (p.more == nil) != (o.more == nil) {
 		return false
 	}
 	if p.more != nil && (p.more.version != o.more.version || p.more.degraded != o.more.degraded ||

@@ -33,6 +33,7 @@ type instanceJSON struct {
 	WarmupLeftMS  int64   `json:"warmup_left_ms"`
 	AgeMS         int64   `json:"age_ms"`
 	Degraded      string  `json:"degraded,omitempty"` // why it cannot keep its color's requests on its color
+	Admin         string  `json:"admin,omitempty"`    // its admin server (host:port: /status, /stats)
 }
 
 func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, out, errOut io.Writer) error {
@@ -53,7 +54,7 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 	for _, in := range recs {
 		left := max(0, in.StartTime.Add(in.Warmup).Sub(now))
 		list = append(list, instanceJSON{in.ID, in.Addr, string(in.Color), in.Version, in.Channel, in.Weight, in.TrafficWeight,
-			left.Milliseconds(), now.Sub(in.StartTime).Milliseconds(), in.Degraded})
+			left.Milliseconds(), now.Sub(in.StartTime).Milliseconds(), in.Degraded, in.Admin})
 	}
 	if o.output == "json" {
 		if list == nil {
@@ -62,9 +63,9 @@ func instances(ctx context.Context, o opts, cli *clientv3.Client, app string, ou
 		return json.NewEncoder(out).Encode(list)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tCOLOR\tVERSION\tCHANNEL\tWEIGHT\tTRAFFIC WEIGHT\tWARMUP LEFT\tAGE\tDEGRADED")
+	fmt.Fprintln(tw, "ID\tADDRESS\tADMIN\tCOLOR\tVERSION\tCHANNEL\tWEIGHT\tTRAFFIC WEIGHT\tWARMUP LEFT\tAGE\tDEGRADED")
 	for _, i := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%g\t%.4g\t%v\t%v\t%s\n", i.ID, i.Addr, dash(i.Color), dash(i.Version), dash(i.Channel),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%g\t%.4g\t%v\t%v\t%s\n", i.ID, i.Addr, dash(i.Admin), dash(i.Color), dash(i.Version), dash(i.Channel),
 			i.Weight, i.TrafficWeight, time.Duration(i.WarmupLeftMS)*time.Millisecond, (time.Duration(i.AgeMS) * time.Millisecond).Round(time.Second), dash(i.Degraded))
 	}
 	return tw.Flush()
