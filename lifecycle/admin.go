@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/switchyard-go/switchyard/window"
 )
 
 // The admin HTTP server's limits. They are constants, not Config fields: they bound what a
@@ -208,6 +210,21 @@ func (i *Instance) Status() Status {
 	return s
 }
 
+// Stats is what GET /stats (window.StatsPath) answers: who the instance is, its state, and
+// its window of the last minute (requests, errors, latency buckets, crossings, mq and job
+// work). Cheap: no etcd request.
+func (i *Instance) Stats() window.Stats {
+	i.mu.Lock()
+	reg, st, addr := i.reg, i.state, i.addr
+	i.mu.Unlock()
+	s := window.Stats{App: i.cfg.App, ID: i.cfg.ID, Color: string(i.cfg.Color), Version: i.cfg.Version, Addr: addr,
+		State: string(st), InFlight: i.gate.inflight.Load(), Window: i.win.Snapshot()}
+	if reg != nil {
+		s.Channel = reg.Record().Channel
+	}
+	return s
+}
+
 // adminHandler serves the probes and the operator endpoints:
 //
 //	GET  /healthz/live   200 while the process runs
@@ -215,6 +232,7 @@ func (i *Instance) Status() Status {
 //	POST /offline        Drain (the preStop hook); 200 when drained
 //	POST /online         undo a Drain; 409 if the instance is not drained
 //	GET  /status         Status as JSON
+//	GET  /stats          Stats as JSON (window.StatsPath)
 func (i *Instance) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz/live", func(w http.ResponseWriter, _ *http.Request) {
@@ -253,6 +271,7 @@ func (i *Instance) adminHandler() http.Handler {
 		}
 	}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, i.Status()) })
+	mux.HandleFunc("GET "+window.StatsPath, func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, i.Stats()) })
 	return mux
 }
 

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	"github.com/switchyard-go/switchyard/deploy"
@@ -79,7 +81,8 @@ type Config struct {
 	ServerOptions []grpc.ServerOption
 
 	// AdminAddr is where the admin HTTP server listens (probes, /offline, /online,
-	// /status). Default ":8081".
+	// /status, /stats). Default ":8081". The instance's record carries it as
+	// registry.Record.Admin, with the advertised gRPC host and the listener's port.
 	AdminAddr string
 	// AdminToken, if set, is required as "Authorization: Bearer <token>" by POST /offline
 	// and /online, which then accept any caller; if empty they accept only loopback callers.
@@ -118,6 +121,10 @@ type Config struct {
 
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives the instance's metrics (doc.go "Signals": the requests it
+	// serves, their duration, in-flight, crossings, its state, registration and drains).
+	// Default otel.GetMeterProvider(), the global one: a no-op until the process sets one.
+	MeterProvider metric.MeterProvider
 }
 
 func (c *Config) setDefaults() error {
@@ -161,6 +168,9 @@ func (c *Config) setDefaults() error {
 	c.offlineDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
 	}
 	return nil
 }

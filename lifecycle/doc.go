@@ -49,7 +49,8 @@
 // # Serving
 //
 // The instance's server (Server) comes with its interceptors: in-flight accounting, the
-// offline flag, baggage extraction for sticky decisions, and the own-color mark. It follows
+// offline flag, the request signals (see Signals), baggage extraction for sticky decisions,
+// and the own-color mark. It follows
 // its app's channel and re-puts its record's channel and traffic_weight when the rule changes.
 //
 // # Calling other apps
@@ -174,6 +175,12 @@
 //	POST /online         undo a Drain; 409 unless drained
 //	GET  /status         JSON: state, registered, offline, in-flight, channel, color, weights,
 //	                     blocked (why a start waits), degraded (why its color cannot be kept)
+//	GET  /stats          JSON window.Stats: identity, state, in-flight and the last minute's
+//	                     window (see Signals); what the dashboard polls
+//
+// /status and /stats are read-only, need no token and make no etcd request. The instance's
+// record carries the admin server's address (registry.Record.Admin: the host of the gRPC
+// address it registers and the admin listener's port), so tools find /stats from etcd.
 //
 // /offline and /online accept only loopback callers, or, when Config.AdminToken is set, any
 // caller with "Authorization: Bearer <token>"; others get 403. The admin server closes a
@@ -185,11 +192,59 @@
 // reach the admin port from 127.0.0.1 (or 127.0.0.6), so loopback proves nothing there: set
 // AdminToken.
 //
+// # Signals
+//
+// Every instance records its golden signals on Config.MeterProvider (default
+// otel.GetMeterProvider(), the global one, a no-op until the process sets one), as OTel
+// metrics of the instrumentation scope github.com/switchyard-go/switchyard/lifecycle:
+//
+//	name                                kind, unit                              attributes
+//	switchyard.server.requests          Int64Counter {request}                  app, color, version, channel, rpc.method, rpc.grpc.status_code
+//	switchyard.server.duration          Float64Histogram s                      app, color, version, channel, rpc.method
+//	switchyard.server.in_flight         Int64ObservableUpDownCounter {request}  app, color
+//	switchyard.server.crossings         Int64Counter {request}                  app, color, channel, switchyard.decided
+//	switchyard.instance.state           Int64ObservableGauge                    app, color, switchyard.state
+//	switchyard.instance.registered      Int64ObservableGauge                    app, color
+//	switchyard.instance.drain.duration  Float64Histogram s                      app, color
+//
+// app, color, version and channel are the attributes switchyard.app, switchyard.color ("" for
+// an instance of no color), switchyard.version (Config.Version) and switchyard.channel (the
+// open channel its app is in, "" for none; it follows the rule). The server metrics are
+// recorded by the interceptors of Server, for unary calls and streams (a stream's duration is
+// its whole life; in-flight counts it until it ends): rpc.method is the full method name
+// ("/pkg.Service/Method") of the services registered when Start begins serving, "_OTHER" for
+// any other (only a grpc.UnknownServiceHandler serves those: a client must not be able to grow
+// the series without bound); rpc.grpc.status_code is the code the server sends (a handler's
+// context error counts as Canceled or DeadlineExceeded, another error that is no status error
+// as Unknown). The duration buckets are those of the window (1 ms to 5 s). A crossing is a
+// request whose sticky decision for the instance's channel names the other color
+// (switchyard.decided): stickiness broke on the way, e.g. a middle service dropped the
+// baggage; it is counted only while the instance has a color and its app is in an open
+// channel. state is 1 for the current state (new, starting, serving, draining, drained,
+// stopped) and 0 for the others; registered is 1 while the registrar's record is in etcd;
+// drain.duration records each Drain, from its start until quiet (or MaxDrain). The observable
+// metrics are reported from Start until the instance is stopped.
+//
+// The attribute sets are built once: per registered method and status code, for the
+// instance's identity, when Start begins serving, and again when the app's channel changes
+// (swapped in whole); the interceptors only pick the ready-made one. With the global no-op
+// provider a request that is not decided for the own color still allocates nothing (nor does
+// it with the SDK's provider); BenchmarkGate, BenchmarkGateDecided and BenchmarkGateSDK
+// measure them.
+//
+// The instance's window (package window: the last minute in 1 s buckets) gets the same
+// requests: count, errors, latency, crossings; and the work of its components: mq and job
+// components given the Instance as their Drains report each message handled and job item run
+// to it (Instance implements deploy.Worker). A request is an error of the window when its
+// code is a server-side failure (ServerFailure: Unknown, DeadlineExceeded, ResourceExhausted,
+// Unimplemented, Internal, Unavailable, DataLoss); codes a client causes (InvalidArgument,
+// NotFound, PermissionDenied, Canceled, …) are not. GET /stats serves it (Instance.Stats).
+//
 // # Locking
 //
 // Transitions are serialized by Instance.opMu; a concurrent caller waits and then finds the
 // state the first one left. Interceptors read atomics only and allocate nothing while the
 // instance is online, except the one context of a request decided for its own color
-// (BenchmarkGate and BenchmarkGateDecided measure them). The degraded mark is kept by one
+// (BenchmarkGate, BenchmarkGateDecided and BenchmarkGateSDK measure them). The degraded mark is kept by one
 // goroutine per instance, from registration to Offline.
 package lifecycle

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -24,6 +26,7 @@ import (
 	"github.com/switchyard-go/switchyard/internal/reach"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
+	"github.com/switchyard-go/switchyard/window"
 )
 
 // State is where an Instance stands.
@@ -58,6 +61,8 @@ type Instance struct {
 	ready  atomic.Bool
 	// aborted is set by Abort, before it stops the gRPC server.
 	aborted atomic.Bool
+	// win is the instance's last minute of signals (GET /stats), fed by the gate and DidWork.
+	win *window.Window
 
 	opMu sync.Mutex
 
@@ -79,9 +84,10 @@ type Instance struct {
 	goingOff     chan struct{} // closed when a drain begins; renewed by Online
 	served       chan error    // gRPC Serve's result
 	stopErr      error
-	blocked      string        // why Start waits, while it does (Status.Blocked)
-	reachKick    chan struct{} // wakes the degraded-mark goroutine at a rule change (cap 1)
-	reachStop    func()        // stops that goroutine and waits for it; nil if not running
+	blocked      string              // why Start waits, while it does (Status.Blocked)
+	reachKick    chan struct{}       // wakes the degraded-mark goroutine at a rule change (cap 1)
+	reachStop    func()              // stops that goroutine and waits for it; nil if not running
+	unobserve    metric.Registration // the observable metrics' callback, from Start until stopped
 
 	// bg is the ctx of the etcd writes made on the instance's behalf (the rule handler's
 	// re-puts); Offline cancels it before it waits for them.
@@ -104,6 +110,14 @@ func New(cfg Config) (*Instance, error) {
 		reachKick: make(chan struct{}, 1), log: cfg.Logger.With("app", cfg.App, "instance", cfg.ID),
 		drains: deploy.NewManualDrains(cfg.Color), loaded: make(chan struct{})}
 	i.bg, i.bgCancel = context.WithCancel(context.Background())
+	m, err := newMeters(cfg.MeterProvider)
+	if err != nil {
+		return nil, err
+	}
+	i.win = window.New(nil)
+	i.gate.win, i.gate.m, i.gate.app, i.gate.color, i.gate.version = i.win, m, cfg.App, cfg.Color, cfg.Version
+	i.gate.drainOpts = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(
+		attribute.String(attrApp, cfg.App), attribute.String(attrColor, string(cfg.Color))))}
 	i.srv = grpc.NewServer(append(i.gate.serverOptions(), cfg.ServerOptions...)...)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(i.srv, i.health)
@@ -111,8 +125,10 @@ func New(cfg Config) (*Instance, error) {
 }
 
 // Server is the instance's gRPC server, with the interceptors for the offline flag,
-// in-flight accounting, sticky baggage and the own-color mark already installed, and gRPC
-// health registered.
+// in-flight accounting, the request signals (doc.go "Signals"), sticky baggage and the
+// own-color mark already installed, and gRPC health registered. Register every service
+// before Start: the request metrics' attribute sets are built for the methods registered
+// when it begins serving.
 func (i *Instance) Server() *grpc.Server { return i.srv }
 
 // Addr is the address registered for consumers (after Start).
@@ -147,9 +163,24 @@ func (i *Instance) GoingOffline() <-chan struct{} {
 func (i *Instance) setState(s State) {
 	i.mu.Lock()
 	i.state = s
+	unobserve := i.unobserve
+	if s == StateStopped {
+		i.unobserve = nil
+	}
 	i.mu.Unlock()
 	i.log.Info("lifecycle: " + string(s))
+	if s == StateStopped && unobserve != nil {
+		// The provider keeps no reference to a stopped instance; its last values were observed.
+		if err := unobserve.Unregister(); err != nil {
+			i.log.Warn("lifecycle: unregister the metrics callback", "err", err)
+		}
+	}
 }
+
+// DidWork counts a piece of work a component of the instance did (an mq message handled, a
+// job item run) in the instance's window (GET /stats): it makes the Instance a
+// deploy.Worker, so mq and job components given the Instance as their Drains report to it.
+func (i *Instance) DidWork(kind deploy.WorkKind, failed bool) { i.win.DidWork(kind, failed) }
 
 // Start runs the lossless start: listen and serve → admin HTTP (probes answer "not ready")
 // → load the rules → wait until the app's channel can be read → readiness checks →
@@ -175,6 +206,10 @@ func (i *Instance) Start(ctx context.Context) error {
 	}
 	if s := i.State(); s != StateNew {
 		return fmt.Errorf("lifecycle: Start on an instance that is %s; an Instance starts once", s)
+	}
+	if err := i.observeMetrics(); err != nil {
+		i.setState(StateStopped)
+		return err
 	}
 	i.setState(StateStarting)
 	ctx, cancel := context.WithTimeout(ctx, i.cfg.StartTimeout)
@@ -228,6 +263,7 @@ func (i *Instance) listenAndServe(_ context.Context, undo *undoStack) error {
 		_ = lis.Close()
 		return err
 	}
+	i.gate.serve(methodsOf(i.srv)) // the services are registered by now: Serve refuses more
 	served := make(chan error, 1)
 	go func() { served <- i.srv.Serve(lis) }()
 	i.mu.Lock()
@@ -283,16 +319,16 @@ func (i *Instance) loadRules(ctx context.Context, undo *undoStack) error {
 // rule gives the instance, and subscribes onEvent to the rules, which re-puts them.
 func (i *Instance) followRules(_ context.Context, undo *undoStack) error {
 	i.mu.Lock()
-	rules, addr := i.rules, i.addr
+	rules, addr, adminAddr := i.rules, i.addr, i.adminAddr
 	i.mu.Unlock()
 	channel, tw := i.trafficOf(rules)
-	i.gate.setOwn(channel, i.cfg.Color, i.cfg.App+"/"+i.cfg.ID)
+	i.gate.follow(channel, i.cfg.App+"/"+i.cfg.ID)
 	reg, err := registry.NewRegistrar(registry.Config{
 		Client: i.cfg.Client, Prefix: i.cfg.Prefix, TTL: i.cfg.TTL, Logger: i.cfg.Logger,
 		Instance: registry.Record{
 			ID: i.cfg.ID, App: i.cfg.App, Addr: addr, Color: i.cfg.Color, Version: i.cfg.Version,
 			Channel: channel, Weight: i.cfg.Weight, TrafficWeight: tw, Warmup: i.cfg.Warmup, Metadata: i.cfg.Metadata,
-			Degraded: i.degradedReason(),
+			Degraded: i.degradedReason(), Admin: advertisedAdmin(addr, adminAddr),
 		},
 		Checks: i.cfg.Checks, RegisterDelay: i.cfg.RegisterDelay, CheckTimeout: i.cfg.StartTimeout,
 		RequestTimeout: i.cfg.RequestTimeout,
@@ -516,7 +552,7 @@ func (i *Instance) onEvent(e traffic.Event) {
 		return
 	}
 	channel, tw := i.trafficOf(rules)
-	i.gate.setOwn(channel, i.cfg.Color, i.cfg.App+"/"+i.cfg.ID)
+	i.gate.follow(channel, i.cfg.App+"/"+i.cfg.ID)
 	select { // the rule changed: the degraded mark is computed again
 	case i.reachKick <- struct{}{}:
 	default:
@@ -611,6 +647,7 @@ func (i *Instance) drainLocked(ctx context.Context) error {
 	i.mu.Unlock()
 	errs = append(errs, i.stopComponents(ctx))
 	i.waitQuiet(ctx, begin)
+	i.gate.m.drain.Record(ctx, time.Since(begin).Seconds(), i.gate.drainOpts...)
 	i.setState(StateDrained)
 	i.log.Info("lifecycle: drained", "took", time.Since(begin).Round(time.Millisecond), "in_flight", i.gate.inflight.Load())
 	return errors.Join(errs...)
@@ -800,6 +837,20 @@ func (i *Instance) Run(ctx context.Context) error {
 	octx, cancel := context.WithTimeout(context.Background(), i.cfg.OfflineTimeout()+5*time.Second)
 	defer cancel()
 	return errors.Join(serveErr, i.Offline(octx))
+}
+
+// advertisedAdmin is the admin server's address others reach (the record's Admin): the host
+// consumers dial for gRPC (addr's) and the admin listener's port; "" if either is unknown.
+func advertisedAdmin(addr, adminListen string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(adminListen)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // adminStopTimeout is how long stopAdmin lets requests being answered finish.
