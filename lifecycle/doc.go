@@ -225,9 +225,10 @@
 // drain.duration records each Drain, from its start until quiet (or MaxDrain). The observable
 // metrics are reported from Start until the instance is stopped.
 //
-// The attribute sets are built once: per registered method and status code, for the
-// instance's identity, when Start begins serving, and again when the app's channel changes
-// (swapped in whole); the interceptors only pick the ready-made one. With the global no-op
+// The attribute sets are built once, for the instance's identity: per registered method when
+// Start begins serving (with status code OK; another code's the first time a method ends with
+// it), and again when the app's channel changes (swapped in whole); the interceptors only pick
+// the ready-made one. With the global no-op
 // provider a request that is not decided for the own color still allocates nothing (nor does
 // it with the SDK's provider); BenchmarkGate, BenchmarkGateDecided and BenchmarkGateSDK
 // measure them.

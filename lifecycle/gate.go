@@ -135,7 +135,7 @@ func (g *gate) done(ctx context.Context, fullMethod string, start time.Time, err
 		return
 	}
 	m := s.of(fullMethod)
-	g.m.requests.Add(ctx, 1, s.requestOpts(m, code, fullMethod)...)
+	g.m.requests.Add(ctx, 1, s.requestOpts(m, code)...)
 	g.m.duration.Record(ctx, d.Seconds(), m.duration...)
 }
 

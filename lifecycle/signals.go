@@ -140,9 +140,13 @@ type signals struct {
 	crossing []metric.AddOption // nil unless the instance has a color and a channel
 }
 
-// methodSignals are one method's options: requests per status code, and duration.
+// methodSignals are one method's options: requests per status code, and duration. OK's are
+// built with the method; another code's on its first request (once: the first to store it
+// wins), so a method costs one attribute set per code it has ended with.
 type methodSignals struct {
-	requests [numCodes][]metric.AddOption
+	name     string
+	ok       []metric.AddOption
+	requests [numCodes]atomic.Pointer[[]metric.AddOption]
 	duration []metric.RecordOption
 }
 
@@ -164,11 +168,12 @@ func newSignals(app string, color deploy.Color, version, channel string, methods
 }
 
 func (s *signals) method(name string) *methodSignals {
-	m := &methodSignals{duration: []metric.RecordOption{metric.WithAttributeSet(s.set(name))}}
-	for c := range m.requests {
-		m.requests[c] = []metric.AddOption{metric.WithAttributeSet(s.set(name, attribute.Int(attrCode, c)))}
-	}
-	return m
+	return &methodSignals{name: name, duration: []metric.RecordOption{metric.WithAttributeSet(s.set(name))},
+		ok: s.requestsOf(name, codes.OK)}
+}
+
+func (s *signals) requestsOf(method string, code codes.Code) []metric.AddOption {
+	return []metric.AddOption{metric.WithAttributeSet(s.set(method, attribute.Int(attrCode, int(code))))}
 }
 
 func (s *signals) set(method string, more ...attribute.KeyValue) attribute.Set {
@@ -185,14 +190,21 @@ func (s *signals) of(fullMethod string) *methodSignals {
 }
 
 // requestOpts returns the options of a request that ended with code under method m.
-func (s *signals) requestOpts(m *methodSignals, code codes.Code, fullMethod string) []metric.AddOption {
-	if code < numCodes {
-		return m.requests[code]
+func (s *signals) requestOpts(m *methodSignals, code codes.Code) []metric.AddOption {
+	switch {
+	case code == codes.OK:
+		return m.ok
+	case code >= numCodes: // not a gRPC code: rare enough to build each time
+		return s.requestsOf(m.name, code)
 	}
-	if _, ok := s.methods[fullMethod]; !ok {
-		fullMethod = otherMethod
+	if p := m.requests[code].Load(); p != nil {
+		return *p
 	}
-	return []metric.AddOption{metric.WithAttributeSet(s.set(fullMethod, attribute.Int(attrCode, int(code))))}
+	opts := s.requestsOf(m.name, code)
+	if !m.requests[code].CompareAndSwap(nil, &opts) {
+		return *m.requests[code].Load()
+	}
+	return opts
 }
 
 // methodsOf lists the full method names of srv's registered services ("/pkg.Service/Method").
