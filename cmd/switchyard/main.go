@@ -8,6 +8,8 @@
 //	switchyard channel delete <channel> --yes [--force]
 //	switchyard instances <app>
 //	switchyard watch <channel>
+//	switchyard dashboard [--listen 127.0.0.1:8080] [--channel C]
+//	switchyard top <channel> [--once]
 //
 // etcd: --endpoints or SWITCHYARD_ETCD_ENDPOINTS (comma-separated), --prefix, TLS (--cacert,
 // --cert, --key) and auth (--user, --password). -o json on read commands. Exit codes: 0 ok,
@@ -22,6 +24,15 @@
 // says what it would delete and exits 2. A rule with a release open is refused (exit 1)
 // unless --force is given too, because deleting it ends the release at once (traffic goes
 // straight back to 50/50 and its apps leave the channel): drain with shift, then finish.
+//
+// dashboard serves a live web page of a release (package dashboard): for each app of the
+// channel (of every channel without --channel), per color, requests/s, error %, p50/p99,
+// in-flight, instances by state, target vs observed split, crossings, mq and job work; each
+// instance's load; the rule's events. It polls each instance's /stats (on its admin server)
+// every second, prints the page's URL and serves until interrupted; /api/view is the JSON
+// and /api/events the Server-Sent Events behind the page. top prints the same figures for
+// one channel in the terminal, redrawn in place every second (--once: one frame, then exit;
+// with -o json, the View as JSON).
 package main
 
 import (
@@ -68,6 +79,12 @@ commands:
                                       ends the release at once; prefer finish)
   instances <app>                     the app's registered instances
   watch <channel>                     follow the channel's events until interrupted
+  dashboard [--listen H:P] [--channel C]
+                                      serve a live web page of the release (default
+                                      127.0.0.1:8080; every channel without --channel) until
+                                      interrupted; JSON at /api/view, SSE at /api/events
+  top <channel> [--once]              the same figures in the terminal, redrawn every second;
+                                      --once prints one frame and exits (-o json: the View)
   help                                this text (also -h, --help)
 
 flags (anywhere after the command):
@@ -94,9 +111,9 @@ func main() {
 // opts are the flags every command takes.
 type opts struct {
 	endpoints, prefix, cacert, cert, key, user, password, output, apps string
-	blue                                                               string
+	blue, listen, channel                                              string
 	timeout                                                            time.Duration
-	yes, force                                                         bool
+	yes, force, once                                                   bool
 }
 
 type usageError struct{ msg string }
@@ -126,6 +143,9 @@ func parse(args []string, getenv func(string) string) (opts, []string, error) {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "")
 	fs.BoolVar(&o.yes, "yes", false, "")
 	fs.BoolVar(&o.force, "force", false, "")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "")
+	fs.StringVar(&o.channel, "channel", "", "")
+	fs.BoolVar(&o.once, "once", false, "")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -243,6 +263,8 @@ var commands = map[string]func(context.Context, env) error{
 	"channel delete": channelDelete,
 	"instances":      instancesCmd,
 	"watch":          watchCmd,
+	"dashboard":      dashboardCmd,
+	"top":            topCmd,
 }
 
 // lookup finds the command that pos names.
