@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -11,10 +12,8 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
-	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/balancer/base"
 	"google.golang.org/grpc/balancer/pickfirst"
@@ -85,21 +84,6 @@ func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balance
 // A logger in the resolver state's attributes (WithLogger) replaces log.
 func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clockwork.Clock, baseLog *slog.Logger) *wBalancer {
 	log := baseLog.With("component", "switchyard-balancer", "target", opts.Target.String())
-	meter := otel.GetMeterProvider().Meter(meterName)
-	fallbacks, err := meter.Int64Counter("switchyard.balancer.sticky_fallbacks",
-		metric.WithDescription("Sticky requests sent to the other color, and re-decided for it, because the decided color had no usable endpoint and the caller is not of that color."),
-		metric.WithUnit("{request}"))
-	if err != nil {
-		log.Warn("switchyard balancer: cannot create metric; sticky fallbacks are only logged", "err", err)
-		fallbacks = noop.Int64Counter{}
-	}
-	refusals, err := meter.Int64Counter("switchyard.balancer.sticky_refusals",
-		metric.WithDescription("Sticky requests failed (UNAVAILABLE) rather than sent to the other color, because the decided color had no usable endpoint and the caller is code of that color."),
-		metric.WithUnit("{request}"))
-	if err != nil {
-		log.Warn("switchyard balancer: cannot create metric; sticky refusals are only logged", "err", err)
-		refusals = noop.Int64Counter{}
-	}
 	return &wBalancer{
 		cc:         cc,
 		opts:       opts,
@@ -107,9 +91,8 @@ func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clock
 		baseLog:    baseLog,
 		log:        log,
 		app:        opts.Target.Endpoint(),
-		fallbacks:  fallbacks,
-		refusals:   refusals,
 		fbAttrs:    metric.WithAttributeSet(attribute.NewSet(attribute.String("target", opts.Target.String()))),
+		offAttrs:   metric.WithAttributeSet(attribute.NewSet(attribute.String("switchyard.app", opts.Target.Endpoint()))),
 		byKey:      map[string]*endpoint{},
 		offline:    map[string]EndpointInfo{},
 		stickyWait: DefaultStickyWait,
@@ -137,15 +120,18 @@ type wBalancer struct {
 	opts       balancer.BuildOptions
 	buildChild func(balancer.ClientConn, balancer.BuildOptions) balancer.Balancer // pick_first
 	app        string                                                             // the target's endpoint: the called app, for the reach board
-	fallbacks  metric.Int64Counter
-	refusals   metric.Int64Counter
-	fbAttrs    metric.AddOption
-	clock      clockwork.Clock // Now for the warmup factor and sticky wait, AfterFunc for the refresh
-	next       *atomic.Uint64
-	reach      *reach.Entry // this connection's view on the process's reach board
+	fbAttrs    metric.AddOption                                                   // sticky_fallbacks, sticky_refusals: target
+	offAttrs   metric.AddOption                                                   // offline_marks: switchyard.app
+	// cells are the pick counters, one per (color, channel) seen (metrics.go); written under
+	// mu, copy on write, read by the metrics callback without a lock.
+	cells atomic.Pointer[[]*pickCell]
+	clock clockwork.Clock // Now for the warmup factor and sticky wait, AfterFunc for the refresh
+	next  *atomic.Uint64
+	reach *reach.Entry // this connection's view on the process's reach board
 
 	mu         sync.Mutex
 	baseLog    *slog.Logger            // Build's, or the resolver state's (WithLogger)
+	m          *meters                 // on the resolver state's provider (WithMeterProvider) or the global one; nil before the first update
 	log        *slog.Logger            // baseLog with the component and target
 	list       []*endpoint             // the resolver state's endpoints, in its order, without duplicates
 	spare      []*endpoint             // the previous list's array, reused by the next update
@@ -173,6 +159,7 @@ type endpoint struct {
 	// Guarded by b.mu:
 	ep      resolver.Endpoint
 	info    EndpointInfo // from ep, read when its Attributes change
+	cell    *pickCell    // counts its picks: the cell of info's color and channel
 	hasInfo bool
 	state   balancer.State // the child's last
 	since   time.Time      // when it began connecting (IDLE or CONNECTING); zero otherwise
@@ -233,6 +220,7 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 		b.stickyWait = cfg.stickyWait
 	}
 	b.useLoggerLocked(loggerFrom(s.ResolverState.Attributes))
+	b.useMeterProviderLocked(meterProviderFrom(s.ResolverState.Attributes))
 	b.inhibit = true
 	b.resolveErr = nil
 	b.gen++
@@ -251,10 +239,14 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 				}
 			}
 			e.info, e.hasInfo = EndpointInfoFrom(ep)
+			e.cell = b.cellLocked(e.info.Color, e.info.Channel)
 			b.byKey[key] = e
 			fresh = append(fresh, e)
 		case ep.Attributes != e.ep.Attributes:
 			e.info, e.hasInfo = EndpointInfoFrom(ep)
+			if e.cell.color != e.info.Color || e.cell.channel != e.info.Channel {
+				e.cell = b.cellLocked(e.info.Color, e.info.Channel)
+			}
 		}
 		// A READY child whose addresses are the same has nothing to do with the update
 		// (pick_first keeps its connection); any other child gets it, as endpointsharding does.
@@ -370,6 +362,7 @@ func (b *wBalancer) Close() {
 		b.timer.Stop()
 	}
 	b.reach.Close()
+	b.m.close(b.log)
 	list := b.list
 	b.list, b.spare = nil, nil
 	for _, e := range list {
@@ -393,6 +386,7 @@ func (b *wBalancer) markOffline(e *endpoint) {
 		return
 	}
 	b.offline[info.ID] = info
+	b.m.offline.Add(context.Background(), 1, b.offAttrs)
 	b.log.Info("switchyard balancer: instance says it is going offline; no longer picking it", "instance", info.ID)
 	b.sendLocked()
 }
@@ -490,7 +484,7 @@ func (b *wBalancer) sendLocked() {
 		b.cc.UpdateState(b.notReadyLocked(nConnecting, nIdle, nFailed))
 		return
 	}
-	p := &picker{next: b.next, fallbacks: b.fallbacks, refusals: b.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
+	p := &picker{next: b.next, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
 	// Undecided requests go to the live endpoints, or to the marked ones if that is all
 	// there is (they still serve). A sticky request's color set is its color's live
 	// endpoints, or, if it has none, its marked ones: they serve what reaches them, and
@@ -512,10 +506,10 @@ func (b *wBalancer) sendLocked() {
 		info := &e.info
 		pk := e.state.Picker
 		if e.off == allMarked {
-			p.all.add(pk, e.done, info.EffectiveWeight(blue && green, now))
+			p.all.add(pk, e.done, e.cell, info.EffectiveWeight(blue && green, now))
 		}
 		if ci := colorSlot(info.Color); ci >= 0 && !info.Degraded && e.off == colorMarked[ci] {
-			p.byColor[ci].add(pk, e.done, info.Weight*info.WarmupFactor(now))
+			p.byColor[ci].add(pk, e.done, e.cell, info.Weight*info.WarmupFactor(now))
 		}
 		if info.Channel != "" {
 			b.readyChans.add(info.Channel)

@@ -91,9 +91,10 @@
 //
 // # Cost
 //
-// Pick takes no lock and allocates nothing: an atomic add, a baggage lookup when the endpoints
-// are in a channel, and a guide-table lookup whose cost does not grow with the endpoints (a
-// binary search over the cumulative weights grows with their logarithm).
+// Pick takes no lock and allocates nothing: an atomic add to choose, a baggage lookup when the
+// endpoints are in a channel, a guide-table lookup whose cost does not grow with the
+// endpoints (a binary search over the cumulative weights grows with their logarithm), and an
+// atomic add to count the pick (switchyard.balancer.picks).
 // The baggage lookup remembers, per connection, the decision of the last 64 or so baggages
 // it saw (by identity: otel never changes a baggage once built), so a request carrying one
 // already seen costs no member lookup and no parsing. traffic's interceptors give most
@@ -117,6 +118,29 @@
 // whose resolver attaches none, it logs through slog.Default() as it was when gRPC built the
 // policy. Every line carries component=switchyard-balancer and target. Pick logs nothing
 // above debug level and does not consult the logger unless a sticky request crosses or fails.
+//
+// # Metrics
+//
+// The policy records on the meter provider the resolver attaches to its states
+// (WithMeterProvider): registry's resolver attaches ResolverConfig.MeterProvider when it is
+// set. On a ClientConn whose resolver attaches none, it records on otel.GetMeterProvider()
+// (the global one, as it is when the first resolver state arrives). Instrumentation scope
+// github.com/switchyard-go/switchyard/balancer:
+//
+//	switchyard.balancer.picks             Int64ObservableCounter {pick}
+//	    switchyard.app (the target's app), switchyard.color and switchyard.channel (the
+//	    picked endpoint's: "blue", "green" or "" for colorless; its release channel or "")
+//	switchyard.balancer.offline_marks     Int64Counter {mark}    switchyard.app
+//	switchyard.balancer.sticky_fallbacks  Int64Counter {request} target (the dial target)
+//	switchyard.balancer.sticky_refusals   Int64Counter {request} target
+//
+// Picks are counted in Pick itself, with one atomic add on a counter per (color, channel)
+// of the connection (no lock, no allocation); a callback the balancer registers reads the
+// counters at each collection, and Close unregisters it, so a closed ClientConn leaves
+// nothing in the provider. A pick is counted when the endpoint's picker gives a connection:
+// if gRPC then finds that connection closing (an endpoint leaving as the call is picked), it
+// picks again and both count, so picks can exceed the calls a server saw by those few. An
+// offline mark is counted when it is taken, once per instance record.
 //
 // # No instance
 //

@@ -60,6 +60,7 @@ type instance struct {
 	delay    atomic.Int64 // handler delay in ns
 	hold     atomic.Bool  // hold calls until the server stops (cuts them)
 	inflight atomic.Int32 // calls in the handler now
+	served   atomic.Int64 // calls that reached the handler
 }
 
 type countingListener struct {
@@ -95,6 +96,7 @@ func (c *cluster) start(in registry.Record) *instance {
 	var srv *grpc.Server
 	in.Addr, srv = testutil.ServeGreeterOn(t, countingListener{ln, &inst.accepted}, in.ID,
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			inst.served.Add(1)
 			inst.inflight.Add(1)
 			defer inst.inflight.Add(-1)
 			if inst.offline.Load() {

@@ -34,24 +34,30 @@ import (
 // binary search over all of cum finds, so every endpoint keeps one interval of [0, total)
 // and the Weyl sequence's Fibonacci-window accuracy (TestFibonacciWindows).
 type weightedSet struct {
-	pickers []balancer.Picker         // the endpoints' pick_first pickers
-	dones   []func(balancer.DoneInfo) // per endpoint, built once: no closure per pick
-	cum     []float64                 // cum[i] = weights[0] + … + weights[i], scaled by 2^-exp
-	guide   []int32                   // len(cum)+2 entries: see above
-	buckets float64                   // len(cum), as a float
-	total   float64                   // 0: every weight is 0, pick evenly
+	pickers []balancer.Picker // the endpoints' pick_first pickers
+	ends    []pickEnd         // per endpoint: what a pick of it calls and counts
+	cum     []float64         // cum[i] = weights[0] + … + weights[i], scaled by 2^-exp
+	guide   []int32           // len(cum)+2 entries: see above
+	buckets float64           // len(cum), as a float
+	total   float64           // 0: every weight is 0, pick evenly
 }
 
 // grow makes room for n endpoints (the sizes are known up front: one allocation each).
 func (s *weightedSet) grow(n int) {
 	s.pickers = make([]balancer.Picker, 0, n)
-	s.dones = make([]func(balancer.DoneInfo), 0, n)
+	s.ends = make([]pickEnd, 0, n)
 	s.cum = make([]float64, 0, n)
 }
 
-// add appends an endpoint. A weight that is not a number or is negative counts as 0, +Inf as
-// MaxFloat64.
-func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), w float64) {
+// pickEnd is what a pick of one endpoint calls and counts.
+type pickEnd struct {
+	done func(balancer.DoneInfo) // its Done callback, built once: no closure per pick
+	cell *pickCell               // its picks counter (switchyard.balancer.picks); nil: not counted
+}
+
+// add appends an endpoint: its picker, Done callback, pick counter (nil for none) and
+// weight. A weight that is not a number or is negative counts as 0, +Inf as MaxFloat64.
+func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), cell *pickCell, w float64) {
 	switch {
 	case !(w > 0): // negative, 0 or NaN
 		w = 0
@@ -59,7 +65,7 @@ func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), w flo
 		w = math.MaxFloat64
 	}
 	s.pickers = append(s.pickers, p)
-	s.dones = append(s.dones, done)
+	s.ends = append(s.ends, pickEnd{done, cell})
 	s.cum = append(s.cum, w) // the raw weight until finish
 }
 
@@ -131,7 +137,8 @@ func (s *weightedSet) index(k uint64) int {
 
 // picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
 // Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup (a
-// cache hit when the request's baggage is one already seen), a guide-table lookup.
+// cache hit when the request's baggage is one already seen), a guide-table lookup, and one
+// atomic add to count the pick in its endpoint's cell.
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
@@ -232,13 +239,17 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if err != nil {
 		return res, err
 	}
+	end := &set.ends[i]
+	if end.cell != nil {
+		end.cell.n.Add(1)
+	}
 	if md != nil {
 		res.Metadata = metadata.Join(res.Metadata, md)
 	}
 	if res.Done == nil {
-		res.Done = set.dones[i]
+		res.Done = end.done
 	} else { // a child with its own callback: call both (allocates; pick_first has none)
-		child, ours := res.Done, set.dones[i]
+		child, ours := res.Done, end.done
 		res.Done = func(di balancer.DoneInfo) { child(di); ours(di) }
 	}
 	return res, nil

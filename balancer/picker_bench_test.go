@@ -26,15 +26,16 @@ type fixedPicker struct{ res balancer.PickResult }
 func (p fixedPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) { return p.res, nil }
 
 // benchPicker is a picker over n endpoints, half blue and half green, with distinct weights,
-// built the way the balancer builds it.
+// built the way the balancer builds it: the picks of each color count in one cell.
 func benchPicker(n int) *picker {
 	p := &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := func(balancer.DoneInfo) {}
+	cells := [2]*pickCell{{color: deploy.Blue}, {color: deploy.Green}}
 	for i := 0; i < n; i++ {
 		w := float64(1 + i%7)
-		p.all.add(fixedPicker{}, done, w)
-		p.byColor[i%2].add(fixedPicker{}, done, w)
+		p.all.add(fixedPicker{}, done, cells[i%2], w)
+		p.byColor[i%2].add(fixedPicker{}, done, cells[i%2], w)
 	}
 	p.all.finish()
 	p.byColor[0].finish()
@@ -84,7 +85,7 @@ func TestIndexFollowsWeights(t *testing.T) {
 	var s weightedSet
 	ws := []float64{1, 0, 3, 6}
 	for _, w := range ws {
-		s.add(fixedPicker{}, nil, w)
+		s.add(fixedPicker{}, nil, nil, w)
 	}
 	s.finish()
 	counts := make([]int, len(ws))
@@ -98,7 +99,7 @@ func TestIndexFollowsWeights(t *testing.T) {
 	}
 	var z weightedSet
 	for range 3 {
-		z.add(fixedPicker{}, nil, 0)
+		z.add(fixedPicker{}, nil, nil, 0)
 	}
 	z.finish()
 	counts = make([]int, 3)
@@ -145,7 +146,7 @@ func TestFibonacciWindows(t *testing.T) {
 		var s weightedSet
 		sum := 0.0
 		for _, w := range ws {
-			s.add(fixedPicker{}, nil, w)
+			s.add(fixedPicker{}, nil, nil, w)
 			sum += w
 		}
 		s.finish()
@@ -186,7 +187,7 @@ func TestIndexSurvivesExtremeWeights(t *testing.T) {
 	} {
 		var s weightedSet
 		for _, w := range c.weights {
-			s.add(fixedPicker{}, nil, w)
+			s.add(fixedPicker{}, nil, nil, w)
 		}
 		s.finish()
 		if math.IsInf(s.total, 0) || math.IsNaN(s.total) || s.total > float64(s.len()) {
@@ -270,7 +271,7 @@ func TestGuideTableFindsWhatBinarySearchFinds(t *testing.T) {
 	for name, ws := range cases {
 		var s weightedSet
 		for _, w := range ws {
-			s.add(fixedPicker{}, nil, w)
+			s.add(fixedPicker{}, nil, nil, w)
 		}
 		s.finish()
 		ks := []uint64{0, 1, math.MaxUint64, 1 << 63}
@@ -295,8 +296,8 @@ func TestStickyPickFollowsLookup(t *testing.T) {
 		return fixedPicker{balancer.PickResult{Metadata: metadata.Pairs("set", s)}}
 	}
 	for i := range 4 {
-		p.all.add(answer("all"), nil, 1)
-		p.byColor[i%2].add(answer(string([...]deploy.Color{deploy.Blue, deploy.Green}[i%2])), nil, 1)
+		p.all.add(answer("all"), nil, nil, 1)
+		p.byColor[i%2].add(answer(string([...]deploy.Color{deploy.Blue, deploy.Green}[i%2])), nil, nil, 1)
 	}
 	p.all.finish()
 	p.byColor[0].finish()

@@ -52,7 +52,9 @@ type ResolverConfig struct {
 	// resolves for logs through it too (the resolver attaches it to each state with
 	// balancer.WithLogger), with component=switchyard-balancer and the target.
 	Logger *slog.Logger
-	// MeterProvider, default otel.GetMeterProvider().
+	// MeterProvider, default otel.GetMeterProvider(). The balancer of every ClientConn this
+	// builder resolves for records its metrics (switchyard.balancer.*) on it too (the
+	// resolver attaches it to each state with balancer.WithMeterProvider).
 	MeterProvider metric.MeterProvider
 	// Rules, when set, gives every endpoint its release channel and traffic weight
 	// (balancer.EndpointInfo.Channel and TrafficWeight) from the app's rule instead of from
@@ -153,6 +155,9 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	}
 	r := &etcdResolver{cc: cc, sc: sc, log: b.cfg.Logger.With("app", app), app: app, rules: b.cfg.Rules,
 		attrs: swbalancer.WithLogger(nil, b.cfg.Logger)}
+	if b.cfg.MeterProvider != nil {
+		r.attrs = swbalancer.WithMeterProvider(r.attrs, b.cfg.MeterProvider)
+	}
 	if r.rules != nil {
 		r.traffic = trafficOf(r.rules, app)
 	}
@@ -195,7 +200,7 @@ func init() { resolverCoalesce.Store(int64(Coalesce)) }
 type etcdResolver struct {
 	cc    resolver.ClientConn
 	sc    *serviceconfig.ParseResult
-	attrs *attributes.Attributes // every state's: the balancer's logger
+	attrs *attributes.Attributes // every state's: the balancer's logger and meter provider
 	log   *slog.Logger
 	w     *Watcher
 	app   string
