@@ -307,7 +307,7 @@ func (d *Dashboard) fetch(ctx context.Context, rec registry.Record) Sample {
 // why says in a few words why a request to an instance failed.
 func (d *Dashboard) why(ctx context.Context, err error) string {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Sprintf("no answer within %v", d.cfg.Timeout)
+		return fmt.Sprintf("timed out after %v", d.cfg.Timeout)
 	}
 	var op *net.OpError
 	if errors.As(err, &op) {

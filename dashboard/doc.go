@@ -38,8 +38,14 @@
 // Server-Sent Events at GET /api/events ("data: <View JSON>"); the page follows the events
 // and falls back to polling /api/view. Every number on the page is text in an element with a
 // data-field attribute inside elements with data-channel, data-app, data-color and
-// data-instance attributes (the split bar of app a is id="split-a", its figures
-// id="target-a" and id="observed-a"), so a browser test reads them directly.
+// data-instance attributes, the number alone (its unit outside; "–" when there is none), so a
+// browser test reads them directly. The split bar of app a is id="split-a", with
+// id="observed-a" and id="target-a" (blue percent); a color's card is
+// .card[data-app=a][data-color=c] with fields rps, error_percent, p50_ms, p99_ms, in_flight,
+// crossings_ps, messages_ps, job_runs_ps, ready, warming, offline, drained_instances,
+// no_answer; an instance row is tr[data-instance=id] (data-state, class "hot") with state,
+// rps, error_percent, p99_ms, in_flight, crossings_ps, load, or reason when it did not
+// answer; the timeline is id="events-<channel>". body[data-view-at] changes with every View.
 //
 // Snapshot returns the last View and Updated announces the next one, for other renderings
 // (`switchyard top` is one).

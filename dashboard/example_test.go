@@ -31,7 +31,7 @@ func ExampleAggregate() {
 		{Record: rec("blue-1", deploy.Blue), Stats: stats(240, 0, 3*time.Millisecond)},
 		{Record: rec("blue-2", deploy.Blue), Stats: stats(60, 0, 3*time.Millisecond)},
 		{Record: rec("green-1", deploy.Green), Stats: stats(700, 70, 8*time.Millisecond)},
-		{Record: rec("green-2", deploy.Green), Err: "no answer within 800ms"},
+		{Record: rec("green-2", deploy.Green), Err: "timed out after 800ms"},
 	})
 	app := ch.Apps[0]
 	fmt.Printf("%s: target blue %.0f%%, observed %.0f%%\n", app.App, app.TargetBlue, *app.ObservedBlue)
@@ -53,5 +53,5 @@ func ExampleAggregate() {
 	// blue-1: load 160% hot=true
 	// blue-2: load 40% hot=false
 	// green-1: load 100% hot=false
-	// green-2: no answer: no answer within 800ms
+	// green-2: no answer: timed out after 800ms
 }

@@ -175,7 +175,7 @@ func TestAReleaseAsTheDashboardSeesIt(t *testing.T) {
 	if blue.States != (dashboard.States{Ready: 1, NoAnswer: 2}) || green.States != (dashboard.States{Ready: 1}) {
 		t.Errorf("states: blue %+v green %+v", blue.States, green.States)
 	}
-	if s := instanceOf(a, "order-silent"); s.State != dashboard.StateNoAnswer || !strings.Contains(s.NoAnswer, "within 300ms") {
+	if s := instanceOf(a, "order-silent"); s.State != dashboard.StateNoAnswer || !strings.Contains(s.NoAnswer, "timed out after 300ms") {
 		t.Errorf("the silent instance: %+v", s)
 	}
 	if s := instanceOf(a, "order-gone"); s.State != dashboard.StateNoAnswer || !strings.Contains(s.NoAnswer, "refused") {

@@ -170,7 +170,7 @@ type Sample struct {
 	Record registry.Record
 	// Stats is the instance's answer; nil when it did not answer.
 	Stats *window.Stats
-	// Err says why Stats is nil, e.g. "no answer within 800ms".
+	// Err says why Stats is nil, e.g. "timed out after 800ms".
 	Err string
 }
 
@@ -248,7 +248,7 @@ func aggregateApp(now time.Time, rule traffic.Rule, app string, target float64, 
 			case s.Stats == nil:
 				iv.State, iv.NoAnswer = StateNoAnswer, s.Err
 				if iv.NoAnswer == "" {
-					iv.NoAnswer = "no answer"
+					iv.NoAnswer = "unknown"
 				}
 				cv.States.NoAnswer++
 				insts = append(insts, iv)
