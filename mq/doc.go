@@ -59,6 +59,25 @@
 // 2 blue and 2 green instances, 3,000 messages, blue drained while a blue handler is busy and
 // undrained in the middle) both adapters handled every message exactly once.
 //
+// # Metrics and work
+//
+// A Consumer counts, on ConsumerConfig.MeterProvider (default otel.GetMeterProvider();
+// instrumentation scope github.com/switchyard-go/switchyard/mq), the messages its handler ran:
+//
+//	switchyard.mq.messages  Int64Counter {message}
+//	    switchyard.group          the logical group G (not G-blue or G-green)
+//	    switchyard.color          the consuming instance's color ("" colorless)
+//	    switchyard.message_color  the message's tag as the groups read it: "blue", "green",
+//	                              or "" (untagged, or tagged with neither color)
+//	    switchyard.outcome        "ok", or "error" when the handler returned an error
+//
+// Messages a group acknowledges without running the handler (the other colors') are not
+// counted; a redelivered message counts each time the handler runs it. The attribute sets are
+// built once, in NewConsumer. When ConsumerConfig.Drains also implements deploy.Worker (as
+// lifecycle's Instance does), the Consumer tells it of each message the handler ran:
+// DidWork(deploy.MessageWork, failed), so the instance's signals (its /stats window, the
+// dashboard) show the mq work per color.
+//
 // Cost: the origin group receives and acknowledges every colored message, and the colored
 // group every untagged one, so the broker delivers each message to a colored instance twice.
 // Measured (BenchmarkConsume in each adapter, 2 cores): a blue consumer handles 0.67 × the

@@ -10,6 +10,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
 	"github.com/switchyard-go/switchyard/deploy"
 )
 
@@ -86,6 +91,9 @@ type ConsumerConfig struct {
 	Drains deploy.Drains
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives switchyard.mq.messages (see the package doc). Default
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
 }
 
 // Consumer runs one logical consumer group for one instance (DESIGN.md "MQ isolation"):
@@ -111,6 +119,10 @@ type Consumer struct {
 	cfg     ConsumerConfig
 	color   deploy.Color // the Drains' color, fixed
 	redeliv atomic.Uint64
+	worker  deploy.Worker // the Drains, if they are told of work; else nil
+	handled metric.Int64Counter
+	// outcome[message color][failed]: switchyard.mq.messages' attributes, built once
+	outcome [3][2]metric.AddOption
 
 	followMu sync.Mutex
 	follow   *follower // the goroutine following the drains, while started
@@ -148,8 +160,36 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Consumer{cfg: cfg, color: color, subs: map[string]Subscription{}}, nil
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
+	}
+	c := &Consumer{cfg: cfg, color: color, subs: map[string]Subscription{}}
+	c.worker, _ = cfg.Drains.(deploy.Worker)
+	handled, err := cfg.MeterProvider.Meter(meterName).Int64Counter("switchyard.mq.messages",
+		metric.WithDescription("Messages the consumer's handler ran, by logical group, the consuming instance's color, the message's color tag and outcome."),
+		metric.WithUnit("{message}"))
+	if err != nil {
+		cfg.Logger.Warn("mq: cannot create metric switchyard.mq.messages; it is not recorded", "err", err)
+		handled = noop.Int64Counter{}
+	}
+	c.handled = handled
+	for mi, mc := range messageColors {
+		for fi, outcome := range [2]string{"ok", "error"} {
+			c.outcome[mi][fi] = metric.WithAttributeSet(attribute.NewSet(
+				attribute.String("switchyard.group", cfg.Group),
+				attribute.String("switchyard.color", string(color)),
+				attribute.String("switchyard.message_color", string(mc)),
+				attribute.String("switchyard.outcome", outcome)))
+		}
+	}
+	return c, nil
 }
+
+const meterName = "github.com/switchyard-go/switchyard/mq"
+
+// messageColors are the message colors a handler sees, as filter reads them: untagged (or
+// tagged with neither color), blue, green.
+var messageColors = [3]deploy.Color{deploy.None, deploy.Blue, deploy.Green}
 
 // Start joins the groups the drains call for now and follows them until Stop. If a group
 // cannot be joined it leaves those it joined and returns the error.
@@ -339,6 +379,28 @@ func (c *Consumer) filter(color string) func(context.Context, Message) error {
 		if m.Delivery > 1 {
 			c.redeliv.Add(1)
 		}
-		return c.cfg.Handler(ctx, m)
+		err := c.cfg.Handler(ctx, m)
+		c.handledOne(ctx, mc, err != nil)
+		return err
+	}
+}
+
+// handledOne counts a message the handler ran (switchyard.mq.messages) and tells the
+// Drains, if they are a deploy.Worker. mc is the message's color as filter reads it.
+func (c *Consumer) handledOne(ctx context.Context, mc deploy.Color, failed bool) {
+	mi := 0
+	switch mc {
+	case deploy.Blue:
+		mi = 1
+	case deploy.Green:
+		mi = 2
+	}
+	fi := 0
+	if failed {
+		fi = 1
+	}
+	c.handled.Add(ctx, 1, c.outcome[mi][fi])
+	if c.worker != nil {
+		c.worker.DidWork(deploy.MessageWork, failed)
 	}
 }
