@@ -48,6 +48,25 @@
 // Misfires: with RunOnce (the default), an executor whose assignment changes runs its items
 // for the last trigger that passed, where nobody did; with Skip it waits for the next one.
 //
+// # Metrics and work
+//
+// An executor counts, on Config.MeterProvider (default otel.GetMeterProvider();
+// instrumentation scope github.com/switchyard-go/switchyard/job), the runs its handler
+// finished:
+//
+//	switchyard.job.runs  Int64Counter {run}
+//	    switchyard.job      Job.Name
+//	    switchyard.color    the executor's color ("" colorless)
+//	    switchyard.outcome  "ok", or "error" when the handler returned an error (a run cut
+//	                        at Job.Timeout or at Stop's deadline is an error if the handler
+//	                        says so)
+//
+// A run is counted when its handler returns, before Stop can return. The attribute sets are
+// built once, in NewExecutor. When Config.Drains also implements deploy.Worker (as
+// lifecycle's Instance does), the executor tells it of each run: DidWork(deploy.JobWork,
+// failed), so the instance's signals (its /stats window, the dashboard) show the job work per
+// color.
+//
 // # Stop contract
 //
 // Executor is a lifecycle component and keeps the Stop contract of switchyard's components,

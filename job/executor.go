@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
@@ -55,6 +58,9 @@ type Executor struct {
 	loops   sync.WaitGroup // the goroutines Start starts; Stop waits for them
 	runs    sync.WaitGroup // runs in progress
 	nRun    atomic.Int64   // runs started
+	worker  deploy.Worker  // the Drains, if they are told of work; else nil
+	runsC   metric.Int64Counter
+	outcome [2]metric.AddOption // switchyard.job.runs' attributes, ok and error, built once
 
 	mu        sync.Mutex
 	started   bool
@@ -86,6 +92,20 @@ func NewExecutor(cfg Config) (*Executor, error) {
 	}
 	e := &Executor{cfg: cfg, sched: sched, color: color, log: cfg.Logger.With("job", cfg.Job.Name, "executor", cfg.ID),
 		kick: make(chan struct{}, 1), recheck: time.Second}
+	e.worker, _ = cfg.Drains.(deploy.Worker)
+	e.runsC, err = cfg.MeterProvider.Meter(meterName).Int64Counter("switchyard.job.runs",
+		metric.WithDescription("Runs of a job item the executor's handler ran, by job, the executor's color and outcome."),
+		metric.WithUnit("{run}"))
+	if err != nil {
+		e.log.Warn("job: cannot create metric switchyard.job.runs; it is not recorded", "err", err)
+		e.runsC = noop.Int64Counter{}
+	}
+	for i, outcome := range [2]string{"ok", "error"} {
+		e.outcome[i] = metric.WithAttributeSet(attribute.NewSet(
+			attribute.String("switchyard.job", cfg.Job.Name),
+			attribute.String("switchyard.color", string(color)),
+			attribute.String("switchyard.outcome", outcome)))
+	}
 	p := deploy.JobPrefix(cfg.Prefix, cfg.Job.Name)
 	e.keys.executors = p + "executors/"
 	e.keys.exec = e.keys.executors + cfg.ID
@@ -94,6 +114,8 @@ func NewExecutor(cfg Config) (*Executor, error) {
 	e.keys.runs = p + "runs/"
 	return e, nil
 }
+
+const meterName = "github.com/switchyard-go/switchyard/job"
 
 // Runs counts the runs this executor started.
 func (e *Executor) Runs() int64 { return e.nRun.Load() }

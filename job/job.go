@@ -12,6 +12,8 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/robfig/cron/v3"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/record"
@@ -81,6 +83,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Logger, default slog.Default().
 	Logger *slog.Logger
+	// MeterProvider receives switchyard.job.runs (see the package doc). Default
+	// otel.GetMeterProvider().
+	MeterProvider metric.MeterProvider
 	// Clock tells the schedule's time: when triggers fire and how long ago the last one
 	// passed (for RunOnce). Tests pass a fake clock to move time by hand. Leases (TTL, run
 	// claims) keep etcd's time whatever the clock. Default clockwork.NewRealClock().
@@ -133,6 +138,9 @@ func (c *Config) setDefaults() (cron.Schedule, error) {
 	}
 	if c.Clock == nil {
 		c.Clock = clockwork.NewRealClock()
+	}
+	if c.MeterProvider == nil {
+		c.MeterProvider = otel.GetMeterProvider()
 	}
 	return sched, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
@@ -156,8 +157,23 @@ func (e *Executor) run(ctx context.Context, item int, trigger time.Time) {
 			rctx, cancel = context.WithTimeout(rctx, e.cfg.Job.Timeout)
 		}
 		defer cancel()
-		if err := e.cfg.Job.Handler(rctx, item); err != nil {
+		err := e.cfg.Job.Handler(rctx, item)
+		if err != nil {
 			e.log.Warn("job: run failed", "item", item, "trigger", trigger, "err", err)
 		}
+		e.ran(err != nil)
 	}()
+}
+
+// ran counts a run the handler finished (switchyard.job.runs) and tells the Drains, if they
+// are a deploy.Worker.
+func (e *Executor) ran(failed bool) {
+	i := 0
+	if failed {
+		i = 1
+	}
+	e.runsC.Add(context.Background(), 1, e.outcome[i])
+	if e.worker != nil {
+		e.worker.DidWork(deploy.JobWork, failed)
+	}
 }
