@@ -91,7 +91,7 @@ func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clock
 		baseLog:    baseLog,
 		log:        log,
 		app:        opts.Target.Endpoint(),
-		fbAttrs:    metric.WithAttributeSet(attribute.NewSet(attribute.String("target", opts.Target.String()))),
+		fbAttrs:    metric.WithAttributeSet(attribute.NewSet(attribute.String("switchyard.app", opts.Target.Endpoint()))),
 		offAttrs:   metric.WithAttributeSet(attribute.NewSet(attribute.String("switchyard.app", opts.Target.Endpoint()))),
 		byKey:      map[string]*endpoint{},
 		offline:    map[string]EndpointInfo{},
@@ -120,7 +120,7 @@ type wBalancer struct {
 	opts       balancer.BuildOptions
 	buildChild func(balancer.ClientConn, balancer.BuildOptions) balancer.Balancer // pick_first
 	app        string                                                             // the target's endpoint: the called app, for the reach board
-	fbAttrs    metric.AddOption                                                   // sticky_fallbacks, sticky_refusals: target
+	fbAttrs    metric.AddOption                                                   // sticky_fallbacks, sticky_refusals: switchyard.app
 	offAttrs   metric.AddOption                                                   // offline_marks: switchyard.app
 	// cells are the pick counters, one per (color, channel) seen (metrics.go); written under
 	// mu, copy on write, read by the metrics callback without a lock.

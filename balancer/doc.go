@@ -131,8 +131,8 @@
 //	    switchyard.app (the target's app), switchyard.color and switchyard.channel (the
 //	    picked endpoint's: "blue", "green" or "" for colorless; its release channel or "")
 //	switchyard.balancer.offline_marks     Int64Counter {mark}    switchyard.app
-//	switchyard.balancer.sticky_fallbacks  Int64Counter {request} target (the dial target)
-//	switchyard.balancer.sticky_refusals   Int64Counter {request} target
+//	switchyard.balancer.sticky_fallbacks  Int64Counter {request} switchyard.app (the target's app)
+//	switchyard.balancer.sticky_refusals   Int64Counter {request} switchyard.app
 //
 // Picks are counted in Pick itself, with one atomic add on a counter per (color, channel)
 // of the connection (no lock, no allocation); a callback the balancer registers reads the
