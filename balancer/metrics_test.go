@@ -116,8 +116,8 @@ func TestMetricsOnTheResolversMeterProvider(t *testing.T) {
 			break
 		}
 	}
-	if got := m.sums("switchyard.balancer.sticky_fallbacks"); got["target=switchyard:///greeter"] < 1 {
-		t.Fatalf("switchyard.balancer.sticky_fallbacks = %v, want at least 1 for the target", got)
+	if got := m.sums("switchyard.balancer.sticky_fallbacks"); got["switchyard.app=greeter"] < 1 {
+		t.Fatalf("switchyard.balancer.sticky_fallbacks = %v, want at least 1 for app greeter", got)
 	}
 	// A pick of blue from the picker before its departure can find its connection closing:
 	// gRPC picks again (counted again) before the call starts. So blue has at least its calls.
