@@ -3,14 +3,10 @@ package dashboard
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,9 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/deploy"
-	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
-	"github.com/switchyard-go/switchyard/window"
 )
 
 // Defaults of Config.
@@ -62,18 +56,16 @@ type Config struct {
 //
 // Locking: the published View and the channel that announces the next one sit behind an
 // atomic pointer, swapped once per poll. mu guards events, which the rule subscription
-// appends to; records is only touched by Run's goroutine.
+// appends to; col is only used by Run's goroutine.
 type Dashboard struct {
 	cfg     Config
-	ownHTTP bool
+	col     *Collector
 	cur     atomic.Pointer[published]
 	started atomic.Bool
 	stopped chan struct{} // closed when Run returns
 
 	mu     sync.Mutex
 	events map[string][]Event // by channel, oldest first, at most MaxEvents each
-
-	records map[string][]registry.Record // by app: the last successful read
 }
 
 type published struct {
@@ -103,12 +95,8 @@ func New(cfg Config) (*Dashboard, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	d := &Dashboard{cfg: cfg, stopped: make(chan struct{}), events: map[string][]Event{}, records: map[string][]registry.Record{}}
-	if cfg.HTTPClient == nil {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.MaxIdleConnsPerHost = 2
-		d.cfg.HTTPClient, d.ownHTTP = &http.Client{Transport: tr}, true
-	}
+	d := &Dashboard{cfg: cfg, stopped: make(chan struct{}), events: map[string][]Event{}}
+	d.col = newCollector(cfg)
 	d.cur.Store(&published{view: View{SpanS: int(Span / time.Second), Channels: []Channel{}}, next: make(chan struct{})})
 	return d, nil
 }
@@ -130,9 +118,7 @@ func (d *Dashboard) Run(ctx context.Context) error {
 		return errors.New("dashboard: Run called twice; a Dashboard runs once")
 	}
 	defer close(d.stopped)
-	if d.ownHTTP {
-		defer d.cfg.HTTPClient.CloseIdleConnections()
-	}
+	defer d.col.Close()
 	rules, err := traffic.NewRules(ctx, traffic.Config{Client: d.cfg.Client, Prefix: d.cfg.Prefix, Logger: d.cfg.Logger})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -170,13 +156,6 @@ func (d *Dashboard) record(ev traffic.Event) {
 	d.events[ev.Channel] = list
 }
 
-// appPoll is what one poll learnt of one app.
-type appPoll struct {
-	samples []Sample
-	records []registry.Record // read now; nil if the read failed
-	err     error
-}
-
 // poll reads the instances of the shown channels' apps and their /stats, all in parallel,
 // and publishes the View.
 func (d *Dashboard) poll(ctx context.Context, all []traffic.Rule) {
@@ -193,31 +172,13 @@ func (d *Dashboard) poll(ctx context.Context, all []traffic.Rule) {
 	}
 	slices.Sort(apps)
 	apps = slices.Compact(apps)
-	polls := make([]appPoll, len(apps))
-	var wg sync.WaitGroup
-	for i, app := range apps {
-		last := d.records[app]
-		wg.Go(func() { polls[i] = d.pollApp(ctx, app, last) })
-	}
-	wg.Wait()
+	samples, appErrs := d.col.Poll(ctx, apps)
 	if ctx.Err() != nil {
 		return // ended mid-poll: the figures are cut short, keep the last view
 	}
-	var samples []Sample
 	appErr := map[string]string{}
-	for i, app := range apps {
-		p := polls[i]
-		samples = append(samples, p.samples...)
-		if p.err != nil {
-			appErr[app] = fmt.Sprintf("the instance records could not be read (%v); showing those of the last successful read", p.err)
-		} else {
-			d.records[app] = p.records
-		}
-	}
-	for app := range d.records {
-		if !slices.Contains(apps, app) {
-			delete(d.records, app)
-		}
+	for app, err := range appErrs {
+		appErr[app] = fmt.Sprintf("the instance records could not be read (%v); showing those of the last successful read", err)
 	}
 	now := time.Now()
 	v := View{At: now, PollMS: now.Sub(start).Milliseconds(), SpanS: int(Span / time.Second), Channels: make([]Channel, 0, len(rules))}
@@ -245,77 +206,4 @@ func (d *Dashboard) poll(ctx context.Context, all []traffic.Rule) {
 	}
 	old := d.cur.Swap(&published{view: v, next: make(chan struct{})})
 	close(old.next)
-}
-
-// pollApp reads app's instance records (last: those of the last successful read, used if
-// this one fails) and then each instance's /stats, in parallel.
-func (d *Dashboard) pollApp(ctx context.Context, app string, last []registry.Record) appPoll {
-	lctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
-	recs, _, err := registry.List(lctx, d.cfg.Client, d.cfg.Prefix, app)
-	cancel()
-	p := appPoll{records: recs, err: err}
-	if err != nil {
-		recs = last
-	}
-	p.samples = make([]Sample, len(recs))
-	var wg sync.WaitGroup
-	for i, rec := range recs {
-		wg.Go(func() { p.samples[i] = d.fetch(ctx, rec) })
-	}
-	wg.Wait()
-	return p
-}
-
-// fetch reads one instance's /stats within Timeout.
-func (d *Dashboard) fetch(ctx context.Context, rec registry.Record) Sample {
-	s := Sample{Record: rec}
-	if rec.Admin == "" {
-		s.Err = "its record has no admin address (it does not serve /stats)"
-		return s
-	}
-	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
-	defer cancel()
-	u := url.URL{Scheme: "http", Host: rec.Admin, Path: window.StatsPath}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		s.Err = err.Error()
-		return s
-	}
-	resp, err := d.cfg.HTTPClient.Do(req)
-	if err != nil {
-		s.Err = d.why(ctx, err)
-		return s
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		s.Err = fmt.Sprintf("GET %s: %s", u.String(), resp.Status)
-		return s
-	}
-	var st window.Stats
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatsBytes)).Decode(&st); err != nil {
-		if ctx.Err() != nil {
-			s.Err = d.why(ctx, err)
-		} else {
-			s.Err = fmt.Sprintf("GET %s: not a stats document: %v", u.String(), err)
-		}
-		return s
-	}
-	s.Stats = &st
-	return s
-}
-
-// why says in a few words why a request to an instance failed.
-func (d *Dashboard) why(ctx context.Context, err error) string {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return fmt.Sprintf("timed out after %v", d.cfg.Timeout)
-	}
-	var op *net.OpError
-	if errors.As(err, &op) {
-		return op.Error()
-	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err.Error()
-	}
-	return err.Error()
 }

@@ -49,4 +49,11 @@
 //
 // Snapshot returns the last View and Updated announces the next one, for other renderings
 // (`switchyard top` is one).
+//
+// # The polling alone
+//
+// Collector is the Dashboard's polling without the view: Collector.Poll reads the given
+// apps' instance records and every instance's /stats, in parallel and bounded by
+// Config.Timeout as above, and returns a Sample per instance. Package release judges the
+// steps of a release on it.
 package dashboard
