@@ -19,6 +19,24 @@
 //	go run ./examples/bluegreen -phase 500ms
 //	go run ./examples/bluegreen -naive     # first the same release done naively, for comparison
 //	go run ./examples/bluegreen -fault kill-canary
+//	go run ./examples/bluegreen -dashboard 127.0.0.1:8080
+//	go run ./examples/bluegreen -dashboard 127.0.0.1:8080 -bad-v2 0.05
+//
+// With -dashboard ADDR the demo serves the live dashboard of channel trade on ADDR (package
+// dashboard, the page `switchyard dashboard` serves), following the demo's etcd, and prints
+// its URL before the release begins: open it to watch the split move step by step, each
+// color's requests/s, errors, latency, mq messages and job runs, the drained color go quiet
+// and its instances come back as v2, and the rule's events. Every instance the demo runs
+// (gateway, order, inventory) is a lifecycle instance whose record carries its admin address,
+// where the dashboard reads its /stats. After the verdict the demo stops the load and keeps
+// the dashboard (and the instances) up until interrupted (Ctrl-C), so the page can still be
+// read; -dashboard-linger D keeps it up for D instead, and -dashboard-linger 0 exits at the
+// verdict. The figures cover the last 10 s, so once the load stops they fade to 0; the
+// events stay. -naive runs on an etcd of its own, which the dashboard does not show.
+//
+// With -bad-v2 F every v2 inventory instance fails the fraction F of its calls with
+// codes.Internal, as a bad release would: the dashboard shows the errors on the color that
+// runs v2 (at order too, which passes them on), and the verdict counts them as failed.
 //
 // With -fault kill-canary the blue inventory instance, v2 and the canary, is killed at 10 %
 // with no cleanup, as a crashed process or a lost node would be: its gRPC server stops hard
@@ -73,9 +91,19 @@ func main() {
 		"(its gRPC server stops hard, its record stays in etcd until its lease expires), keep the load running, replace it\n"+
 		"and finish the release; the verdict counts the failed calls against their bound (calls in flight at the dead\n"+
 		"canary's caller), calls from v2 to v1 code (must be 0) and how long until new decisions stopped going to blue")
+	badV2 := flag.Float64("bad-v2", 0, "the fraction (0 to 1) of its calls v2 inventory fails with codes.Internal, as a bad release would:\n"+
+		"the dashboard shows the errors on the color running v2, and the verdict counts them as failed requests")
+	dash := flag.String("dashboard", "", "serve the live dashboard of channel \"trade\" (as `switchyard dashboard` does) on this address,\n"+
+		"e.g. 127.0.0.1:8080, while the release runs; its URL is printed at start")
+	linger := flag.Duration("dashboard-linger", -time.Second, "with -dashboard: how long the dashboard stays up after the verdict (the load stopped,\n"+
+		"the instances still up); negative: until interrupted (Ctrl-C); 0: the demo exits at the verdict")
 	flag.Parse()
 	if *fault != "" && *fault != killCanary {
 		fmt.Fprintf(os.Stderr, "bluegreen: -fault %q is not a fault this demo knows; the one it knows is %q\n", *fault, killCanary)
+		os.Exit(2)
+	}
+	if *badV2 < 0 || *badV2 > 1 {
+		fmt.Fprintf(os.Stderr, "bluegreen: -bad-v2 %v is not a fraction; give one from 0 (no call fails) to 1 (every call fails)\n", *badV2)
 		os.Exit(2)
 	}
 	if *naive {
@@ -86,7 +114,7 @@ func main() {
 		}
 		fmt.Printf("naive rolling restart: %d of %d requests failed\n\nnow the same release with switchyard:\n\n", failed, total)
 	}
-	ok, err := run(os.Stdout, *phase, *workers, *fault)
+	ok, err := run(os.Stdout, options{phase: *phase, workers: *workers, fault: *fault, badV2: *badV2, dashboard: *dash, linger: *linger})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bluegreen:", err)
 		os.Exit(2)
@@ -94,6 +122,16 @@ func main() {
 	if !ok {
 		os.Exit(1)
 	}
+}
+
+// options are how run performs the release (main's flags).
+type options struct {
+	phase     time.Duration // each phase's load
+	workers   int           // concurrent callers of the gateway
+	fault     string        // "" or killCanary
+	badV2     float64       // the fraction of its calls v2 inventory fails
+	dashboard string        // where to serve the dashboard; "" for none
+	linger    time.Duration // how long the dashboard stays up after the verdict (negative: until interrupted)
 }
 
 // demo is the running system: etcd and the instances by app and color.
@@ -104,6 +142,13 @@ type demo struct {
 	nats    *natstest.Server
 	work    *workLog
 	crossed atomic.Int64 // calls from v2 order that reached a v1 inventory: new code calling old code
+	badV2   float64      // the fraction of its calls v2 inventory fails (-bad-v2)
+	// leaky, when set before the instances start, gives every order instance a second client
+	// of inventory that does not honour sticky decisions (round_robin over every inventory
+	// instance, the incoming baggage copied onto its calls, as a middle service with plain
+	// gRPC and hand-made propagation would), used instead of its switchyard client while
+	// leaky is true: the tests' way to break stickiness in a middle hop (crossings).
+	leaky   *atomic.Bool
 	mu      sync.Mutex
 	insts   map[string]*lifecycle.Instance // "order/blue" → instance
 	servers map[string]*server             // "order/blue" → its gRPC service
@@ -125,6 +170,14 @@ type server struct {
 	app, id, color, version string
 	next                    greeterpb.GreeterClient // nil for inventory
 	crossed                 *atomic.Int64           // the demo's count of v2 → v1 calls; nil in the naive mode
+	// bad is the fraction of its calls it fails with codes.Internal (-bad-v2, v2 inventory
+	// only): call n fails when floor(n·bad) grows, so exactly that fraction, evenly spread.
+	bad  float64
+	badN atomic.Int64
+	// leak is order's client of inventory that ignores sticky decisions, used instead of next
+	// while leaky is true (demo.leaky); nil unless the demo set leaky.
+	leak  greeterpb.GreeterClient
+	leaky *atomic.Bool
 	// SayHello calls taken, failed and in flight, and when the latest one arrived (unix ns).
 	calls, failed, inflight, last atomic.Int64
 }
@@ -146,11 +199,18 @@ func (s *server) SayHello(ctx context.Context, _ *greeterpb.HelloRequest) (*gree
 }
 
 func (s *server) sayHello(ctx context.Context) (*greeterpb.HelloReply, error) {
+	if err := s.fail(); err != nil {
+		return nil, err
+	}
 	if s.next == nil {
 		return &greeterpb.HelloReply{Message: s.label()}, nil
 	}
+	next := s.next
+	if s.leak != nil && s.leaky.Load() {
+		next = s.leak
+	}
 	if s.app == "order" && s.version == "v2" {
-		st, err := s.next.SayHellos(ctx, &greeterpb.HelloRequest{Count: 1})
+		st, err := next.SayHellos(ctx, &greeterpb.HelloRequest{Count: 1})
 		if err != nil {
 			return nil, err
 		}
@@ -160,11 +220,23 @@ func (s *server) sayHello(ctx context.Context) (*greeterpb.HelloReply, error) {
 		}
 		return &greeterpb.HelloReply{Message: s.label() + " > " + r.GetMessage()}, nil
 	}
-	r, err := s.next.SayHello(ctx, &greeterpb.HelloRequest{})
+	r, err := next.SayHello(ctx, &greeterpb.HelloRequest{})
 	if err != nil {
 		return nil, err
 	}
 	return &greeterpb.HelloReply{Message: s.label() + " > " + r.GetMessage()}, nil
+}
+
+// fail returns the error of a call the server fails on purpose (-bad-v2), nil for the others.
+func (s *server) fail() error {
+	if s.bad <= 0 {
+		return nil
+	}
+	n := s.badN.Add(1)
+	if int64(float64(n)*s.bad) == int64(float64(n-1)*s.bad) {
+		return nil
+	}
+	return status.Error(codes.Internal, s.label()+" failed the call (-bad-v2)")
 }
 
 // SayHellos exists only in v2 inventory.
@@ -174,6 +246,9 @@ func (s *server) SayHellos(_ *greeterpb.HelloRequest, st grpc.ServerStreamingSer
 			s.crossed.Add(1) // only v2 order calls SayHellos
 		}
 		return status.Error(codes.Unimplemented, s.label()+" has no SayHellos")
+	}
+	if err := s.fail(); err != nil {
+		return err
 	}
 	return st.Send(&greeterpb.HelloReply{Message: s.label()})
 }
@@ -211,6 +286,9 @@ func (d *demo) start(ctx context.Context, app, color, version string) error {
 	}
 	inst.Append(comps...)
 	s := &server{app: app, id: id, color: color, version: version, crossed: &d.crossed}
+	if app == "inventory" && version == "v2" {
+		s.bad = d.badV2
+	}
 	closeAll := closeComps
 	if next := downstream[app]; next != "" {
 		cc, err := inst.Dial(next) // before Start: its calls wait until the rules are loaded
@@ -222,6 +300,18 @@ func (d *demo) start(ctx context.Context, app, color, version string) error {
 		}
 		closeAll = func() { _ = cc.Close(); closeComps() }
 		s.next = greeterpb.NewGreeterClient(cc)
+		if app == "order" && d.leaky != nil {
+			plain, err := dialer(cli, d.log, roundRobin, grpc.WithChainUnaryInterceptor(forwardBaggage),
+				grpc.WithChainStreamInterceptor(forwardBaggageStream))(next)
+			if err != nil {
+				_ = inst.Offline(ctx)
+				closeAll()
+				cli.Close()
+				return err
+			}
+			closeAll = func() { _ = plain.Close(); _ = cc.Close(); closeComps() }
+			s.leak, s.leaky = greeterpb.NewGreeterClient(plain), d.leaky
+		}
 	}
 	greeterpb.RegisterGreeterServer(inst.Server(), s)
 	if err := inst.Start(ctx); err != nil {
@@ -495,63 +585,39 @@ func (s *stats) row(name string) string {
 		s.violations, pct(0.5).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond))
 }
 
-// run performs the release under load and prints the table and the verdict; fault is "" or
-// killCanary.
-func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, error) {
+// run performs the release under load and prints the table and the verdict. With
+// opt.dashboard it serves the dashboard of channel trade for the whole release and, after the
+// verdict, stops the load and keeps it up for opt.linger (negative: until interrupted).
+func run(out io.Writer, opt options) (bool, error) {
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	etcd, cli, stopEtcd, err := newEtcd()
+	sys, err := startSystem(ctx, opt.badV2, nil)
 	if err != nil {
 		return false, err
 	}
-	defer stopEtcd()
-	ctl, err := traffic.NewController(traffic.Config{Client: cli})
-	if err != nil {
-		return false, err
-	}
-	ns, err := natstest.New() // in production: your NATS cluster
-	if err != nil {
-		return false, err
-	}
-	defer ns.Close()
-	work := &workLog{counts: map[string]int{}}
-	d := &demo{etcd: etcd, cli: cli, log: log, nats: ns, work: work,
-		insts: map[string]*lifecycle.Instance{}, servers: map[string]*server{}, clis: map[string]*clientv3.Client{},
-		closers: map[string]func(){}, watched: map[string]*watched{}, execs: map[string]*watched{}, ids: map[string]bool{},
-		undrainRev: map[string]int64{}, claims: map[string]claim{}}
-	defer func() {
-		for key := range d.insts {
-			app, color, _ := strings.Cut(key, "/")
-			_ = d.stop(ctx, app, color)
+	defer sys.close()
+	d, ctl := sys.demo, sys.ctl
+	var dash *watch
+	if opt.dashboard != "" {
+		if dash, err = startDashboard(d.cli, opt.dashboard, d.log, 0); err != nil {
+			return false, err
 		}
-	}()
-	start := func(app, color, version string) error { return d.start(ctx, app, color, version) }
-	gateway, closeGateway, err := bringUp(ctx, start, dialer(cli, log, ""))
-	if err != nil {
-		return false, err
+		defer func() {
+			if err := dash.close(); err != nil {
+				fmt.Fprintln(out, "the dashboard failed:", err)
+			}
+		}()
+		fmt.Fprintf(out, "dashboard of channel trade: %s\n\n", dash.url)
 	}
-	defer closeGateway()
 
-	l := startLoad(ctx, gateway, workers)
+	l := startLoad(ctx, sys.gateway, opt.workers)
 	defer l.close()
-	l.work = work
-	stopProducer, err := produce(ns.URL())
+	l.work = d.work
+	stopProducer, err := produce(d.nats.URL())
 	if err != nil {
 		return false, err
 	}
 	defer stopProducer()
 
-	restart := func(color string) error {
-		for _, app := range []string{"order", "inventory"} { // callers first, then callees
-			if err := d.stop(ctx, app, color); err != nil {
-				return fmt.Errorf("stop %s/%s: %w", app, color, err)
-			}
-		}
-		if err := d.start(ctx, "inventory", color, "v2"); err != nil {
-			return err
-		}
-		return d.start(ctx, "order", color, "v2")
-	}
 	shift := func(p float64) func() error {
 		return func() error { _, err := ctl.Shift(ctx, "trade", p); return err }
 	}
@@ -559,16 +625,16 @@ func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, e
 		{"all v1, no release", func() error { return nil }, ""},
 		{"open trade (order, inventory)", func() error { _, err := ctl.Open(ctx, "trade", []string{"order", "inventory"}); return err }, ""},
 		{"drain blue (0 %)", shift(0), "blue"},
-		{"restart blue as v2", func() error { return restart("blue") }, "blue"},
+		{"restart blue as v2", func() error { return d.restart(ctx, "blue") }, "blue"},
 		{"canary 1 % on blue v2", shift(1), ""},
 		{"10 %", shift(10), ""},
 		{"50 %", shift(50), ""},
 		{"100 % (green drained)", shift(100), "green"},
-		{"restart green as v2", func() error { return restart("green") }, "green"},
+		{"restart green as v2", func() error { return d.restart(ctx, "green") }, "green"},
 		{"finish (all v2, 50/50)", func() error { _, err := ctl.Finish(ctx, "trade"); return err }, ""},
 	}
-	canary := canaryKill{workers: workers}
-	if fault == killCanary { // after "10 %"
+	canary := canaryKill{workers: opt.workers}
+	if opt.fault == killCanary { // after "10 %"
 		phases = slices.Insert(phases, 6,
 			step{"kill inventory blue (no cleanup)", func() error { return d.killCanary(ctx, &canary) }, ""},
 			step{"replace inventory blue (new v2)", func() error { return d.replaceCanary(ctx, &canary) }, ""})
@@ -583,27 +649,112 @@ func run(out io.Writer, phase time.Duration, workers int, fault string) (bool, e
 		}
 	}
 	var total stats
-	if err := l.run(out, phase, phases, &total); err != nil {
+	if err := l.run(out, opt.phase, phases, &total); err != nil {
 		return false, err
 	}
 	if err := d.judgeJobs(ctx); err != nil {
 		return false, err
 	}
-	_, drainedWork := work.summary()
-	if fault == killCanary {
-		return canary.verdict(out, &total, d.crossed.Load(), drainedWork, work.reasons()), nil
+	_, drainedWork := d.work.summary()
+	var ok bool
+	if opt.fault == killCanary {
+		ok = canary.verdict(out, &total, d.crossed.Load(), drainedWork, d.work.reasons())
+	} else {
+		ok = total.failed == 0 && total.violations == 0 && drainedWork == 0
+		verdict := "LOSSLESS"
+		if !ok {
+			verdict = "NOT LOSSLESS"
+		}
+		fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations; %d messages or job runs on a drained color\n",
+			verdict, total.n, total.failed, total.violations, drainedWork)
+		for _, why := range d.work.reasons() {
+			fmt.Fprintln(out, "   on a drained color:", why)
+		}
 	}
-	ok := total.failed == 0 && total.violations == 0 && drainedWork == 0
-	verdict := "LOSSLESS"
-	if !ok {
-		verdict = "NOT LOSSLESS"
-	}
-	fmt.Fprintf(out, "\nverdict: %s — %d requests, %d failed, %d sticky violations; %d messages or job runs on a drained color\n",
-		verdict, total.n, total.failed, total.violations, drainedWork)
-	for _, why := range work.reasons() {
-		fmt.Fprintln(out, "   on a drained color:", why)
+	if dash != nil && opt.linger != 0 {
+		l.close()
+		stopProducer()
+		dash.linger(out, opt.linger)
 	}
 	return ok, nil
+}
+
+// system is what a release runs on: an embedded etcd, the rule controller, an embedded NATS,
+// the demo's instances (every one a lifecycle instance, whose record carries its admin
+// address, so a dashboard reads its /stats), at v1 in blue and green for order and inventory
+// and colorless for the gateway, and a client of the gateway.
+type system struct {
+	*demo
+	ctl     *traffic.Controller
+	gateway greeterpb.GreeterClient
+	undo    []func() // close runs them, last first
+}
+
+// startSystem brings the system up at v1: v2 inventory instances it starts later fail the
+// fraction badV2 of their calls; leaky, if not nil, gives order instances their client that
+// ignores decisions (demo.leaky).
+func startSystem(ctx context.Context, badV2 float64, leaky *atomic.Bool) (sys *system, err error) {
+	sys = &system{}
+	defer func() {
+		if err != nil {
+			sys.close()
+		}
+	}()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	etcd, cli, stopEtcd, err := newEtcd()
+	if err != nil {
+		return nil, err
+	}
+	sys.undo = append(sys.undo, stopEtcd)
+	if sys.ctl, err = traffic.NewController(traffic.Config{Client: cli}); err != nil {
+		return nil, err
+	}
+	ns, err := natstest.New() // in production: your NATS cluster
+	if err != nil {
+		return nil, err
+	}
+	sys.undo = append(sys.undo, ns.Close)
+	d := &demo{etcd: etcd, cli: cli, log: log, nats: ns, work: &workLog{counts: map[string]int{}}, badV2: badV2, leaky: leaky,
+		insts: map[string]*lifecycle.Instance{}, servers: map[string]*server{}, clis: map[string]*clientv3.Client{},
+		closers: map[string]func(){}, watched: map[string]*watched{}, execs: map[string]*watched{}, ids: map[string]bool{},
+		undrainRev: map[string]int64{}, claims: map[string]claim{}}
+	sys.demo = d
+	sys.undo = append(sys.undo, func() {
+		for key := range d.insts {
+			app, color, _ := strings.Cut(key, "/")
+			_ = d.stop(ctx, app, color)
+		}
+	})
+	start := func(app, color, version string) error { return d.start(ctx, app, color, version) }
+	gateway, closeGateway, err := bringUp(ctx, start, dialer(cli, log, ""))
+	if err != nil {
+		return nil, err
+	}
+	sys.gateway = gateway
+	sys.undo = append(sys.undo, closeGateway)
+	return sys, nil
+}
+
+// close stops what startSystem started.
+func (s *system) close() {
+	for i := len(s.undo) - 1; i >= 0; i-- {
+		s.undo[i]()
+	}
+	s.undo = nil
+}
+
+// restart takes order and inventory of color offline (callers first, then callees) and
+// starts them again as v2 (callees first).
+func (d *demo) restart(ctx context.Context, color string) error {
+	for _, app := range []string{"order", "inventory"} {
+		if err := d.stop(ctx, app, color); err != nil {
+			return fmt.Errorf("stop %s/%s: %w", app, color, err)
+		}
+	}
+	if err := d.start(ctx, "inventory", color, "v2"); err != nil {
+		return err
+	}
+	return d.start(ctx, "order", color, "v2")
 }
 
 // calls is "1 call <what>" or "n calls <what>".
@@ -884,6 +1035,7 @@ type step struct {
 type load struct {
 	cur  atomic.Pointer[stats]
 	stop chan struct{}
+	once sync.Once
 	wg   sync.WaitGroup
 	work *workLog // nil in the naive mode
 }
@@ -912,7 +1064,11 @@ func startLoad(ctx context.Context, gateway greeterpb.GreeterClient, workers int
 	return l
 }
 
-func (l *load) close() { close(l.stop); l.wg.Wait() }
+// close stops the callers and waits for them; it may be called more than once.
+func (l *load) close() {
+	l.once.Do(func() { close(l.stop) })
+	l.wg.Wait()
+}
 
 // run performs the steps, each followed by one phase of load, printing a row per step.
 func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stats) error {
@@ -981,5 +1137,5 @@ func produce(url string) (stop func(), err error) {
 			cancel()
 		}
 	}()
-	return func() { close(done); wg.Wait(); nc.Close() }, nil
+	return sync.OnceFunc(func() { close(done); wg.Wait(); nc.Close() }), nil
 }

@@ -16,7 +16,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // run was handled on a drained color (judged from events, see the package doc).
 func TestReleaseIsLossless(t *testing.T) {
 	var out strings.Builder
-	ok, err := run(&out, 150*time.Millisecond, 4, "") // short phases, 4 callers
+	ok, err := run(&out, options{phase: 150 * time.Millisecond, workers: 4}) // short phases, 4 callers
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +36,7 @@ func TestReleaseIsLossless(t *testing.T) {
 // inventory, and the release then finished.
 func TestKillCanaryLosesOnlyTheCallsInFlight(t *testing.T) {
 	var out strings.Builder
-	ok, err := run(&out, 150*time.Millisecond, 4, killCanary)
+	ok, err := run(&out, options{phase: 150 * time.Millisecond, workers: 4, fault: killCanary})
 	t.Log("\n" + out.String())
 	if err != nil {
 		t.Fatal(err)

@@ -35,7 +35,7 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 		return 0, 0, err
 	}
 	defer stopEtcd()
-	dial := dialer(cli, log, `{"loadBalancingConfig":[{"round_robin":{}}]}`)
+	dial := dialer(cli, log, roundRobin)
 	var mu sync.Mutex
 	insts := map[string]*naiveInstance{}
 	start := func(app, color, version string) error {

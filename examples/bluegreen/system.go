@@ -7,6 +7,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
@@ -36,17 +37,41 @@ func newEtcd() (*etcdtest.Server, *clientv3.Client, func(), error) {
 }
 
 // dialer returns a dial of switchyard:///<app> through the registry resolver with
-// serviceConfig ("" for switchyard's default, the weighted balancer), without rules or
-// interceptors: the load's client of the gateway, which is in no release channel, and every
-// client of the naive run.
-func dialer(cli *clientv3.Client, log *slog.Logger, serviceConfig string) func(app string) (*grpc.ClientConn, error) {
+// serviceConfig ("" for switchyard's default, the weighted balancer) and opts, without rules
+// or switchyard's interceptors: the load's client of the gateway, which is in no release
+// channel, every client of the naive run, and the leaky middle hop's (demo.leaky).
+func dialer(cli *clientv3.Client, log *slog.Logger, serviceConfig string, opts ...grpc.DialOption) func(app string) (*grpc.ClientConn, error) {
 	return func(app string) (*grpc.ClientConn, error) {
 		rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: log, ServiceConfig: serviceConfig})
 		if err != nil {
 			return nil, err
 		}
-		return grpc.NewClient("switchyard:///"+app, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		opts := append([]grpc.DialOption{grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+		return grpc.NewClient("switchyard:///"+app, opts...)
 	}
+}
+
+// roundRobin is the service config of a plain gRPC client: every instance in turn, whatever
+// its color.
+const roundRobin = `{"loadBalancingConfig":[{"round_robin":{}}]}`
+
+// forwardBaggage copies the incoming baggage header onto the call, as a service propagating
+// by hand does: the decision travels on, but the client's balancer does not honour it.
+func forwardBaggage(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return invoke(withIncomingBaggage(ctx), method, req, reply, cc, opts...)
+}
+
+// forwardBaggageStream is forwardBaggage for streams.
+func forwardBaggageStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, stream grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return stream(withIncomingBaggage(ctx), desc, cc, method, opts...)
+}
+
+func withIncomingBaggage(ctx context.Context) context.Context {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("baggage") {
+		ctx = metadata.AppendToOutgoingContext(ctx, "baggage", v)
+	}
+	return ctx
 }
 
 // bringUp starts the system at v1 with start — inventory and order in blue and green, then
