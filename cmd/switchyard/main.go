@@ -10,6 +10,9 @@
 //	switchyard watch <channel>
 //	switchyard dashboard [--listen 127.0.0.1:8080] [--channel C]
 //	switchyard top <channel> [--once]
+//	switchyard release run <plan.yaml> [--poll 250ms]
+//	switchyard release status <channel>
+//	switchyard release pause|resume|promote|abort <channel>
 //
 // etcd: --endpoints or SWITCHYARD_ETCD_ENDPOINTS (comma-separated), --prefix, TLS (--cacert,
 // --cert, --key) and auth (--user, --password). -o json on read commands. Exit codes: 0 ok,
@@ -33,6 +36,17 @@
 // and /api/events the Server-Sent Events behind the page. top prints the same figures for
 // one channel in the terminal, redrawn in place every second (--once: one frame, then exit;
 // with -o json, the View as JSON).
+//
+// release runs a release plan (package release): it moves the channel's traffic to the new
+// color step by step, judges each step on the instances' /stats (the new color's error rate
+// and p99 against the old one's), and at a breach sends all traffic back to the old color at
+// once. run drives the plan until it ends, logging every step and verdict; it exits 0 when
+// the plan succeeded and 1 with the verdict when it switched back or was aborted, or when
+// another runner drives the channel (the message names it). Interrupted, it leaves the plan
+// where it is; run the same plan again to resume it. status prints the plan's state, step,
+// figures and verdicts (-o json: the progress record); pause, resume, promote (pass the
+// current step now; at at_end: wait, succeed) and abort (switch back now) are carried out by
+// the running runner within a poll.
 package main
 
 import (
@@ -85,6 +99,14 @@ commands:
                                       interrupted; JSON at /api/view, SSE at /api/events
   top <channel> [--once]              the same figures in the terminal, redrawn every second;
                                       --once prints one frame and exits (-o json: the View)
+  release run <plan.yaml> [--poll D]  run a release plan until it ends: steps, analysis, and
+                                      switch-back at a breach (exit 1 with the verdict);
+                                      interrupted, run it again to resume (--poll: how often
+                                      the instances are judged, default 250ms)
+  release status <channel>            the plan's state, step, figures and verdicts
+  release pause|resume|promote|abort <channel>
+                                      hold the step / go on / pass the step now (at_end: wait:
+                                      succeed) / switch back now
   help                                this text (also -h, --help)
 
 flags (anywhere after the command):
@@ -112,7 +134,7 @@ func main() {
 type opts struct {
 	endpoints, prefix, cacert, cert, key, user, password, output, apps string
 	blue, listen, channel                                              string
-	timeout                                                            time.Duration
+	timeout, poll                                                      time.Duration
 	yes, force, once                                                   bool
 }
 
@@ -146,6 +168,7 @@ func parse(args []string, getenv func(string) string) (opts, []string, error) {
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "")
 	fs.StringVar(&o.channel, "channel", "", "")
 	fs.BoolVar(&o.once, "once", false, "")
+	fs.DurationVar(&o.poll, "poll", 0, "")
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
@@ -255,16 +278,28 @@ func (e env) controller() (*traffic.Controller, error) { return traffic.NewContr
 
 // commands maps "command" or "command subcommand" to its function: one function per command.
 var commands = map[string]func(context.Context, env) error{
-	"channel open":   channelOpen,
-	"channel shift":  channelShift,
-	"channel finish": channelFinish,
-	"channel status": channelStatus,
-	"channel list":   channelStatus,
-	"channel delete": channelDelete,
-	"instances":      instancesCmd,
-	"watch":          watchCmd,
-	"dashboard":      dashboardCmd,
-	"top":            topCmd,
+	"channel open":    channelOpen,
+	"channel shift":   channelShift,
+	"channel finish":  channelFinish,
+	"channel status":  channelStatus,
+	"channel list":    channelStatus,
+	"channel delete":  channelDelete,
+	"instances":       instancesCmd,
+	"watch":           watchCmd,
+	"dashboard":       dashboardCmd,
+	"top":             topCmd,
+	"release run":     releaseRun,
+	"release status":  releaseStatus,
+	"release pause":   releaseCommand,
+	"release resume":  releaseCommand,
+	"release promote": releaseCommand,
+	"release abort":   releaseCommand,
+}
+
+// subcommands lists the subcommands of the commands that have them, for usage errors.
+var subcommands = map[string]string{
+	"channel": "open, shift, finish, status, list, delete",
+	"release": "run, status, pause, resume, promote, abort",
 }
 
 // lookup finds the command that pos names.
@@ -272,14 +307,15 @@ func lookup(pos []string) (func(context.Context, env) error, error) {
 	if cmd, ok := commands[pos[0]]; ok {
 		return cmd, nil
 	}
-	if pos[0] != "channel" {
+	subs, ok := subcommands[pos[0]]
+	if !ok {
 		return nil, usageError{fmt.Sprintf("unknown command %q", pos[0])}
 	}
 	if len(pos) < 2 {
-		return nil, usageError{"missing channel subcommand (open, shift, finish, status, list, delete)"}
+		return nil, usageError{fmt.Sprintf("missing %s subcommand (%s)", pos[0], subs)}
 	}
-	if cmd, ok := commands["channel "+pos[1]]; ok {
+	if cmd, ok := commands[pos[0]+" "+pos[1]]; ok {
 		return cmd, nil
 	}
-	return nil, usageError{fmt.Sprintf("unknown channel subcommand %q", pos[1])}
+	return nil, usageError{fmt.Sprintf("unknown %s subcommand %q", pos[0], pos[1])}
 }
