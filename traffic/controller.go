@@ -45,18 +45,28 @@ func NewController(cfg Config) (*Controller, error) {
 	return &Controller{cfg: cfg, now: time.Now}, nil
 }
 
+// WriteOption changes how Open, Shift and Finish write the rule.
+type WriteOption func(*writeOptions)
+
+type writeOptions struct{ reason string }
+
+// Reason records who made the change and why in the rule (Rule.Reason), so that every
+// subscriber's event carries it: `switchyard watch`, the dashboard's timeline, logs. At most
+// MaxReasonLen bytes of printable text; the write is refused otherwise.
+func Reason(reason string) WriteOption { return func(o *writeOptions) { o.reason = reason } }
+
 // Open opens a release in channel for apps, at 50 % (no traffic moves until Shift). The
 // channel's rule is created if it does not exist; its apps are replaced by apps. Refused if
 // the channel is already open or an app is in another open channel. Because that check spans
 // every rule, Open also refuses while a rule key that may name one of apps cannot be read
 // (see Scan; a key whose apps cannot be read at all may name any app), with an error wrapping
 // ErrMalformedRule that names the key: repair it or remove it with Delete.
-func (c *Controller) Open(ctx context.Context, channel string, apps []string) (Rule, error) {
+func (c *Controller) Open(ctx context.Context, channel string, apps []string, opts ...WriteOption) (Rule, error) {
 	next, err := NewRule(channel, apps, true, EvenSplit)
 	if err != nil {
 		return Rule{}, err
 	}
-	return c.update(ctx, channel, func(cur Rule, exists bool, s scan) (Rule, error) {
+	return c.update(ctx, channel, opts, func(cur Rule, exists bool, s scan) (Rule, error) {
 		if exists && cur.Releasing {
 			return Rule{}, fmt.Errorf("%w %q (blue at %g%%); finish it first", ErrAlreadyOpen, channel, cur.BluePercent)
 		}
@@ -83,11 +93,11 @@ func (c *Controller) Open(ctx context.Context, channel string, apps []string) (R
 
 // Shift sets the blue percent of an open release: 0 drains blue, 100 drains green, 1 is a
 // 1 % canary on blue. Unreadable keys of other channels do not hold it up.
-func (c *Controller) Shift(ctx context.Context, channel string, bluePercent float64) (Rule, error) {
+func (c *Controller) Shift(ctx context.Context, channel string, bluePercent float64, opts ...WriteOption) (Rule, error) {
 	if err := validatePercent(bluePercent); err != nil {
 		return Rule{}, err
 	}
-	return c.update(ctx, channel, func(cur Rule, exists bool, _ scan) (Rule, error) {
+	return c.update(ctx, channel, opts, func(cur Rule, exists bool, _ scan) (Rule, error) {
 		if err := needOpen(channel, cur, exists); err != nil {
 			return Rule{}, err
 		}
@@ -98,8 +108,8 @@ func (c *Controller) Shift(ctx context.Context, channel string, bluePercent floa
 
 // Finish closes the release and sets the split back to 50/50. Unreadable keys of other
 // channels do not hold it up.
-func (c *Controller) Finish(ctx context.Context, channel string) (Rule, error) {
-	return c.update(ctx, channel, func(cur Rule, exists bool, _ scan) (Rule, error) {
+func (c *Controller) Finish(ctx context.Context, channel string, opts ...WriteOption) (Rule, error) {
+	return c.update(ctx, channel, opts, func(cur Rule, exists bool, _ scan) (Rule, error) {
 		if err := needOpen(channel, cur, exists); err != nil {
 			return Rule{}, err
 		}
@@ -271,9 +281,16 @@ func (c *Controller) read(ctx context.Context) (scan, error) {
 // update reads every rule, lets decide compute the channel's next rule, and writes it only if
 // no rule changed since the read. An unreadable key of the channel itself refuses every
 // operation (its state is unknown); other unreadable keys are decide's to judge.
-func (c *Controller) update(ctx context.Context, channel string, decide func(cur Rule, exists bool, s scan) (Rule, error)) (Rule, error) {
+func (c *Controller) update(ctx context.Context, channel string, opts []WriteOption, decide func(cur Rule, exists bool, s scan) (Rule, error)) (Rule, error) {
 	if err := deploy.ValidateName("channel", channel); err != nil {
 		return Rule{}, &RuleError{Field: "channel", Value: fmt.Sprintf("%q", channel), Rule: ruleOf(err)}
+	}
+	var w writeOptions
+	for _, o := range opts {
+		o(&w)
+	}
+	if err := validateReason(w.reason); err != nil {
+		return Rule{}, err
 	}
 	s, err := c.read(ctx)
 	if err != nil {
@@ -294,6 +311,7 @@ func (c *Controller) update(ctx context.Context, channel string, decide func(cur
 		return Rule{}, err
 	}
 	next.UpdatedAt = c.now().UTC().Truncate(time.Millisecond)
+	next.Reason = w.reason // each write says its own reason, or none
 	val, err := Marshal(next)
 	if err != nil {
 		return Rule{}, err

@@ -50,10 +50,14 @@ type Event struct {
 }
 
 func (e Event) String() string {
+	s := fmt.Sprintf("%s %s", e.Channel, e.Kind)
 	if e.Kind == OnFlowChange {
-		return fmt.Sprintf("%s %s %g→%g", e.Channel, e.Kind, e.Old, e.New)
+		s = fmt.Sprintf("%s %s %g→%g", e.Channel, e.Kind, e.Old, e.New)
 	}
-	return fmt.Sprintf("%s %s", e.Channel, e.Kind)
+	if e.Rule.Reason != "" {
+		s += " (" + e.Rule.Reason + ")"
+	}
+	return s
 }
 
 // EffectivePercent is the blue percent traffic actually follows under r: BluePercent while a

@@ -2,6 +2,8 @@ package traffic
 
 import (
 	"encoding/json"
+	"unicode"
+	"unicode/utf8"
 	"errors"
 	"fmt"
 	"math"
@@ -33,12 +35,19 @@ type Rule struct {
 	BluePercent float64
 	// UpdatedAt is when the rule was last written.
 	UpdatedAt time.Time
+	// Reason says who wrote the rule's last change and why, e.g. "release step 2 (10 %):
+	// step 1 passed, blue 0.1 % errors over 2,114 requests"; empty when the writer gave none.
+	// At most MaxReasonLen bytes of printable UTF-8. Set with the Reason write option.
+	Reason string
 }
+
+// MaxReasonLen bounds Rule.Reason: a sentence for people, not a payload.
+const MaxReasonLen = 512
 
 // Equal reports whether two rules have the same content.
 func (r Rule) Equal(o Rule) bool {
 	return r.Channel == o.Channel && slices.Equal(r.Apps, o.Apps) && r.Releasing == o.Releasing &&
-		r.BluePercent == o.BluePercent && r.UpdatedAt.Equal(o.UpdatedAt)
+		r.BluePercent == o.BluePercent && r.UpdatedAt.Equal(o.UpdatedAt) && r.Reason == o.Reason
 }
 
 // Has reports whether app is in the channel.
@@ -90,7 +99,27 @@ func (r Rule) Validate() error {
 			return &RuleError{Field: "apps", Value: strconv.Quote(app), Rule: "must be sorted and name each app once"}
 		}
 	}
+	if err := validateReason(r.Reason); err != nil {
+		return err
+	}
 	return validatePercent(r.BluePercent)
+}
+
+// validateReason checks a rule's reason: printable UTF-8, at most MaxReasonLen bytes.
+func validateReason(reason string) error {
+	switch {
+	case len(reason) > MaxReasonLen:
+		return &RuleError{Field: "reason", Value: strconv.Quote(reason[:32]) + "…",
+			Rule: fmt.Sprintf("is %d bytes long; at most %d are allowed: say who and why in a sentence", len(reason), MaxReasonLen)}
+	case !utf8.ValidString(reason):
+		return &RuleError{Field: "reason", Value: strconv.Quote(reason), Rule: "must be UTF-8 text"}
+	}
+	for _, c := range reason {
+		if !unicode.IsPrint(c) {
+			return &RuleError{Field: "reason", Value: strconv.Quote(reason), Rule: fmt.Sprintf("has %q; use printable text on one line", c)}
+		}
+	}
+	return nil
 }
 
 // ruleOf returns the rule part of a deploy.NameError.
@@ -118,6 +147,7 @@ type stored struct {
 	Releasing   *bool     `json:"releasing"`
 	BluePercent *float64  `json:"blue_percent"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	Reason      string    `json:"reason,omitempty"`
 }
 
 // Marshal validates r and encodes it as the stored JSON record.
@@ -127,7 +157,7 @@ func Marshal(r Rule) ([]byte, error) {
 	}
 	rel, p := r.Releasing, r.BluePercent
 	return json.Marshal(stored{Header: record.Header{V: schemaVersion}, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
-		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC()})
+		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC(), Reason: r.Reason})
 }
 
 // ErrMalformedRule is wrapped by Unmarshal's errors for a value that is not a valid rule.
@@ -148,7 +178,7 @@ func Unmarshal(data []byte) (Rule, error) {
 	}
 	apps := slices.Clone(rec.Apps)
 	slices.Sort(apps)
-	r := Rule{Channel: rec.Channel, Apps: apps, Releasing: *rec.Releasing, BluePercent: *rec.BluePercent, UpdatedAt: rec.UpdatedAt}
+	r := Rule{Channel: rec.Channel, Apps: apps, Releasing: *rec.Releasing, BluePercent: *rec.BluePercent, UpdatedAt: rec.UpdatedAt, Reason: rec.Reason}
 	if err := r.Validate(); err != nil {
 		return Rule{}, malformed(err)
 	}

@@ -131,6 +131,8 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add([]byte(`{"v":1,"channel":"t","apps":["b","a"],"releasing":true,"blue_percent":1e-300}`))
 	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":-0}`))
 	f.Add([]byte(`{"v":1}`))
+	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":10,"reason":"release step 2 (10 %)"}`))
+	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":10,"reason":"a\u0000b"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := traffic.Unmarshal(data)
 		if err != nil {
