@@ -2,14 +2,14 @@ package traffic
 
 import (
 	"encoding/json"
-	"unicode"
-	"unicode/utf8"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strconv"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/record"
