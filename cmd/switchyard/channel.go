@@ -23,7 +23,7 @@ func channelOpen(ctx context.Context, e env) error {
 		if e.o.apps == "" {
 			return traffic.Rule{}, usageError{"channel open needs --apps a,b"}
 		}
-		return ctl.Open(ctx, ch, strings.Split(e.o.apps, ","))
+		return ctl.Open(ctx, ch, strings.Split(e.o.apps, ","), e.reason()...)
 	})
 }
 
@@ -33,14 +33,22 @@ func channelShift(ctx context.Context, e env) error {
 		if e.o.blue == "" || err != nil {
 			return traffic.Rule{}, usageError{fmt.Sprintf("channel shift needs --blue <percent from 0 to 100>, got %q", e.o.blue)}
 		}
-		return ctl.Shift(ctx, ch, p)
+		return ctl.Shift(ctx, ch, p, e.reason()...)
 	})
 }
 
 func channelFinish(ctx context.Context, e env) error {
 	return channelWrite(ctx, e, func(ctl *traffic.Controller, ch string) (traffic.Rule, error) {
-		return ctl.Finish(ctx, ch)
+		return ctl.Finish(ctx, ch, e.reason()...)
 	})
+}
+
+// reason is the write option of --reason, if given.
+func (e env) reason() []traffic.WriteOption {
+	if e.o.reason == "" {
+		return nil
+	}
+	return []traffic.WriteOption{traffic.Reason(e.o.reason)}
 }
 
 // channelWrite runs one write of the controller on the channel named by the third argument
@@ -117,7 +125,7 @@ func watchCmd(ctx context.Context, e env) error {
 	enc := json.NewEncoder(e.out)
 	done := rules.Subscribe(ch, func(ev traffic.Event) {
 		if e.o.output == "json" {
-			_ = enc.Encode(map[string]any{"channel": ev.Channel, "event": ev.Kind.String(), "old": ev.Old, "new": ev.New})
+			_ = enc.Encode(map[string]any{"channel": ev.Channel, "event": ev.Kind.String(), "old": ev.Old, "new": ev.New, "reason": ev.Rule.Reason})
 			return
 		}
 		fmt.Fprintf(e.out, "%s  %s\n", time.Now().Format("15:04:05.000"), ev)
@@ -197,13 +205,14 @@ type ruleJSON struct {
 	Releasing   bool      `json:"releasing"`
 	BluePercent float64   `json:"blue_percent"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	Reason      string    `json:"reason,omitempty"`
 }
 
 func printRules(out io.Writer, o opts, rules []traffic.Rule) error {
 	if o.output == "json" {
 		js := make([]ruleJSON, 0, len(rules))
 		for _, r := range rules {
-			js = append(js, ruleJSON{r.Channel, r.Apps, r.Releasing, r.BluePercent, r.UpdatedAt})
+			js = append(js, ruleJSON{r.Channel, r.Apps, r.Releasing, r.BluePercent, r.UpdatedAt, r.Reason})
 		}
 		return json.NewEncoder(out).Encode(js)
 	}
@@ -214,6 +223,9 @@ func printRules(out io.Writer, o opts, rules []traffic.Rule) error {
 		}
 		p := traffic.EffectivePercent(r)
 		fmt.Fprintf(out, "%-16s %-9s apps=%s\n  %s\n", r.Channel, state, strings.Join(r.Apps, ","), bar(p))
+		if r.Reason != "" {
+			fmt.Fprintf(out, "  last change: %s\n", r.Reason)
+		}
 	}
 	return nil
 }

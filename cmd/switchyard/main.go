@@ -85,6 +85,8 @@ commands:
   channel open <channel> --apps a,b   open a release of apps a and b (at 50 %)
   channel shift <channel> --blue P    set blue's share to P % (0 drains blue, 100 drains green)
   channel finish <channel>            close the release (back to 50/50)
+                                      open, shift and finish take --reason "why" (stored in the
+                                      rule; every subscriber's event and watch show it)
   channel status [<channel>]          rules with a bar of the split
   channel list                        every channel
   channel delete <channel> --yes      delete the channel's rule key: a broken (unreadable) one,
@@ -133,7 +135,7 @@ func main() {
 // opts are the flags every command takes.
 type opts struct {
 	endpoints, prefix, cacert, cert, key, user, password, output, apps string
-	blue, listen, channel                                              string
+	blue, listen, channel, reason                                      string
 	timeout, poll                                                      time.Duration
 	yes, force, once                                                   bool
 }
@@ -162,6 +164,7 @@ func parse(args []string, getenv func(string) string) (opts, []string, error) {
 	fs.StringVar(&o.output, "o", "", "")
 	fs.StringVar(&o.apps, "apps", "", "")
 	fs.StringVar(&o.blue, "blue", "", "")
+	fs.StringVar(&o.reason, "reason", "", "")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "")
 	fs.BoolVar(&o.yes, "yes", false, "")
 	fs.BoolVar(&o.force, "force", false, "")

@@ -301,3 +301,20 @@ func TestHelpExitsZero(t *testing.T) {
 		}
 	}
 }
+
+func TestAShiftSaysWhy(t *testing.T) {
+	e := etcdtest.Start(t)
+	if code, _, errs := sy(t, e, "channel", "open", "trade", "--apps", "order"); code != 0 {
+		t.Fatalf("open: %d %s", code, errs)
+	}
+	code, out, errs := sy(t, e, "channel", "shift", "trade", "--blue", "1", "--reason", "canary of v2, ticket OPS-42")
+	if code != 0 || !strings.Contains(out, "last change: canary of v2, ticket OPS-42") {
+		t.Fatalf("shift --reason: %d %q %q", code, out, errs)
+	}
+	if code, out, _ := sy(t, e, "channel", "status", "trade", "-o", "json"); code != 0 || !strings.Contains(out, `"reason":"canary of v2, ticket OPS-42"`) {
+		t.Fatalf("status -o json: %d %q", code, out)
+	}
+	if code, _, errs := sy(t, e, "channel", "shift", "trade", "--blue", "2", "--reason", "two\nlines"); code != 1 || !strings.Contains(errs, "reason") {
+		t.Fatalf("a reason on two lines: exit %d %q; want 1 naming the reason", code, errs)
+	}
+}
