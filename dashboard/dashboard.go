@@ -149,7 +149,7 @@ func (d *Dashboard) record(ev traffic.Event) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	list := append(d.events[ev.Channel], Event{At: at, Kind: ev.Kind.String(), Old: ev.Old, New: ev.New})
+	list := append(d.events[ev.Channel], Event{At: at, Kind: ev.Kind.String(), Old: ev.Old, New: ev.New, Reason: ev.Rule.Reason})
 	if len(list) > MaxEvents {
 		list = slices.Clone(list[len(list)-MaxEvents:])
 	}

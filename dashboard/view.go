@@ -75,6 +75,9 @@ type Event struct {
 	Kind string    `json:"kind"` // OnStart, OnFlowChange, OnEnterAllBlue, … (traffic.EventKind)
 	Old  float64   `json:"old"`  // the effective blue percent before
 	New  float64   `json:"new"`  // and after
+	// Reason is the rule's reason for the change (traffic.Reason), e.g. a release runner's
+	// verdict; empty when the writer gave none.
+	Reason string `json:"reason,omitempty"`
 }
 
 // App is one app of a channel: the split, per color figures and its instances.
