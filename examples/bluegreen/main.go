@@ -375,6 +375,16 @@ func (w *watched) Drained() (deploy.Drain, <-chan struct{}) {
 	return d, changed
 }
 
+// DidWork passes the component's work on to the instance (lifecycle's Instance is a
+// deploy.Worker: its window, hence /stats and the dashboard, counts mq messages and job runs).
+// Without it this wrapper would hide the instance's DidWork from mq and job, which look for
+// it on the Drains they are given.
+func (w *watched) DidWork(kind deploy.WorkKind, failed bool) {
+	if wk, ok := w.Drains.(deploy.Worker); ok {
+		wk.DidWork(kind, failed)
+	}
+}
+
 // drains is what the instance's drains show now.
 func (w *watched) drains() deploy.Drain {
 	d, _ := w.Drained()
