@@ -93,7 +93,7 @@ func main() {
 		"canary's caller), calls from v2 to v1 code (must be 0) and how long until new decisions stopped going to blue")
 	badV2 := flag.Float64("bad-v2", 0, "the fraction (0 to 1) of its calls v2 inventory fails with codes.Internal, as a bad release would:\n"+
 		"the dashboard shows the errors on the color running v2, and the verdict counts them as failed requests")
-	dash := flag.String("dashboard", "", "serve the live dashboard of channel \"trade\" (as `switchyard dashboard` does) on this address,\n"+
+	dash := flag.String("dashboard", "", "serve the live dashboard of channel \"trade\" (the page the switchyard dashboard command serves) on `addr`,\n"+
 		"e.g. 127.0.0.1:8080, while the release runs; its URL is printed at start")
 	linger := flag.Duration("dashboard-linger", -time.Second, "with -dashboard: how long the dashboard stays up after the verdict (the load stopped,\n"+
 		"the instances still up); negative: until interrupted (Ctrl-C); 0: the demo exits at the verdict")
