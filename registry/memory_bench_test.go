@@ -120,7 +120,7 @@ var memoryCheck = flag.Bool("registry.memory", false, "run TestResolverMemoryWit
 // (issue 14). The median of three measurements of each is compared, since the embedded etcd
 // allocates in the same process meanwhile. It measures the process's heap, which the suite's
 // parallel tests disturb (2.07× seen in a CI run, 1.6× alone), so it runs only when asked:
-// go test -run TestResolverMemoryWithinTwiceEtcdNaming -registry.memory ./registry/
+// go test -run TestResolverMemoryWithinTwiceEtcdNaming ./registry/ -args -registry.memory
 // (BenchmarkResolverMemory reports the same figures).
 func TestResolverMemoryWithinTwiceEtcdNaming(t *testing.T) {
 	if !*memoryCheck {
