@@ -7,7 +7,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/switchyard-go/switchyard/deploy"
 )
@@ -150,9 +149,9 @@ func (r *Runner) commandAlone(ctx context.Context, channel string, p Progress, c
 		return writeProgress(rc, r.cfg.Client, r.cfg.Prefix, p, 0)
 	}
 	// Abort: take the lock, so that no runner starts while the traffic goes back.
-	sess, err := concurrency.NewSession(r.cfg.Client, concurrency.WithTTL(int(r.cfg.LockTTL/time.Second)), concurrency.WithContext(ctx))
+	sess, err := r.session(ctx)
 	if err != nil {
-		return p, etcdErr(ctx, err)
+		return p, err
 	}
 	defer sess.Close()
 	rc, cancel := r.reqCtx(ctx)

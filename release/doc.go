@@ -57,8 +57,9 @@
 //
 // # Verdicts
 //
-// Every verdict is a sentence with the figures that decided it, in Progress.Verdicts and in
-// a log line:
+// Every verdict is a sentence with the figures that decided it, in Progress.Verdicts, in a
+// log line, and in the reason of the rule write it caused (traffic's Rule.Reason, so every
+// rule subscriber sees it: `switchyard watch`, the dashboard's timeline):
 //
 //	step 2 (10 %) failed: order: blue error rate 18.7 % over 2,114 requests vs green 0.1 % over 19,020 (more than 1 point above); switched back in 0.004 s
 //	step 1 (1 %) passed: order: blue 0.1 % errors over 312 requests vs green 0.1 % over 30,118

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -145,11 +146,11 @@ func (r *Runner) Run(ctx context.Context, plan Plan) (Progress, error) {
 	if err := plan.Validate(); err != nil {
 		return Progress{}, err
 	}
-	sess, err := concurrency.NewSession(r.cfg.Client, concurrency.WithTTL(int(r.cfg.LockTTL/time.Second)), concurrency.WithContext(ctx))
+	sess, err := r.session(ctx)
 	if err != nil {
-		return Progress{}, etcdErr(ctx, err)
+		return Progress{}, err
 	}
-	defer sess.Close() // revokes the lease: the lock goes with it
+	defer sess.Close() // revokes the lease: the lock goes with it, also when ctx has ended
 	rc, cancel := r.reqCtx(ctx)
 	lockRev, err := lock(rc, r.cfg.Client, r.cfg.Prefix, plan.Channel, sess.Lease(), r.cfg.Owner)
 	cancel()
@@ -170,6 +171,25 @@ func (r *Runner) Run(ctx context.Context, plan Plan) (Progress, error) {
 		return ru.p, err
 	}
 	return ru.loop(ctx, sess)
+}
+
+// session starts the lease the runner's lock lives on. Its keepalives do not end with ctx
+// (Close ends them), so that Close can still revoke the lease after ctx ended: the lock goes
+// at once rather than after LockTTL.
+func (r *Runner) session(ctx context.Context) (*concurrency.Session, error) {
+	rc, cancel := r.reqCtx(ctx)
+	defer cancel()
+	lease, err := r.cfg.Client.Grant(rc, int64(r.cfg.LockTTL/time.Second))
+	if err != nil {
+		return nil, etcdErr(ctx, err)
+	}
+	sess, err := concurrency.NewSession(r.cfg.Client, concurrency.WithLease(lease.ID),
+		concurrency.WithTTL(int(r.cfg.LockTTL/time.Second)), // bounds Close's revoke
+		concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return nil, etcdErr(ctx, err)
+	}
+	return sess, nil
 }
 
 // reqCtx bounds one etcd request.
@@ -227,7 +247,7 @@ func (ru *run) start(ctx context.Context, rule traffic.Rule) error {
 		ru.p.rev = -1
 	}
 	r.cfg.Logger.Info("release: starting the plan", "channel", ru.plan.Channel, "new", ru.plan.New, "steps", len(ru.plan.Steps), "owner", r.cfg.Owner)
-	return ru.enter(ctx, 0, rule.BluePercent, "release started by "+r.cfg.Owner)
+	return ru.enter(ctx, 0, rule.BluePercent, "release started by "+r.cfg.Owner, nil)
 }
 
 // resume takes over the plan in progress in ru.p at its step.
@@ -256,9 +276,13 @@ func (ru *run) resume(ctx context.Context, rule traffic.Rule) error {
 	return nil
 }
 
-// enter records step i and shifts the rule to it (from: the rule's blue percent before).
-func (ru *run) enter(ctx context.Context, i int, from float64, why string) error {
+// enter records step i and shifts the rule to it (from: the rule's blue percent before);
+// also, if not nil, changes the same write (the verdict of the step before).
+func (ru *run) enter(ctx context.Context, i int, from float64, why string, also func(*Progress)) error {
 	err := ru.save(ctx, func(p *Progress) error {
+		if also != nil {
+			also(p)
+		}
 		p.Step, p.StepStarted, p.FromBlue = i, time.Now(), from
 		p.JudgeableAt, p.Figures, p.FiguresAt, p.Note = time.Time{}, nil, time.Time{}, ""
 		if p.State != Paused {
@@ -286,7 +310,7 @@ func (ru *run) stepReason(i int, why string) string {
 // and above all a switch-back must not be lost to a passing etcd error.
 func (ru *run) shift(ctx context.Context, blue float64, reason string) error {
 	for {
-		_, err := ru.r.ctl.Shift(ctx, ru.plan.Channel, blue)
+		_, err := ru.r.ctl.Shift(ctx, ru.plan.Channel, blue, reasonOpt(reason)...)
 		switch {
 		case err == nil:
 			return nil
@@ -295,13 +319,25 @@ func (ru *run) shift(ctx context.Context, blue float64, reason string) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
-		ru.r.cfg.Logger.Warn("release: shifting the rule failed; retrying", "channel", ru.plan.Channel, "blue_percent", blue, "reason", reason, "err", err)
+		ru.r.cfg.Logger.Warn("release: shifting the rule failed; retrying", "channel", ru.plan.Channel, "blue_percent", blue, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// reasonOpt is the rule write option that carries reason, cut to what a rule holds.
+func reasonOpt(reason string) []traffic.WriteOption {
+	if len(reason) > traffic.MaxReasonLen {
+		cut := traffic.MaxReasonLen - len("…")
+		for cut > 0 && !utf8.RuneStart(reason[cut]) {
+			cut--
+		}
+		reason = reason[:cut] + "…"
+	}
+	return []traffic.WriteOption{traffic.Reason(reason)}
 }
 
 // save applies change to the latest record and writes it, on the runner's lock. A
@@ -381,6 +417,9 @@ func (ru *run) loop(ctx context.Context, sess *concurrency.Session) (Progress, e
 			case <-ctx.Done():
 				return ru.p, fmt.Errorf("release: the runner stopped (%w); the plan stays %s at step %d of channel %s: run it again to resume, or abort it", ctx.Err(), ru.p.State, ru.p.Step+1, ru.plan.Channel)
 			case <-sess.Done():
+				if ctx.Err() != nil {
+					continue // the ctx.Done case, next time round
+				}
 				return ru.p, fmt.Errorf("release: lost the lock of channel %s (its lease expired: etcd was unreachable for longer than %v); the plan stops at step %d: run it again to resume", ru.plan.Channel, r.cfg.LockTTL, ru.p.Step+1)
 			case _, ok := <-watch:
 				if !ok {
@@ -470,7 +509,7 @@ func (ru *run) pass(ctx context.Context, outcome, why string, figs []Figures, al
 	r.cfg.Logger.Info("release: verdict", "channel", ru.plan.Channel, "step", i+1, "percent", step.Percent, "outcome", outcome, "verdict", v.Explanation)
 	last := i == len(ru.plan.Steps)-1
 	if !last {
-		if err := ru.save(ctx, func(p *Progress) error {
+		return false, ru.enter(ctx, i+1, ru.plan.BluePercent(step.Percent), v.Explanation, func(p *Progress) {
 			if also != nil {
 				also(p)
 			}
@@ -478,11 +517,7 @@ func (ru *run) pass(ctx context.Context, outcome, why string, figs []Figures, al
 			if outcome == "promoted" && p.State == Paused {
 				p.State = Running
 			}
-			return nil
-		}); err != nil {
-			return false, err
-		}
-		return false, ru.enter(ctx, i+1, ru.plan.BluePercent(step.Percent), v.Explanation)
+		})
 	}
 	final := ru.p.State == Waiting || outcome == "promoted" || ru.plan.AtEnd == AtEndDone
 	err := ru.save(ctx, func(p *Progress) error {
