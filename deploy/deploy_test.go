@@ -126,6 +126,8 @@ func TestKeyLayout(t *testing.T) {
 		{deploy.ChannelKey(deploy.DefaultPrefix, "trade"), "/switchyard/channels/trade"},
 		{deploy.ChannelsPrefix("/p"), "/p/channels/"},
 		{deploy.JobPrefix("/p", "settle"), "/p/jobs/settle/"},
+		{deploy.RolloutKey("/p", "trade"), "/p/rollouts/trade"},
+		{deploy.RolloutLockKey("/p", "trade"), "/p/rollouts/trade/lock"},
 	} {
 		if c.got != c.want {
 			t.Errorf("key %q, want %q", c.got, c.want)
