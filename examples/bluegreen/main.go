@@ -15,12 +15,21 @@
 // taken effect (every instance's drains show what the new rule drains; the drained color's
 // consumers have left their groups).
 //
-//	go run ./examples/bluegreen            # ~30 s
+//	go run ./examples/bluegreen            # ~25 s
 //	go run ./examples/bluegreen -phase 500ms
 //	go run ./examples/bluegreen -naive     # first the same release done naively, for comparison
+//	go run ./examples/bluegreen -bad-v2 0.2  # v2 fails 20 % of calls: the plan's guard switches back
 //	go run ./examples/bluegreen -fault kill-canary
 //	go run ./examples/bluegreen -dashboard 127.0.0.1:8080
 //	go run ./examples/bluegreen -dashboard 127.0.0.1:8080 -bad-v2 0.05
+//
+// The release: open channel trade, drain blue (0 %), restart blue as v2; then a release plan
+// (package release, what `switchyard release run plan.yaml` runs) moves blue (v2) from 1 %
+// through 10 % and 50 % to 100 %, each step held for -hold (1 s) once each app has
+// -min-requests (20) requests on blue, and judged by its guard: blue's error rate against
+// green's in the same window, at most 1 point above (the plan's default). The table has a row
+// per step of the plan and the guard's verdict under it. Then green is drained at 100 %,
+// restarted as v2, and the release finishes. Every phase but the plan's steps lasts -phase.
 //
 // With -dashboard ADDR the demo serves the live dashboard of channel trade on ADDR (package
 // dashboard, the page `switchyard dashboard` serves), following the demo's etcd, and prints
@@ -36,7 +45,17 @@
 //
 // With -bad-v2 F every v2 inventory instance fails the fraction F of its calls with
 // codes.Internal, as a bad release would: the dashboard shows the errors on the color that
-// runs v2 (at order too, which passes them on), and the verdict counts them as failed.
+// runs v2 (at order too, which passes them on), and the verdict counts them as failed. The
+// plan's guard sees blue's error rate rise above green's during the canary and switches back
+// by itself: all traffic to green (v1) at once. The demo then stops the release (blue, v2,
+// stays drained; green is not restarted), runs one more phase with all traffic on green, and
+// its verdict gives the guard's verdict, the time from the first bad response the load saw to
+// the switch-back (the rule write), the failed requests, and their bound: canary share ×
+// failure rate × that time × the step's request rate, plus 1 (the first bad response, which
+// starts the clock) and 3 standard deviations of the canary's share of the calls (the gateway
+// decides each call's color at random). It exits 1: requests failed, though the guard worked.
+// An F too small to breach the plan's 1 point lets the plan promote, and the verdict counts
+// the failures (NOT LOSSLESS).
 //
 // With -fault kill-canary the blue inventory instance, v2 and the canary, is killed at 10 %
 // with no cleanup, as a crashed process or a lost node would be: its gRPC server stops hard
@@ -48,7 +67,10 @@
 // goes on to the end. The verdict counts the calls lost, all of which must have been at
 // order@blue between the kill and the moment the gateway stopped deciding blue for it, the
 // calls that crossed from v2 to v1 code (must be 0), and how long until new decisions
-// stopped going to blue.
+// stopped going to blue. This fault runs on hand-written shifts (1 %, 10 %, 50 %, 100 %, each
+// for -phase), not on the plan: the dead canary's failures are refusals at order@blue, which
+// a plan's guard would judge as blue's errors and switch back, where this fault shows the
+// release going on after the canary is replaced.
 package main
 
 import (
@@ -84,7 +106,7 @@ import (
 )
 
 func main() {
-	phase := flag.Duration("phase", 3*time.Second, "how long each phase of the release runs under load")
+	phase := flag.Duration("phase", 3*time.Second, "how long each phase of the release runs under load (the release plan's steps last their -hold once judged)")
 	workers := flag.Int("workers", 8, "concurrent callers of the gateway (closed loop)")
 	naive := flag.Bool("naive", false, "first do the same release as a plain rolling restart (round_robin, no switchyard lifecycle), for comparison")
 	fault := flag.String("fault", "", "inject a fault mid-release; \"kill-canary\": at 10 % kill the blue (v2, canary) inventory instance with no cleanup\n"+
@@ -92,11 +114,14 @@ func main() {
 		"and finish the release; the verdict counts the failed calls against their bound (calls in flight at the dead\n"+
 		"canary's caller), calls from v2 to v1 code (must be 0) and how long until new decisions stopped going to blue")
 	badV2 := flag.Float64("bad-v2", 0, "the fraction (0 to 1) of its calls v2 inventory fails with codes.Internal, as a bad release would:\n"+
-		"the dashboard shows the errors on the color running v2, and the verdict counts them as failed requests")
+		"the release plan's guard switches back to v1 during the canary, the demo stops the release there, and the verdict\n"+
+		"gives the time from the first bad response to the switch-back and the failed requests against their bound")
 	dash := flag.String("dashboard", "", "serve the live dashboard of channel \"trade\" (the page the switchyard dashboard command serves) on `addr`,\n"+
 		"e.g. 127.0.0.1:8080, while the release runs; its URL is printed at start")
 	linger := flag.Duration("dashboard-linger", -time.Second, "with -dashboard: how long the dashboard stays up after the verdict (the load stopped,\n"+
 		"the instances still up); negative: until interrupted (Ctrl-C); 0: the demo exits at the verdict")
+	hold := flag.Duration("hold", defaultHold, "how long the release plan holds each step (1 %, 10 %, 50 %, 100 % blue v2) once it can judge it")
+	minRequests := flag.Int("min-requests", defaultMinRequests, "the release plan's minimum sample: requests on blue (v2) per app before a step is judged")
 	flag.Parse()
 	if *fault != "" && *fault != killCanary {
 		fmt.Fprintf(os.Stderr, "bluegreen: -fault %q is not a fault this demo knows; the one it knows is %q\n", *fault, killCanary)
@@ -104,6 +129,10 @@ func main() {
 	}
 	if *badV2 < 0 || *badV2 > 1 {
 		fmt.Fprintf(os.Stderr, "bluegreen: -bad-v2 %v is not a fraction; give one from 0 (no call fails) to 1 (every call fails)\n", *badV2)
+		os.Exit(2)
+	}
+	if *hold <= 0 || *minRequests < 1 {
+		fmt.Fprintf(os.Stderr, "bluegreen: -hold %v -min-requests %d: give a hold above 0 (e.g. 1s) and a minimum sample of at least 1 request (e.g. 20)\n", *hold, *minRequests)
 		os.Exit(2)
 	}
 	if *naive {
@@ -114,7 +143,8 @@ func main() {
 		}
 		fmt.Printf("naive rolling restart: %d of %d requests failed\n\nnow the same release with switchyard:\n\n", failed, total)
 	}
-	ok, err := run(os.Stdout, options{phase: *phase, workers: *workers, fault: *fault, badV2: *badV2, dashboard: *dash, linger: *linger})
+	ok, err := run(os.Stdout, options{phase: *phase, workers: *workers, fault: *fault, badV2: *badV2, dashboard: *dash, linger: *linger,
+		hold: *hold, minRequests: *minRequests})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bluegreen:", err)
 		os.Exit(2)
@@ -132,6 +162,10 @@ type options struct {
 	badV2     float64       // the fraction of its calls v2 inventory fails
 	dashboard string        // where to serve the dashboard; "" for none
 	linger    time.Duration // how long the dashboard stays up after the verdict (negative: until interrupted)
+	// The release plan's hold of each step and minimum sample (0: defaultHold,
+	// defaultMinRequests); not used with fault killCanary, which shifts by hand.
+	hold        time.Duration
+	minRequests int
 }
 
 // demo is the running system: etcd and the instances by app and color.
@@ -546,6 +580,8 @@ type stats struct {
 	byColor    map[string]int
 	lat        []time.Duration
 	firstErr   error
+	begun      time.Time // when the row began (load.begin)
+	ended      time.Time // and ended (load.end)
 }
 
 func (s *stats) add(reply string, err error, d time.Duration) {
@@ -659,17 +695,49 @@ func run(out io.Writer, opt options) (bool, error) {
 		}
 	}
 	var total stats
-	if err := l.run(out, opt.phase, phases, &total); err != nil {
-		return false, err
+	l.header(out)
+	var guarded *planRun
+	if opt.fault == killCanary {
+		// The kill's failures are refusals at order@blue, which a plan's guard would judge as
+		// the new color's errors and switch back: this fault runs on hand-written shifts.
+		if err := l.run(out, opt.phase, phases, &total); err != nil {
+			return false, err
+		}
+	} else {
+		// The traffic shift (1 %, 10 %, 50 %, 100 %) is the release plan's; the rest the demo's.
+		plan, err := demoPlan(opt.hold, opt.minRequests)
+		if err != nil {
+			return false, err
+		}
+		if err := l.run(out, opt.phase, phases[:4], &total); err != nil {
+			return false, err
+		}
+		pr, err := d.runPlan(ctx, out, l, opt.phase, plan, &total)
+		if err != nil {
+			return false, fmt.Errorf("the release plan: %w", err)
+		}
+		if pr.switchedBack != nil {
+			guarded = &pr
+		} else if err := l.run(out, opt.phase, phases[8:], &total); err != nil {
+			return false, err
+		}
 	}
 	if err := d.judgeJobs(ctx); err != nil {
 		return false, err
 	}
 	_, drainedWork := d.work.summary()
 	var ok bool
-	if opt.fault == killCanary {
+	switch {
+	case opt.fault == killCanary:
 		ok = canary.verdict(out, &total, d.crossed.Load(), drainedWork, d.work.reasons())
-	} else {
+	case guarded != nil:
+		var firstBad time.Time
+		if ns := l.firstFail.Load(); ns != 0 {
+			firstBad = time.Unix(0, ns)
+		}
+		guardVerdict(out, *guarded, firstBad, opt.badV2, &total, drainedWork, d.work.reasons())
+		ok = false // requests failed
+	default:
 		ok = total.failed == 0 && total.violations == 0 && drainedWork == 0
 		verdict := "LOSSLESS"
 		if !ok {
@@ -911,14 +979,28 @@ func (k *canaryKill) verdict(out io.Writer, total *stats, crossed int64, drained
 // so far. When a step ends a color's drain, it notes the revision of that rule write: the
 // job verdict's bound.
 func (d *demo) afterStep(ctx context.Context, drained string) error {
-	resp, err := d.cli.Get(ctx, deploy.ChannelKey(deploy.DefaultPrefix, "trade"))
+	rev, err := d.ruleRev(ctx)
 	if err != nil {
 		return err
 	}
-	var rev int64
-	if len(resp.Kvs) > 0 {
-		rev = resp.Kvs[0].ModRevision
+	return d.afterStepAt(ctx, drained, rev)
+}
+
+// ruleRev is the revision of channel trade's latest rule write (0 if it has none).
+func (d *demo) ruleRev(ctx context.Context) (int64, error) {
+	resp, err := d.cli.Get(ctx, deploy.ChannelKey(deploy.DefaultPrefix, "trade"))
+	if err != nil {
+		return 0, err
 	}
+	if len(resp.Kvs) == 0 {
+		return 0, nil
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+// afterStepAt is afterStep for the step whose rule write had revision rev: a step the demo
+// did not write itself (the release plan's runner did).
+func (d *demo) afterStepAt(ctx context.Context, drained string, rev int64) error {
 	d.mu.Lock()
 	if d.drained != "" && d.drained != drained {
 		d.undrainRev[d.drained] = rev
@@ -1048,6 +1130,9 @@ type load struct {
 	once sync.Once
 	wg   sync.WaitGroup
 	work *workLog // nil in the naive mode
+	// firstFail is when the first failed call came back (unix ns), 0 until one did: for the
+	// guard's verdict, the first bad response.
+	firstFail atomic.Int64
 }
 
 func startLoad(ctx context.Context, gateway greeterpb.GreeterClient, workers int) *load {
@@ -1067,6 +1152,9 @@ func startLoad(ctx context.Context, gateway greeterpb.GreeterClient, workers int
 				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				resp, err := gateway.SayHello(cctx, &greeterpb.HelloRequest{})
 				cancel()
+				if err != nil {
+					l.firstFail.CompareAndSwap(0, time.Now().UnixNano())
+				}
 				l.cur.Load().add(resp.GetMessage(), err, time.Since(begin))
 			}
 		}()
@@ -1080,38 +1168,58 @@ func (l *load) close() {
 	l.wg.Wait()
 }
 
-// run performs the steps, each followed by one phase of load, printing a row per step.
-func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stats) error {
+// header prints the table's head.
+func (l *load) header(out io.Writer) {
 	head := fmt.Sprintf("%-34s %8s %7s %8s %8s %10s %9s %9s", "phase", "requests", "failed", "blue", "green", "violations", "p50", "p99")
 	if l.work != nil {
 		head += "  mq blue/green job blue/green"
 	}
 	fmt.Fprintln(out, head)
+}
+
+// run performs the steps, each followed by one phase of load, printing a row per step.
+func (l *load) run(out io.Writer, phase time.Duration, steps []step, total *stats) error {
 	for _, st := range steps {
-		s := newStats()
-		l.cur.Store(s)
-		if l.work != nil {
-			l.work.phase()
-		}
+		s := l.begin()
 		if err := st.do(); err != nil {
 			return fmt.Errorf("%s: %w", st.name, err)
 		}
 		time.Sleep(phase)
-		l.cur.Store(newStats()) // calls from now on count nowhere
-		row := s.row(st.name)
-		if l.work != nil {
-			w, _ := l.work.summary()
-			row += "  " + w
-		}
-		fmt.Fprintln(out, row)
-		if s.firstErr != nil {
-			fmt.Fprintln(out, "   first failure:", s.firstErr)
-		}
-		total.n += s.n
-		total.failed += s.failed
-		total.violations += s.violations
+		l.end(out, st.name, s, total)
 	}
 	return nil
+}
+
+// begin starts counting a new row of the table: the calls completed from now on count in
+// the stats it returns, until end.
+func (l *load) begin() *stats {
+	s := newStats()
+	s.begun = time.Now()
+	l.cur.Store(s)
+	if l.work != nil {
+		l.work.phase()
+	}
+	return s
+}
+
+// end stops counting s, prints its row named name and adds it to total.
+func (l *load) end(out io.Writer, name string, s *stats, total *stats) {
+	l.cur.Store(newStats()) // calls from now on count nowhere
+	s.mu.Lock()
+	s.ended = time.Now()
+	s.mu.Unlock()
+	row := s.row(name)
+	if l.work != nil {
+		w, _ := l.work.summary()
+		row += "  " + w
+	}
+	fmt.Fprintln(out, row)
+	if s.firstErr != nil {
+		fmt.Fprintln(out, "   first failure:", s.firstErr)
+	}
+	total.n += s.n
+	total.failed += s.failed
+	total.violations += s.violations
 }
 
 func newStats() *stats { return &stats{byColor: map[string]int{}} }

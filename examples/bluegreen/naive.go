@@ -115,6 +115,7 @@ func runNaive(out io.Writer, phase time.Duration, workers int) (failed, total in
 	}
 	fmt.Fprintln(out, "naive rolling restart (round_robin, no switchyard lifecycle):")
 	var st stats
+	l.header(out)
 	if err := l.run(out, phase, steps, &st); err != nil {
 		return 0, 0, err
 	}
