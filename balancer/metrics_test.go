@@ -2,76 +2,25 @@ package balancer_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
-
-	"go.opentelemetry.io/otel/attribute"
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/metrictest"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
-
-// meterReader is a MeterProvider with a manual reader, shut down when the test ends.
-type meterReader struct {
-	t      *testing.T
-	mp     *sdkmetric.MeterProvider
-	reader *sdkmetric.ManualReader
-}
-
-func newMeterReader(t *testing.T) *meterReader {
-	reader := sdkmetric.NewManualReader()
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
-	return &meterReader{t: t, mp: mp, reader: reader}
-}
-
-// sums collects the int64 sum metric name: its value per data point, keyed by the point's
-// attributes written k=v,k=v (sorted by key); absent if it has no data point.
-func (r *meterReader) sums(name string) map[string]int64 {
-	r.t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.reader.Collect(context.Background(), &rm); err != nil {
-		r.t.Fatal(err)
-	}
-	out := map[string]int64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			if m.Name != name {
-				continue
-			}
-			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
-				out[attrString(dp.Attributes)] += dp.Value
-			}
-		}
-	}
-	return out
-}
-
-func attrString(s attribute.Set) string {
-	var out string
-	for i, kv := range s.ToSlice() {
-		if i > 0 {
-			out += ","
-		}
-		out += fmt.Sprintf("%s=%s", kv.Key, kv.Value.Emit())
-	}
-	return out
-}
 
 // The balancer records on ResolverConfig.MeterProvider (carried to it in the resolver state):
 // picks per picked endpoint's color and channel match the calls each server saw, an offline
 // mark is counted once, a sticky fallback lands on the same provider, and closing the
 // ClientConn takes the picks callback away.
 func TestMetricsOnTheResolversMeterProvider(t *testing.T) {
-	m := newMeterReader(t)
+	m := metrictest.New(t)
 	c := newCluster(t)
 	blue := c.start(colored("blue-1", deploy.Blue, 30))
 	green := c.start(colored("green-1", deploy.Green, 30))
-	conn := c.conn(func(rc *registry.ResolverConfig) { rc.MeterProvider = m.mp })
+	conn := c.conn(func(rc *registry.ResolverConfig) { rc.MeterProvider = m.MP })
 	client := greeterpb.NewGreeterClient(conn)
 	decidedBlue, err := traffic.WithDecision(context.Background(), "trade", deploy.Blue)
 	if err != nil {
@@ -81,7 +30,7 @@ func TestMetricsOnTheResolversMeterProvider(t *testing.T) {
 	calls(t, client, decidedBlue, 50, 2)           // sticky: blue only
 
 	const pickOf = "switchyard.app=greeter,switchyard.channel=trade,switchyard.color="
-	picks := m.sums("switchyard.balancer.picks")
+	picks := m.Sums("switchyard.balancer.picks")
 	if len(picks) != 2 || picks[pickOf+"blue"] != blue.served.Load() || picks[pickOf+"green"] != green.served.Load() {
 		t.Fatalf("switchyard.balancer.picks = %v; the servers saw blue %d, green %d calls", picks, blue.served.Load(), green.served.Load())
 	}
@@ -98,7 +47,7 @@ func TestMetricsOnTheResolversMeterProvider(t *testing.T) {
 		calls(t, client, context.Background(), 1, 1)
 	}
 	calls(t, client, context.Background(), 50, 2) // on green now: no second mark
-	if got := m.sums("switchyard.balancer.offline_marks"); len(got) != 1 || got["switchyard.app=greeter"] != 1 {
+	if got := m.Sums("switchyard.balancer.offline_marks"); len(got) != 1 || got["switchyard.app=greeter"] != 1 {
 		t.Fatalf("switchyard.balancer.offline_marks = %v, want {switchyard.app=greeter: 1}", got)
 	}
 
@@ -116,12 +65,12 @@ func TestMetricsOnTheResolversMeterProvider(t *testing.T) {
 			break
 		}
 	}
-	if got := m.sums("switchyard.balancer.sticky_fallbacks"); got["switchyard.app=greeter"] < 1 {
+	if got := m.Sums("switchyard.balancer.sticky_fallbacks"); got["switchyard.app=greeter"] < 1 {
 		t.Fatalf("switchyard.balancer.sticky_fallbacks = %v, want at least 1 for app greeter", got)
 	}
 	// A pick of blue from the picker before its departure can find its connection closing:
 	// gRPC picks again (counted again) before the call starts. So blue has at least its calls.
-	picks = m.sums("switchyard.balancer.picks")
+	picks = m.Sums("switchyard.balancer.picks")
 	if picks[pickOf+"blue"] < blue.served.Load() || picks[pickOf+"green"] != green.served.Load() {
 		t.Fatalf("switchyard.balancer.picks = %v; the servers saw blue %d calls (want at least as many picks), green %d calls", picks, blue.served.Load(), green.served.Load())
 	}
@@ -130,7 +79,7 @@ func TestMetricsOnTheResolversMeterProvider(t *testing.T) {
 	if err := conn.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := m.sums("switchyard.balancer.picks"); len(got) != 0 {
+	if got := m.Sums("switchyard.balancer.picks"); len(got) != 0 {
 		t.Fatalf("switchyard.balancer.picks after the ClientConn closed = %v; want no data point (the callback unregistered)", got)
 	}
 }
