@@ -112,7 +112,8 @@
 // channel and weight), and an endpoint carries the balancer.EndpointInfo the Watcher built
 // for it rather than the record. A test keeps the heap per endpoint, gRPC's state included,
 // within twice that of etcd's own naming resolver, which carries no record
-// (TestResolverMemoryWithinTwiceEtcdNaming); README "Benchmarks" gives the figures.
+// (TestResolverMemoryWithinTwiceEtcdNaming, run with -registry.memory: it measures the
+// process heap); README "Benchmarks" gives the figures.
 //
 // # etcd client settings
 //
@@ -125,7 +126,24 @@
 // hundred milliseconds in the tests, after outages of 5 s to 20 s), and the other users of
 // the same client (the resolver's watch, the traffic rules) reconnect as soon. While the
 // connection is up this costs nothing. A client with a capped backoff of its own works the
-// same.
+// same. The Registrar's own retries wait at most a third of the lease TTL (5 s at most), so
+// even with their ±20 % jitter two attempts fit inside a lease.
+//
+// For an etcd cluster (three or five members), give the client every member and let it
+// follow membership changes; keep keepalive probes and dial bounded so a dead member is
+// noticed within seconds:
+//
+//	cli, err := clientv3.New(clientv3.Config{
+//		Endpoints:            []string{"etcd-0:2379", "etcd-1:2379", "etcd-2:2379"},
+//		AutoSyncInterval:     30 * time.Second, // pick up members added or replaced
+//		DialTimeout:          5 * time.Second,  // a first connection that cannot be made fails Start clearly
+//		DialKeepAliveTime:    10 * time.Second, // probe an idle connection…
+//		DialKeepAliveTimeout: 3 * time.Second,  // …and give up on a member that does not answer
+//	})
+//
+// Keep the instance TTL (registry.Config.TTL, lifecycle.Config.TTL; default 10 s) well above
+// an election (etcd's default election timeout is 1 s): a leader change then never costs a
+// registration.
 //
 // # Locking
 //

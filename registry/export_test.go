@@ -14,3 +14,6 @@ func SetResolverCoalesce(d time.Duration) (restore func()) {
 
 // DefaultServiceConfig is the service config the resolver sends without MethodConfig.
 const DefaultServiceConfig = defaultServiceConfig
+
+// RetryCap is the keeper's longest wait between re-syncs for a lease TTL.
+var RetryCap = retryCap

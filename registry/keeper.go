@@ -43,7 +43,7 @@ func (r *Registrar) keep(ctx context.Context) {
 	reconnecting := make(chan struct{})
 	go func() { defer close(reconnecting); r.reconnect(ctx) }()
 	defer func() { <-reconnecting }()
-	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: min(5*time.Second, r.cfg.TTL)}
+	bo := backoff.Backoff{Min: 100 * time.Millisecond, Max: retryCap(r.cfg.TTL)}
 	var (
 		lastErr   error     // of the last re-sync
 		lastBegan time.Time // when it began
@@ -102,6 +102,11 @@ func (r *Registrar) keep(ctx context.Context) {
 		}
 	}
 }
+
+// retryCap is the longest the keeper waits between re-syncs: 5 s, and at most a third of the
+// lease TTL, so that with the backoff's +20 % jitter a retry still comes well inside the
+// lease (a wait of a whole TTL could sleep past a lease a new etcd leader had just kept).
+func retryCap(ttl time.Duration) time.Duration { return min(5*time.Second, ttl/3) }
 
 // retryDelay is how long the keeper waits before the next re-sync: the backoff's next
 // delay, except after a re-sync that failed because etcd did not answer.
