@@ -36,10 +36,10 @@
 // The weights say what an endpoint should get; its latency says what it can take. Each pick
 // draws a second candidate by weight too (another Weyl sequence; drawn again if it is the
 // first), and takes it instead of the first when the first has a request outstanding and its
-// latency is more than 2× the second's and more than 5 ms above it. An endpoint with nothing
+// latency is more than 2× the second's and more than 1 ms above it. An endpoint with nothing
 // outstanding, or either latency not measured yet, keeps its pick. So:
 //
-//   - In a healthy fleet latencies are within 2× or 5 ms of each other, no pick moves, and
+//   - In a healthy fleet latencies are within 2× or 1 ms of each other, no pick moves, and
 //     the shares are those of the weights exactly (the Fibonacci-window accuracy above): load
 //     awareness does not blur a canary.
 //   - An endpoint far slower than the others (cold, overloaded, a bad host) loses every pick

@@ -15,8 +15,7 @@ import (
 // an allocation per pick): by Little's law, an endpoint holding o requests while one
 // completes after dt since its previous event (a completion, or a request arriving while it
 // held none) spent o × dt per completion. With one request at a time that is exactly its
-// latency. Under load it reads high: o counts the requests that arrived during dt as if
-// present for all of it (about (L+1)/L × the latency at L requests in flight).
+// latency; under steady load its mean is the mean latency.
 type endpointLoad struct {
 	n    atomic.Int64  // requests picked and not done
 	last atomic.Int64  // clock (ns since loadEpoch) of the last completion, or of a pick that found n at 0

@@ -26,7 +26,7 @@ func loadSet(lat ...time.Duration) *weightedSet {
 }
 
 // TestChooseMovesOnlyFromTheSlow: picks leave an endpoint only when it is more than 2× and
-// 5 ms slower than the second candidate; otherwise every endpoint keeps its Fibonacci-window
+// 1 ms slower than the second candidate; otherwise every endpoint keeps its Fibonacci-window
 // share exactly (the canary's accuracy), and no pick goes to a drained endpoint.
 func TestChooseMovesOnlyFromTheSlow(t *testing.T) {
 	ms := time.Millisecond
@@ -35,8 +35,8 @@ func TestChooseMovesOnlyFromTheSlow(t *testing.T) {
 		lat  []time.Duration
 		want []float64 // shares of the picks
 	}{
-		{"healthy: within 2×", []time.Duration{20 * ms, 30 * ms, 39 * ms, 20 * ms}, []float64{0.25, 0.25, 0.25, 0.25}},
-		{"healthy: 4× but within 5 ms", []time.Duration{1 * ms, 3 * ms, 4900 * time.Microsecond, 1200 * time.Microsecond}, []float64{0.25, 0.25, 0.25, 0.25}},
+		{"healthy: within 2×", []time.Duration{2 * ms, 3 * ms, 3900 * time.Microsecond, 2 * ms}, []float64{0.25, 0.25, 0.25, 0.25}},
+		{"healthy: 3× but within 1 ms", []time.Duration{200 * time.Microsecond, 600 * time.Microsecond, 900 * time.Microsecond, 300 * time.Microsecond}, []float64{0.25, 0.25, 0.25, 0.25}},
 		{"unmeasured", []time.Duration{20 * ms, 0, 0, 0}, []float64{0.25, 0.25, 0.25, 0.25}},
 		// Endpoint 0 keeps a pick only when it is drawn three times (1/4 × 1/4 × 1/4); its
 		// others spread by weight over the rest.

@@ -154,20 +154,19 @@ func (s *weightedSet) at(k uint64) int {
 }
 
 // A first candidate loses its pick to the second when its latency is more than slower times
-// the second's and more than slowerBy above it: by a few milliseconds, latencies differ by
-// scheduling and collection pauses (loopback calls of 0.1 to 2 ms, under the race detector,
-// differ by 2× all the time), and the measure reads a busy endpoint somewhat high (see
-// endpointLoad), not by what an instance can take.
+// the second's and more than slowerBy above it: below a millisecond, latencies differ by
+// scheduling and collection pauses (loopback calls of 0.1 to 0.3 ms differ by 2× all the
+// time), not by what an instance can take.
 const (
 	slower   = 2
-	slowerBy = float64(5 * time.Millisecond)
+	slowerBy = float64(time.Millisecond)
 )
 
 // choose picks for the k-th pick: the endpoint drawn by weight (index), unless it has a
 // request outstanding and its latency is more than twice that of a second candidate, drawn by
-// weight too (and distinct), and more than 5 ms above it; then the second.
+// weight too (and distinct), and more than a millisecond above it; then the second.
 //
-// A healthy fleet's latencies are within 2× or 5 ms of each other, so the rule leaves the Weyl
+// A healthy fleet's latencies are within 2× or 1 ms of each other, so the rule leaves the Weyl
 // sequence's shares alone: a canary stays sharp. An endpoint answering far slower than the
 // others loses its picks whenever it holds one, so it serves about one request at a time; it
 // keeps that one, so its latency keeps being measured and it gets its share back once it is

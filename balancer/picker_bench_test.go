@@ -29,9 +29,9 @@ func (p fixedPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) { retu
 // benchPicker is a picker over n endpoints, half blue and half green, with distinct weights,
 // built the way the balancer builds it: the picks of each color count in one cell.
 //
-// Every endpoint has requests outstanding, and a latency of lat × 1, 2 or 3 (no pick moves
-// when lat is below 2.5 ms): with lat ≥ 5 ms every pick also draws and compares a second
-// candidate (choose), with a smaller lat it need not.
+// Every endpoint has one request outstanding, and a latency of lat × 1, 2 or 3 (within 2×
+// and 1 ms of each other when lat is below 0.5 ms): with lat ≥ 1 ms every pick also draws and
+// compares a second candidate (choose), with a smaller lat it need not.
 func benchPicker(n int, lat time.Duration) *picker {
 	p := &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -84,8 +84,8 @@ func BenchmarkPick(b *testing.B) {
 				}
 			})
 		}
-		// Latencies of 5 ms or more: every pick draws and compares two candidates.
-		slow := benchPicker(n, 5*time.Millisecond)
+		// Latencies of milliseconds: every pick draws and compares two candidates.
+		slow := benchPicker(n, 2*time.Millisecond)
 		b.Run(fmt.Sprintf("endpoints=%d/undecided-two-candidates", n), func(b *testing.B) {
 			b.ReportAllocs()
 			info := balancer.PickInfo{FullMethodName: "/m", Ctx: context.Background()}
@@ -229,7 +229,7 @@ func TestPickAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector changes allocation counts; see BenchmarkPick")
 	}
-	p := benchPicker(100, 5*time.Millisecond)
+	p := benchPicker(100, 2*time.Millisecond)
 	decided := func(value string) balancer.PickInfo {
 		m, _ := baggage.NewMemberRaw(deploy.BaggageKey, value)
 		bg, _ := baggage.New(m)
