@@ -52,11 +52,9 @@
 // Latency is measured per endpoint, in the Done callback gRPC calls when a call ends, without
 // per-request state: by Little's law, an endpoint holding o requests while one completes dt
 // after its previous event (a completion, or a request arriving while it held none) spent
-// o × dt on it. The first 8 answered calls make its first average, their mean (a new
-// connection's first call may be slow; until then the endpoint is compared with none); after
-// that each answered call weighs 0.1 (about the last 10 count), a sample counting at most 4×
-// the average (one pause of the process moves it 1.3× at most; a lasting slowdown gets
-// through in a few calls). Failed calls, and picks gRPC gives back unused, are
+// o × dt on it. It is averaged with weight 0.1 per answered call (about the last 10), a sample
+// counting at most 4× the average (one pause of the process moves it 1.3× at most; a lasting
+// slowdown gets through in a few calls). Failed calls, and picks gRPC gives back unused, are
 // no sample: an endpoint that fails fast does not look fast. Outstanding counts alone were
 // not used: an endpoint of a small share holds a request or none, many times its share either
 // way, so comparing counts (even divided by weight) moves picks in a healthy fleet and blurs

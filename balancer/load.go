@@ -19,16 +19,8 @@ import (
 type endpointLoad struct {
 	n    atomic.Int64  // requests picked and not done
 	last atomic.Int64  // clock (ns since loadEpoch) of the last completion, or of a pick that found n at 0
-	ewma atomic.Uint64 // float64 bits: the latency average in ns
-	// samples counts the answered requests; the average is published (latency) from
-	// minSamples on.
-	samples atomic.Int64
+	ewma atomic.Uint64 // float64 bits: the latency average in ns; 0 until a request is done
 }
-
-// minSamples answered requests make the first average, a plain mean: a new connection's first
-// calls can be slow (handshakes, a cold server), and one such call must not make the endpoint
-// look slow for the next ones. Until then the endpoint is compared with none.
-const minSamples = 8
 
 // latencyWeight is the weight of each new latency sample in the moving average (about the
 // last 10 completions count).
@@ -63,15 +55,11 @@ func (l *endpointLoad) done(sample bool) {
 		return
 	}
 	x := float64(o) * float64(dt)
-	n := l.samples.Add(1)
 	for {
 		old := l.ewma.Load()
 		avg := math.Float64frombits(old)
-		var next float64
-		switch {
-		case n <= minSamples || avg == 0: // the mean of the first ones
-			next = avg + (x-avg)/float64(min(n, minSamples))
-		default:
+		next := x
+		if avg > 0 {
 			next = avg + latencyWeight*(min(x, spikeCap*avg)-avg)
 		}
 		if l.ewma.CompareAndSwap(old, math.Float64bits(max(next, 1))) {
@@ -80,10 +68,5 @@ func (l *endpointLoad) done(sample bool) {
 	}
 }
 
-// latency is the average latency in ns, 0 before minSamples answered requests.
-func (l *endpointLoad) latency() float64 {
-	if l.samples.Load() < minSamples {
-		return 0
-	}
-	return math.Float64frombits(l.ewma.Load())
-}
+// latency is the average latency in ns, 0 if no request is done yet.
+func (l *endpointLoad) latency() float64 { return math.Float64frombits(l.ewma.Load()) }

@@ -43,7 +43,6 @@ func benchPicker(n int, lat time.Duration) *picker {
 		p.all.add(fixedPicker{}, done, cells[i%2], load, w)
 		p.byColor[i%2].add(fixedPicker{}, done, cells[i%2], load, w)
 		load.ewma.Store(math.Float64bits(float64(lat) * float64(1+i%3)))
-		load.samples.Store(minSamples)
 	}
 	p.all.finish()
 	p.byColor[0].finish()
