@@ -155,7 +155,6 @@ type endpoint struct {
 	b                   *wBalancer
 	key                 string
 	done                func(balancer.DoneInfo) // the picks' Done callback, built once
-	load                endpointLoad            // requests outstanding and latency: picked in Pick, done in done
 
 	// Guarded by b.mu:
 	ep      resolver.Endpoint
@@ -235,7 +234,6 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 		case !ok:
 			e = &endpoint{ClientConn: b.cc, b: b, key: key}
 			e.done = func(di balancer.DoneInfo) {
-				e.load.done(di.Err == nil && di.BytesReceived)
 				if isOffline(di.Trailer) {
 					b.markOffline(e)
 				}
@@ -508,10 +506,10 @@ func (b *wBalancer) sendLocked() {
 		info := &e.info
 		pk := e.state.Picker
 		if e.off == allMarked {
-			p.all.add(pk, e.done, e.cell, &e.load, info.EffectiveWeight(blue && green, now))
+			p.all.add(pk, e.done, e.cell, info.EffectiveWeight(blue && green, now))
 		}
 		if ci := colorSlot(info.Color); ci >= 0 && !info.Degraded && e.off == colorMarked[ci] {
-			p.byColor[ci].add(pk, e.done, e.cell, &e.load, info.Weight*info.WarmupFactor(now))
+			p.byColor[ci].add(pk, e.done, e.cell, info.Weight*info.WarmupFactor(now))
 		}
 		if info.Channel != "" {
 			b.readyChans.add(info.Channel)

@@ -103,7 +103,7 @@ func TestPickCostDoesNotGrowWithEndpoints(t *testing.T) {
 	for _, n := range []int{10, 10_000} {
 		s := new(weightedSet)
 		for i := range n {
-			s.add(fixedPicker{}, nil, nil, nil, float64(1+i%7))
+			s.add(fixedPicker{}, nil, nil, float64(1+i%7))
 		}
 		s.finish()
 		sets[n] = s

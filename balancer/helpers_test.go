@@ -205,9 +205,6 @@ func (cl *client) picks(p gbalancer.Picker, ctx context.Context, n int) map[stri
 			continue
 		}
 		seen[cl.obs.id(res.SubConn)]++
-		if res.Done != nil {
-			res.Done(gbalancer.DoneInfo{}) // as the channel does when the call ends
-		}
 	}
 	return seen
 }

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"math"
 	"sync/atomic"
-	"time"
 
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric"
@@ -54,13 +53,11 @@ func (s *weightedSet) grow(n int) {
 type pickEnd struct {
 	done func(balancer.DoneInfo) // its Done callback, built once: no closure per pick
 	cell *pickCell               // its picks counter (switchyard.balancer.picks); nil: not counted
-	load *endpointLoad           // its requests outstanding and latency; nil: not measured (tests)
 }
 
-// add appends an endpoint: its picker, Done callback, pick counter (nil for none), load
-// counter (nil for none) and weight. A weight that is not a number or is negative counts as
-// 0, +Inf as MaxFloat64.
-func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), cell *pickCell, load *endpointLoad, w float64) {
+// add appends an endpoint: its picker, Done callback, pick counter (nil for none) and
+// weight. A weight that is not a number or is negative counts as 0, +Inf as MaxFloat64.
+func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), cell *pickCell, w float64) {
 	switch {
 	case !(w > 0): // negative, 0 or NaN
 		w = 0
@@ -68,7 +65,7 @@ func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), cell 
 		w = math.MaxFloat64
 	}
 	s.pickers = append(s.pickers, p)
-	s.ends = append(s.ends, pickEnd{done, cell, load})
+	s.ends = append(s.ends, pickEnd{done, cell})
 	s.cum = append(s.cum, w) // the raw weight until finish
 }
 
@@ -122,22 +119,7 @@ func (s *weightedSet) index(k uint64) int {
 	if s.total <= 0 {
 		return int(k % uint64(len(s.pickers))) // round robin
 	}
-	return s.at(k * 0x9E3779B97F4A7C15)
-}
-
-// second maps the k-th pick to its second candidate: the same weighted draw on another Weyl
-// sequence (k × 2^64/ρ², ρ the plastic number, as in Roberts' R2 sequence), so the pair
-// (index, second) spreads evenly over the pairs of endpoints, each by weight.
-func (s *weightedSet) second(k uint64) int {
-	k *= 0xC13FA9A902A6328F
-	if s.total <= 0 {
-		return int((k >> 32) % uint64(len(s.pickers)))
-	}
-	return s.at(k)
-}
-
-// at maps the point k/2^64 of [0, 1) to an endpoint by weight.
-func (s *weightedSet) at(k uint64) int {
+	k *= 0x9E3779B97F4A7C15
 	u := float64(k>>11) / (1 << 53)
 	x := u * s.total
 	b := int(u * s.buckets) // < len(cum): u < 1
@@ -153,56 +135,10 @@ func (s *weightedSet) at(k uint64) int {
 	return lo
 }
 
-// A first candidate loses its pick to the second when its latency is more than slower times
-// the second's and more than slowerBy above it: below a millisecond, latencies differ by
-// scheduling and collection pauses (loopback calls of 0.1 to 0.3 ms differ by 2× all the
-// time), not by what an instance can take.
-const (
-	slower   = 2
-	slowerBy = float64(time.Millisecond)
-)
-
-// choose picks for the k-th pick: the endpoint drawn by weight (index), unless it has a
-// request outstanding and its latency is more than twice that of a second candidate, drawn by
-// weight too (and distinct), and more than a millisecond above it; then the second.
-//
-// A healthy fleet's latencies are within 2× or 1 ms of each other, so the rule leaves the Weyl
-// sequence's shares alone: a canary stays sharp. An endpoint answering far slower than the
-// others loses its picks whenever it holds one, so it serves about one request at a time; it
-// keeps that one, so its latency keeps being measured and it gets its share back once it is
-// fast again. An endpoint whose latency is not measured yet (no request done) is compared
-// with none. Outstanding counts alone would not do: an endpoint of a small share holds a
-// request or none, many times its share either way, and comparing counts moves picks that
-// should not move (a 10 % endpoint lost 0.6 pp in the measurements; see the note in doc.go).
-func (s *weightedSet) choose(k uint64) int {
-	i := s.index(k)
-	li := s.ends[i].load
-	if len(s.pickers) < 2 || li == nil || li.n.Load() == 0 {
-		return i
-	}
-	j := s.second(k)
-	if j == i { // draw again: an endpoint drawn twice (1/n of the picks at n equal weights)
-		// would keep its picks whatever its latency; twice again (1/n²) it does
-		if j = s.second(k ^ 0x5851F42D4C957F2D); j == i {
-			return i
-		}
-	}
-	lj := s.ends[j].load
-	if lj == nil {
-		return i
-	}
-	if ei, ej := li.latency(), lj.latency(); ej > 0 && ei > slower*ej && ei > ej+slowerBy {
-		return j
-	}
-	return i
-}
-
 // picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
 // Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup (a
-// cache hit when the request's baggage is one already seen), a guide-table lookup, and, when
-// the endpoint drawn has a request outstanding, a second one and three atomic loads
-// (choose); then one atomic add to count the pick in its endpoint's cell, and one for its
-// outstanding requests (with a clock read when that count leaves 0).
+// cache hit when the request's baggage is one already seen), a guide-table lookup, and one
+// atomic add to count the pick in its endpoint's cell.
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
@@ -298,7 +234,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if set == &p.all && p.waitWeighted {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
-	i := set.choose(p.next.Add(1))
+	i := set.index(p.next.Add(1))
 	res, err := set.pickers[i].Pick(info)
 	if err != nil {
 		return res, err
@@ -306,9 +242,6 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	end := &set.ends[i]
 	if end.cell != nil {
 		end.cell.n.Add(1)
-	}
-	if end.load != nil {
-		end.load.picked()
 	}
 	if md != nil {
 		res.Metadata = metadata.Join(res.Metadata, md)

@@ -34,10 +34,8 @@ func benchPicker(n int) *picker {
 	cells := [2]*pickCell{{color: deploy.Blue}, {color: deploy.Green}}
 	for i := 0; i < n; i++ {
 		w := float64(1 + i%7)
-		load := new(endpointLoad) // never done: every pick finds one outstanding and compares
-		p.all.add(fixedPicker{}, done, cells[i%2], load, w)
-		p.byColor[i%2].add(fixedPicker{}, done, cells[i%2], load, w)
-		load.ewma.Store(math.Float64bits(float64(1 + i%3))) // latencies 1 to 3: some picks move
+		p.all.add(fixedPicker{}, done, cells[i%2], w)
+		p.byColor[i%2].add(fixedPicker{}, done, cells[i%2], w)
 	}
 	p.all.finish()
 	p.byColor[0].finish()
@@ -87,7 +85,7 @@ func TestIndexFollowsWeights(t *testing.T) {
 	var s weightedSet
 	ws := []float64{1, 0, 3, 6}
 	for _, w := range ws {
-		s.add(fixedPicker{}, nil, nil, nil, w)
+		s.add(fixedPicker{}, nil, nil, w)
 	}
 	s.finish()
 	counts := make([]int, len(ws))
@@ -101,7 +99,7 @@ func TestIndexFollowsWeights(t *testing.T) {
 	}
 	var z weightedSet
 	for range 3 {
-		z.add(fixedPicker{}, nil, nil, nil, 0)
+		z.add(fixedPicker{}, nil, nil, 0)
 	}
 	z.finish()
 	counts = make([]int, 3)
@@ -148,7 +146,7 @@ func TestFibonacciWindows(t *testing.T) {
 		var s weightedSet
 		sum := 0.0
 		for _, w := range ws {
-			s.add(fixedPicker{}, nil, nil, nil, w)
+			s.add(fixedPicker{}, nil, nil, w)
 			sum += w
 		}
 		s.finish()
@@ -189,7 +187,7 @@ func TestIndexSurvivesExtremeWeights(t *testing.T) {
 	} {
 		var s weightedSet
 		for _, w := range c.weights {
-			s.add(fixedPicker{}, nil, nil, nil, w)
+			s.add(fixedPicker{}, nil, nil, w)
 		}
 		s.finish()
 		if math.IsInf(s.total, 0) || math.IsNaN(s.total) || s.total > float64(s.len()) {
@@ -273,7 +271,7 @@ func TestGuideTableFindsWhatBinarySearchFinds(t *testing.T) {
 	for name, ws := range cases {
 		var s weightedSet
 		for _, w := range ws {
-			s.add(fixedPicker{}, nil, nil, nil, w)
+			s.add(fixedPicker{}, nil, nil, w)
 		}
 		s.finish()
 		ks := []uint64{0, 1, math.MaxUint64, 1 << 63}
@@ -298,8 +296,8 @@ func TestStickyPickFollowsLookup(t *testing.T) {
 		return fixedPicker{balancer.PickResult{Metadata: metadata.Pairs("set", s)}}
 	}
 	for i := range 4 {
-		p.all.add(answer("all"), nil, nil, nil, 1)
-		p.byColor[i%2].add(answer(string([...]deploy.Color{deploy.Blue, deploy.Green}[i%2])), nil, nil, nil, 1)
+		p.all.add(answer("all"), nil, nil, 1)
+		p.byColor[i%2].add(answer(string([...]deploy.Color{deploy.Blue, deploy.Green}[i%2])), nil, nil, 1)
 	}
 	p.all.finish()
 	p.byColor[0].finish()
