@@ -271,7 +271,7 @@ func aggregateApp(now time.Time, rule traffic.Rule, app string, target float64, 
 			}
 			iv.Lifecycle = s.Stats.State
 			last := lastSpan(s.Stats.Window)
-			addSecond(&sum, last)
+			sum.Add(last)
 			iv.RPS = float64(last.Requests) / secs
 			iv.ErrorPercent = percent(last.Errors, last.Requests)
 			iv.P99MS = quantile(last, 0.99)
@@ -318,20 +318,6 @@ func aggregateApp(now time.Time, rule traffic.Rule, app string, target float64, 
 func lastSpan(s window.Snapshot) window.Second {
 	s.Now--
 	return s.Sum(Span)
-}
-
-// addSecond adds s's counts to t (window.Merge of two single seconds, without the maps).
-func addSecond(t *window.Second, s window.Second) {
-	t.Requests += s.Requests
-	t.Errors += s.Errors
-	t.Crossings += s.Crossings
-	for i := range t.Latency {
-		t.Latency[i] += s.Latency[i]
-	}
-	t.Messages += s.Messages
-	t.MsgErrors += s.MsgErrors
-	t.JobRuns += s.JobRuns
-	t.JobErrors += s.JobErrors
 }
 
 func percent(part, whole uint64) float64 {

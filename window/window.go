@@ -165,14 +165,15 @@ func (s Snapshot) Sum(d time.Duration) Second {
 	var t Second
 	for _, sec := range s.Seconds {
 		if sec.At >= from && sec.At <= s.Now {
-			t.add(sec)
+			t.Add(sec)
 		}
 	}
 	t.At = s.Now
 	return t
 }
 
-func (t *Second) add(s Second) {
+// Add adds s's counts to t (its At is left as it is).
+func (t *Second) Add(s Second) {
 	t.Requests += s.Requests
 	t.Errors += s.Errors
 	t.Crossings += s.Crossings
@@ -197,7 +198,7 @@ func Merge(snaps ...Snapshot) Snapshot {
 				t = &Second{At: sec.At}
 				by[sec.At] = t
 			}
-			t.add(sec)
+			t.Add(sec)
 		}
 	}
 	for at := out.Now - Seconds + 1; at <= out.Now; at++ {
