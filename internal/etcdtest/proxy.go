@@ -7,20 +7,21 @@ import (
 	"sync"
 )
 
-// proxy forwards loopback TCP connections to etcd's unix socket. While it is down it closes
-// every connection it accepts, so clients fail fast instead of hanging.
+// proxy forwards loopback TCP connections to etcd (a unix socket for clients, a TCP port for
+// a cluster member's peers). While it is down it closes every connection it accepts, so
+// clients fail fast instead of hanging.
 //
-// mu guards up, conns and closed.
+// mu guards network, target, up, conns and closed.
 type proxy struct {
-	ln      net.Listener
+	ln net.Listener
+	wg sync.WaitGroup
+
+	mu      sync.Mutex
 	network string
 	target  string
-	wg      sync.WaitGroup
-
-	mu     sync.Mutex
-	up     bool
-	closed bool
-	conns  map[net.Conn]struct{}
+	up      bool
+	closed  bool
+	conns   map[net.Conn]struct{}
 }
 
 func newProxy(network, target string) (*proxy, error) {
@@ -47,7 +48,10 @@ func (p *proxy) acceptLoop() {
 			_ = c.Close()
 			continue
 		}
-		up, err := net.Dial(p.network, p.target)
+		p.mu.Lock()
+		network, target := p.network, p.target
+		p.mu.Unlock()
+		up, err := net.Dial(network, target)
 		if err != nil {
 			p.untrack(c)
 			_ = c.Close()
@@ -89,6 +93,13 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	_ = src.Close()
 	p.untrack(dst)
 	p.untrack(src)
+}
+
+// setTarget makes new connections go to target (a member restarted on another peer port).
+func (p *proxy) setTarget(network, target string) {
+	p.mu.Lock()
+	p.network, p.target = network, target
+	p.mu.Unlock()
 }
 
 // setUp opens or cuts the proxy; cutting closes every open connection.
