@@ -174,19 +174,25 @@ func (c *Cluster) Endpoints() []string {
 	return eps
 }
 
-// Client is a client given every endpoint with the recommended cluster config (registry/doc.go
-// "etcd client settings": dial timeout, keepalive, AutoSyncInterval) and a silent logger,
-// closed in t.Cleanup before the cluster.
-func (c *Cluster) Client(t testing.TB) *clientv3.Client {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{
+// Config is the client config Client uses: every endpoint, the cluster settings registry/doc.go
+// recommends ("etcd client settings": AutoSyncInterval, dial timeout, keepalive) and a silent
+// logger. A test that needs more (an interceptor, say) adds to it and calls clientv3.New.
+func (c *Cluster) Config() clientv3.Config {
+	return clientv3.Config{
 		Endpoints:            c.Endpoints(),
 		AutoSyncInterval:     30 * time.Second,
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
 		Logger:               zap.NewNop(),
-	})
+	}
+}
+
+// Client is a client given every endpoint with the recommended cluster config (Config),
+// closed in t.Cleanup before the cluster.
+func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(c.Config())
 	if err != nil {
 		t.Fatalf("etcdtest: cluster client: %v", err)
 	}

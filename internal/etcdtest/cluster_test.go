@@ -3,6 +3,7 @@ package etcdtest_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"testing"
 	"time"
 
@@ -157,5 +158,40 @@ func TestNewClusterRejectsAnEvenSize(t *testing.T) {
 	if c, err := etcdtest.NewCluster(2); err == nil {
 		c.Close()
 		t.Fatal("NewCluster(2) succeeded")
+	}
+}
+
+var quiet = flag.Duration("etcdtest.quiet", 0, "run TestClusterQuietKeepsItsLeader for this long (e.g. 20s, under CPU burners: does a 50 ms election storm?)")
+
+// TestClusterQuietKeepsItsLeader counts elections in a cluster nobody touches: with 10 ms
+// ticks and a 50 ms election, a starved process could miss heartbeats and elect again.
+func TestClusterQuietKeepsItsLeader(t *testing.T) {
+	if *quiet == 0 {
+		t.Skip("run with -etcdtest.quiet=20s")
+	}
+	for _, n := range []int{3, 5} {
+		c := etcdtest.StartCluster(t, n)
+		cli := memberClient(t, c, 0)
+		c.WaitLeader(t)
+		term := func() uint64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := cli.Status(ctx, c.Endpoints()[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st.RaftTerm
+		}
+		first := term()
+		writes, failed := 0, 0
+		for end := time.Now().Add(*quiet); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			if _, err := cli.Put(ctx, "/q", "v"); err != nil {
+				failed++
+			}
+			cancel()
+			writes++
+		}
+		t.Logf("%d members, %v: %d elections, %d of %d writes failed", n, *quiet, term()-first, failed, writes)
 	}
 }
