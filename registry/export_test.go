@@ -1,6 +1,9 @@
 package registry
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // ServiceConfigOf is serviceConfigOf, for the fuzz target of ResolverConfig's JSON options.
 var ServiceConfigOf = serviceConfigOf
@@ -17,3 +20,13 @@ const DefaultServiceConfig = defaultServiceConfig
 
 // RetryCap is the keeper's longest wait between re-syncs for a lease TTL.
 var RetryCap = retryCap
+
+// Request makes one etcd request in attempts as the Registrar's writes do (request), with
+// the operation lock taken.
+func (r *Registrar) Request(ctx context.Context, do func(context.Context) error) error {
+	if err := r.lockOp(ctx); err != nil {
+		return err
+	}
+	defer r.unlockOp()
+	return r.request(ctx, do)
+}

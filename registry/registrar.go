@@ -32,6 +32,9 @@ type Registrar struct {
 	notify *dispatch.Queue[StateChange] // nil without Config.OnStateChange
 
 	op chan struct{} // holds a token while an operation writes to etcd
+	// attempt is how long the next attempt of an etcd request may take (request); guarded
+	// by op.
+	attempt time.Duration
 
 	mu      sync.Mutex
 	inst    Record                    // the record to write (latest Update)
@@ -72,6 +75,7 @@ func NewRegistrar(cfg Config) (*Registrar, error) {
 		synced: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
+	r.attempt = r.shortestAttempt()
 	if cfg.OnStateChange != nil {
 		r.notify = dispatch.Start(cfg.OnStateChange, func(p any) {
 			r.log.Error("registry: OnStateChange panicked", "panic", p)
@@ -277,8 +281,12 @@ func (r *Registrar) Update(ctx context.Context, fn func(*Record)) error {
 }
 
 // Deregister deletes the instance's key at once, so consumers stop picking it, and keeps the
-// lease and record so that Register can register it again. If etcd cannot be reached it
-// returns the error and keeps trying in the background.
+// lease and record so that Register can register it again. The delete is made in attempts
+// (the first 500 ms long, see the package doc), so right after an etcd leader change it
+// returns once the new leader takes it, not after RequestTimeout. If etcd cannot be reached
+// within RequestTimeout (or ctx ends first) it returns the error and keeps trying in the
+// background: State stays as it was (registered, or lost) until the key is deleted, then
+// becomes StateUnregistered; Err says why it has not been yet.
 func (r *Registrar) Deregister(ctx context.Context) error {
 	if err := r.lockOp(ctx); err != nil {
 		r.mu.Lock()
@@ -330,9 +338,10 @@ func (r *Registrar) Close(ctx context.Context) error {
 		r.lease = 0
 		r.mu.Unlock()
 		if lease != 0 {
-			rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-			_, err = r.cfg.Client.Revoke(rctx, lease)
-			cancel()
+			err = r.request(ctx, func(actx context.Context) error {
+				_, err := r.cfg.Client.Revoke(actx, lease)
+				return err
+			})
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				err = nil
 			}

@@ -55,7 +55,9 @@ type Config struct {
 	// CheckTimeout caps how long Register waits for the readiness checks. Default
 	// DefaultCheckTimeout (1 min).
 	CheckTimeout time.Duration
-	// RequestTimeout caps each etcd request. Default DefaultRequestTimeout (5 s).
+	// RequestTimeout caps each etcd request, made in attempts within it (the first 500 ms
+	// long, each next one twice as long; see the package doc, "Attempts"). Default
+	// DefaultRequestTimeout (5 s).
 	RequestTimeout time.Duration
 	// OnStateChange, if set, is told of every state change, in order, from one goroutine.
 	// It may block without holding up the Registrar, but should not for long; a panic in it

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
@@ -89,17 +92,17 @@ func (r *Registrar) remove(ctx context.Context, lease clientv3.LeaseID, suspect 
 	if lease == 0 {
 		return nil // never written, or its lease is gone and took the key with it
 	}
-	// Delete only our own record: the key may hold another instance's by now.
-	rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-	defer cancel()
-	resp, err := r.cfg.Client.Txn(rctx).
-		If(clientv3.Compare(clientv3.LeaseValue(r.key), "=", lease)).
-		Then(clientv3.OpDelete(r.key)).Commit()
-	if err != nil {
-		return etcdErr(ctx, err)
-	}
-	r.wrote(resp.Header.Revision)
-	return nil
+	// Delete only our own record: the key may hold another instance's by now. The delete
+	// is idempotent, so an attempt etcd dropped can be made again.
+	return r.request(ctx, func(actx context.Context) error {
+		resp, err := r.cfg.Client.Txn(actx).
+			If(clientv3.Compare(clientv3.LeaseValue(r.key), "=", lease)).
+			Then(clientv3.OpDelete(r.key)).Commit()
+		if err == nil {
+			r.wrote(resp.Header.Revision)
+		}
+		return err
+	})
 }
 
 // put writes inst under lease, or under a new lease if there is none or it is gone.
@@ -121,13 +124,18 @@ func (r *Registrar) put(ctx context.Context, inst Record, lease clientv3.LeaseID
 	}
 	for attempt := 0; ; attempt++ {
 		if lease == 0 {
-			rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-			g, err := r.cfg.Client.Grant(rctx, r.ttlSec)
-			cancel()
+			// A Grant etcd applied but did not answer in time leaves a lease with no key on
+			// it, which expires after the TTL.
+			err := r.request(ctx, func(actx context.Context) error {
+				g, err := r.cfg.Client.Grant(actx, r.ttlSec)
+				if err == nil {
+					lease = g.ID
+				}
+				return err
+			})
 			if err != nil {
-				return etcdErr(ctx, err)
+				return err
 			}
-			lease = g.ID
 		}
 		r.mu.Lock()
 		r.lease, r.suspect = lease, false
@@ -136,29 +144,32 @@ func (r *Registrar) put(ctx context.Context, inst Record, lease clientv3.LeaseID
 		}
 		r.granted[lease] = true
 		r.mu.Unlock()
-		rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-		err = r.createOrReplace(rctx, lease, string(val))
-		cancel()
+		err = r.request(ctx, func(actx context.Context) error { return r.createOrReplace(actx, lease, string(val)) })
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
 			lease = 0 // expired between TimeToLive and Put: grant a fresh one
 			continue
 		}
-		return etcdErr(ctx, err)
+		return err
 	}
 }
 
 // leaseAlive asks etcd whether lease still lives (one whose keepalive stopped may be gone).
 func (r *Registrar) leaseAlive(ctx context.Context, lease clientv3.LeaseID) (bool, error) {
-	rctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-	resp, err := r.cfg.Client.TimeToLive(rctx, lease)
-	cancel()
+	var ttl int64
+	err := r.request(ctx, func(actx context.Context) error {
+		resp, err := r.cfg.Client.TimeToLive(actx, lease)
+		if err == nil {
+			ttl = resp.TTL
+		}
+		return err
+	})
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return false, nil
 	}
 	if err != nil {
-		return false, etcdErr(ctx, err)
+		return false, err
 	}
-	return resp.TTL > 0, nil
+	return ttl > 0, nil
 }
 
 // createOrReplace puts the record under lease if the key is absent or already ours (on
@@ -215,15 +226,94 @@ func (r *Registrar) wrote(rev int64) {
 	r.mu.Unlock()
 }
 
+// firstAttempt is how long the first attempt of an etcd request may take (RequestTimeout, if
+// that is shorter). A request that etcd accepted and then dropped (a member forwarded it to a
+// leader that had just died) is never answered: without attempts it would wait out the whole
+// RequestTimeout although a new leader is elected within about a second.
+const firstAttempt = 500 * time.Millisecond
+
+// attemptGap is the least time between the starts of two attempts, so that a request etcd
+// refuses at once (no leader yet) is not repeated in a busy loop.
+const attemptGap = 50 * time.Millisecond
+
+// request makes one etcd request in attempts, within RequestTimeout in all (or until ctx
+// ends): each attempt may take r.attempt; one that etcd does not answer (ErrEtcdUnavailable:
+// no answer in its time, no leader, the connection broke) is made again at once, and one that
+// ran out its time makes r.attempt twice as long, up to RequestTimeout, so that a slow but
+// working etcd still gets attempts as long as it needs (the keeper's next re-sync starts
+// where this one stopped). An answer, whatever it says, sets r.attempt back to firstAttempt.
+// do must be idempotent: an attempt that timed out may have been applied. The error is
+// etcdErr's. It needs the operation lock held, which guards r.attempt.
+func (r *Registrar) request(ctx context.Context, do func(ctx context.Context) error) error {
+	all, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+	defer cancel()
+	var gap *time.Timer
+	defer func() {
+		if gap != nil {
+			gap.Stop()
+		}
+	}()
+	for {
+		began := time.Now()
+		actx, acancel := context.WithTimeout(all, r.attempt)
+		err := etcdErr(ctx, do(actx))
+		ranOut := all.Err() == nil && errors.Is(actx.Err(), context.DeadlineExceeded)
+		acancel()
+		if !errors.Is(err, ErrEtcdUnavailable) {
+			if ctx.Err() == nil {
+				r.attempt = r.shortestAttempt() // etcd answered
+			}
+			return err
+		}
+		if all.Err() != nil {
+			return err
+		}
+		if ranOut {
+			r.attempt = min(2*r.attempt, r.cfg.RequestTimeout)
+		}
+		if wait := attemptGap - time.Since(began); wait > 0 {
+			if gap == nil {
+				gap = time.NewTimer(wait)
+			} else {
+				gap.Reset(wait)
+			}
+			select {
+			case <-all.Done():
+				return err
+			case <-gap.C:
+			}
+		}
+		r.log.Debug("registry: etcd did not answer an attempt; trying again", "err", err, "next_attempt", r.attempt)
+	}
+}
+
+// shortestAttempt is how long the first attempt of a request may take.
+func (r *Registrar) shortestAttempt() time.Duration { return min(firstAttempt, r.cfg.RequestTimeout) }
+
 // etcdErr turns "etcd did not answer" into ErrEtcdUnavailable, keeps the caller's
-// cancellation as ctx.Err(), and passes other errors through.
+// cancellation as ctx.Err(), and passes other errors through. etcd's own refusals of the
+// Unavailable class (no leader, leader changed, "request timed out, possibly due to previous
+// leader failure"), which its client hands over as an rpctypes.EtcdError rather than a gRPC
+// status, count as not answered too: the request may be taken once a leader is elected.
 func etcdErr(ctx context.Context, err error) error {
+	var refused rpctypes.EtcdError
+	if errors.As(err, &refused) && refused.Code() == codes.Unavailable {
+		err = notNow{err}
+	}
 	err = kvwatch.Err(ctx, err)
 	if errors.Is(err, ErrEtcdUnavailable) {
 		return fmt.Errorf("registry: %w", err)
 	}
 	return err
 }
+
+// notNow is an etcd refusal of the Unavailable class, with its gRPC code, so that kvwatch.Err
+// counts it as etcd unavailable; it unwraps to etcd's error.
+type notNow struct{ err error }
+
+func (e notNow) Error() string              { return e.err.Error() }
+func (e notNow) Unwrap() error              { return e.err }
+func (e notNow) GRPCStatus() *status.Status { return status.New(codes.Unavailable, e.err.Error()) }
 
 func (r *Registrar) wake() {
 	select {
