@@ -193,6 +193,15 @@ type Status struct {
 	// downstream, while it cannot (registry.Record.Degraded, as its record carries it):
 	// e.g. "no serving blue instance of inventory". Empty otherwise.
 	Degraded string `json:"degraded,omitempty"`
+	// Deregistration is, while the instance drains or is drained, "done" once etcd has
+	// confirmed that its record is deleted and "pending" until then: the registrar keeps
+	// deleting it in the background (RegistryError says why it has not yet). Empty otherwise.
+	Deregistration string `json:"deregistration,omitempty"`
+	// RegistryError is why etcd does not hold what the registrar wants, while it does not
+	// (registry.Registrar.Err: the last attempt's error, e.g. "deregistration retried in the
+	// background: registry: etcd unavailable; …", or a *registry.DuplicateIDError). Empty
+	// while etcd matches.
+	RegistryError string `json:"registry_error,omitempty"`
 }
 
 // Status reports the instance's state.
@@ -206,6 +215,18 @@ func (i *Instance) Status() Status {
 		in := reg.Record()
 		s.Registered, s.Channel, s.Weight, s.TrafficWeight = reg.State().String(), in.Channel, in.Weight, in.TrafficWeight
 		s.Degraded = in.Degraded
+		if err := reg.Err(); err != nil {
+			s.RegistryError = err.Error()
+		}
+		if st == StateDraining || st == StateDrained {
+			s.Deregistration = "done"
+			if i.deregistrationPending() != nil {
+				s.Deregistration = "pending"
+				if s.RegistryError != "" {
+					s.RegistryError = "deregistration retried in the background: " + s.RegistryError
+				}
+			}
+		}
 	}
 	return s
 }
@@ -229,7 +250,8 @@ func (i *Instance) Stats() window.Stats {
 //
 //	GET  /healthz/live   200 while the process runs
 //	GET  /healthz/ready  200 once registered and serving, 503 otherwise
-//	POST /offline        Drain (the preStop hook); 200 when drained
+//	POST /offline        Drain (the preStop hook); 200 with the status when drained, its
+//	                     deregistration done or pending
 //	POST /online         undo a Drain; 409 if the instance is not drained
 //	GET  /status         Status as JSON
 //	GET  /stats          Stats as JSON (window.StatsPath)
@@ -253,7 +275,10 @@ func (i *Instance) adminHandler() http.Handler {
 		// The drain must finish even if the preStop hook's HTTP client gives up.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), i.cfg.MaxDrain+i.cfg.StopTimeout)
 		defer cancel()
-		if err := i.Drain(ctx); err != nil {
+		i.opMu.Lock()
+		_, err := i.drainLocked(ctx) // a pending deregistration is in the status
+		i.opMu.Unlock()
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}

@@ -102,16 +102,18 @@ type Config struct {
 	// TTL is the registration lease TTL. Default 10 s.
 	TTL time.Duration
 	// RequestTimeout caps each etcd request of the instance: loading the rules, registering,
-	// re-putting the record, deregistering, revoking the lease. It is also how long one
-	// attempt of Start to reach etcd lasts, and counts once in Offline's bound (OfflineTimeout).
-	// Default 5 s.
+	// re-putting the record, deregistering, revoking the lease (the registrar's requests are
+	// made in attempts within it, the first 500 ms long: registry's doc, "Attempts"). It is
+	// also how long one attempt of Start to reach etcd lasts, how long a drain gives its
+	// deregistration before it reports it pending, and counts once in Offline's bound
+	// (OfflineTimeout). Default 5 s.
 	RequestTimeout time.Duration
 
 	// QuietPeriod: the drain waits until no request has arrived for this long and none is
 	// in flight. Default 1 s.
 	QuietPeriod time.Duration
-	// MaxDrain caps the whole drain: the deregistration, the components' Stop (their ctx
-	// ends then) and the wait for quiet. Default 20 s.
+	// MaxDrain caps the whole drain: the components' Stop (their ctx ends then), the wait
+	// for quiet and the deregistration beside them. Default 20 s.
 	MaxDrain time.Duration
 	// StopTimeout caps gRPC's GracefulStop, after which Stop cuts what is left. Default 10 s.
 	// Offline takes at most MaxDrain + StopTimeout + RequestTimeout + 1 s (OfflineTimeout;

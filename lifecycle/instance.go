@@ -45,6 +45,14 @@ const (
 // ErrNotDrained is returned by Online when the instance is not drained.
 var ErrNotDrained = errors.New("lifecycle: instance is not drained; only a drained (manually offline) instance can go online")
 
+// ErrDeregistrationPending is wrapped by the error Drain returns when the instance drained
+// but etcd had not confirmed the deletion of its record by the drain's end (etcd down, or a
+// leader change longer than RequestTimeout). The instance is drained all the same; the
+// registrar keeps deleting the record in the background, and Offline's lease revocation
+// deletes it too. A caller that only needs the instance out of service may treat it as
+// success: errors.Is(err, ErrDeregistrationPending).
+var ErrDeregistrationPending = errors.New("lifecycle: drained, but the deregistration is pending: etcd has not confirmed that the record is deleted; it is retried in the background (the offline flag tells callers to stop picking the instance meanwhile)")
+
 // Instance is one running instance of an app: it owns its gRPC server, admin HTTP server,
 // registrar and rule client, and runs DESIGN.md "Lifecycle of an instance".
 //
@@ -606,51 +614,101 @@ func (i *Instance) stopComponents(ctx context.Context) error {
 }
 
 // Drain takes the instance out of service without stopping it — what POST /offline and a
-// Kubernetes preStop hook do: flag every response offline → deregister → gRPC health
+// Kubernetes preStop hook do: flag every response offline → start deregistering → gRPC health
 // NOT_SERVING and readiness 503 → close GoingOffline → stop components after their in-flight
-// work → wait until no request is in flight and none has arrived for QuietPeriod. The whole
-// drain takes at most MaxDrain (or until ctx ends): the deregistration (each etcd request
-// bounded by RequestTimeout) and the components' Stop get a ctx that ends with it. Requests that still arrive are
-// served. Idempotent; concurrent calls wait for the first. Online undoes it.
+// work → wait until no request is in flight and none has arrived for QuietPeriod → wait for
+// the deregistration. The local steps never wait for etcd: the deregistration runs beside
+// them, from right after the flag, and Drain waits for it only once they are done. It lasts
+// until etcd confirms the delete or RequestTimeout has passed (its attempts are short at
+// first: see registry's doc), and at most until the drain's end. The whole drain takes at
+// most MaxDrain (or until ctx ends): the deregistration and the components' Stop get a ctx
+// that ends with it. Requests that still arrive are served.
+//
+// Drain returns nil once the instance is drained and its record deleted. If etcd has not
+// confirmed the delete by then, the instance is drained all the same (StateDrained, offline
+// flag on, not ready) and Drain returns an error wrapping ErrDeregistrationPending and the
+// registrar's last error: the registrar keeps deleting the record in the background until
+// etcd answers (Status.Deregistration says "pending", then "done"), and Offline's lease
+// revocation deletes it too. A component that fails to stop adds its error. Idempotent:
+// concurrent calls wait for the first; a call on a drained instance returns nil, or the
+// ErrDeregistrationPending error while the deletion is still pending. Online undoes it.
 func (i *Instance) Drain(ctx context.Context) error {
 	i.opMu.Lock()
 	defer i.opMu.Unlock()
-	return i.drainLocked(ctx)
+	pending, err := i.drainLocked(ctx)
+	return errors.Join(err, pending)
 }
 
-func (i *Instance) drainLocked(ctx context.Context) error {
+// drainLocked drains the instance (Drain's work, under opMu). pending is nil once the
+// record is deleted, and wraps ErrDeregistrationPending while etcd has not confirmed it; err
+// is any other failure (a component's Stop, a drain while starting).
+func (i *Instance) drainLocked(ctx context.Context) (pending, err error) {
 	if i.aborted.Load() {
 		i.abortLocked()
-		return nil
+		return nil, nil
 	}
 	switch s := i.State(); s {
-	case StateDraining, StateDrained, StateStopped, StateNew:
-		return nil
+	case StateDraining, StateDrained:
+		return i.deregistrationPending(), nil
+	case StateStopped, StateNew:
+		return nil, nil
 	case StateStarting:
-		return errors.New("lifecycle: Drain while starting")
+		return nil, errors.New("lifecycle: Drain while starting")
 	}
 	i.setState(StateDraining)
 	begin := time.Now()
 	ctx, cancel := context.WithDeadline(ctx, begin.Add(i.cfg.MaxDrain))
 	defer cancel()
-	var errs []error
 	// The flag goes on first: every response from now on tells its caller to stop picking
 	// this instance, including those served while the deregistration travels through etcd.
 	i.gate.offline.Store(true)
-	if err := i.reg.Deregister(ctx); err != nil {
-		errs = append(errs, err) // retried in the background; the offline flag still tells callers
-	}
+	// The deregistration runs beside the local steps, which never wait for etcd: after a
+	// leader change, a delete may take several attempts (registry: each attempt is short at
+	// first), and an etcd outage takes the whole RequestTimeout.
+	dereg := make(chan error, 1)
+	go func() { dereg <- i.reg.Deregister(ctx) }()
 	i.ready.Store(false)
 	i.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	i.mu.Lock()
 	close(i.goingOff)
 	i.mu.Unlock()
-	errs = append(errs, i.stopComponents(ctx))
+	err = i.stopComponents(ctx)
 	i.waitQuiet(ctx, begin)
-	i.gate.m.drain.Record(ctx, time.Since(begin).Seconds(), i.gate.drainOpts...)
+	quiet := time.Since(begin)
+	i.gate.m.drain.Record(ctx, quiet.Seconds(), i.gate.drainOpts...)
+	// Deregister returns by ctx's end at the latest.
+	if derr := <-dereg; derr != nil {
+		pending = fmt.Errorf("%w: %w", ErrDeregistrationPending, derr)
+	}
 	i.setState(StateDrained)
-	i.log.Info("lifecycle: drained", "took", time.Since(begin).Round(time.Millisecond), "in_flight", i.gate.inflight.Load())
-	return errors.Join(errs...)
+	took := time.Since(begin).Round(time.Millisecond)
+	if pending != nil {
+		i.log.Warn("lifecycle: drained; deregistration pending: etcd has not confirmed that the record is deleted; the registrar keeps trying in the background and the offline flag tells callers meanwhile",
+			"took", took, "quiet_after", quiet.Round(time.Millisecond), "in_flight", i.gate.inflight.Load(), "err", pending)
+	} else {
+		i.log.Info("lifecycle: drained", "took", took, "quiet_after", quiet.Round(time.Millisecond), "in_flight", i.gate.inflight.Load())
+	}
+	return pending, err
+}
+
+// deregistrationPending is nil when the registrar's record is deleted (or was never
+// written), and an error wrapping ErrDeregistrationPending (and the registrar's last error)
+// while the instance is drained and etcd may still hold it.
+func (i *Instance) deregistrationPending() error {
+	i.mu.Lock()
+	reg := i.reg
+	i.mu.Unlock()
+	if reg == nil {
+		return nil
+	}
+	switch reg.State() {
+	case registry.StateUnregistered, registry.StateClosed:
+		return nil
+	}
+	if err := reg.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrDeregistrationPending, err)
+	}
+	return ErrDeregistrationPending
 }
 
 func (i *Instance) waitQuiet(ctx context.Context, begin time.Time) {
@@ -718,7 +776,10 @@ func (i *Instance) Offline(ctx context.Context) error {
 		i.setState(StateStopped)
 		return nil
 	}
-	errs := []error{i.drainLocked(ctx)}
+	// A deregistration still pending is not Offline's failure: the lease's revocation below
+	// deletes the record, and Close's error says if it could not.
+	_, err := i.drainLocked(ctx)
+	errs := []error{err}
 
 	stopped := make(chan struct{})
 	go func() { i.srv.GracefulStop(); close(stopped) }()

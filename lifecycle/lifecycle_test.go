@@ -95,7 +95,7 @@ func config(t testing.TB, cli *clientv3.Client, id string, mod ...func(*lifecycl
 }
 
 // start builds, starts and (at cleanup) stops an instance serving a greeter.
-func start(t *testing.T, cli *clientv3.Client, id string, mod ...func(*lifecycle.Config)) (*lifecycle.Instance, *greeter) {
+func start(t testing.TB, cli *clientv3.Client, id string, mod ...func(*lifecycle.Config)) (*lifecycle.Instance, *greeter) {
 	t.Helper()
 	inst, err := lifecycle.New(config(t, cli, id, mod...))
 	if err != nil {
@@ -111,7 +111,7 @@ func start(t *testing.T, cli *clientv3.Client, id string, mod ...func(*lifecycle
 }
 
 // dial is a greeter client of switchyard:///greeter.
-func dial(t *testing.T, cli *clientv3.Client) greeterpb.GreeterClient {
+func dial(t testing.TB, cli *clientv3.Client) greeterpb.GreeterClient {
 	t.Helper()
 	rb, err := registry.NewResolverBuilder(registry.ResolverConfig{Client: cli, Logger: testutil.Logger(t)})
 	if err != nil {
