@@ -98,6 +98,7 @@ func newBalancer(cc balancer.ClientConn, opts balancer.BuildOptions, clock clock
 		stickyWait: DefaultStickyWait,
 		reach:      new(reach.Entry),
 		clock:      clock,
+		loadClock:  newLoadClock(clock),
 		next:       new(atomic.Uint64),
 	}
 }
@@ -126,8 +127,10 @@ type wBalancer struct {
 	// mu, copy on write, read by the metrics callback without a lock.
 	cells atomic.Pointer[[]*pickCell]
 	clock clockwork.Clock // Now for the warmup factor and sticky wait, AfterFunc for the refresh
-	next  *atomic.Uint64
-	reach *reach.Entry // this connection's view on the process's reach board
+	// loadClock reads clock for the endpoints' failure times (load.go).
+	loadClock *loadClock
+	next      *atomic.Uint64
+	reach     *reach.Entry // this connection's view on the process's reach board
 
 	mu         sync.Mutex
 	baseLog    *slog.Logger            // Build's, or the resolver state's (WithLogger)
@@ -155,6 +158,7 @@ type endpoint struct {
 	b                   *wBalancer
 	key                 string
 	done                func(balancer.DoneInfo) // the picks' Done callback, built once
+	load                endpointLoad            // requests outstanding, last sick failure: Pick and done (atomics)
 
 	// Guarded by b.mu:
 	ep      resolver.Endpoint
@@ -234,6 +238,7 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 		case !ok:
 			e = &endpoint{ClientConn: b.cc, b: b, key: key}
 			e.done = func(di balancer.DoneInfo) {
+				e.load.done(di.Err, b.loadClock)
 				if isOffline(di.Trailer) {
 					b.markOffline(e)
 				}
@@ -484,7 +489,7 @@ func (b *wBalancer) sendLocked() {
 		b.cc.UpdateState(b.notReadyLocked(nConnecting, nIdle, nFailed))
 		return
 	}
-	p := &picker{next: b.next, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
+	p := &picker{next: b.next, clock: b.loadClock, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
 	// Undecided requests go to the live endpoints, or to the marked ones if that is all
 	// there is (they still serve). A sticky request's color set is its color's live
 	// endpoints, or, if it has none, its marked ones: they serve what reaches them, and
@@ -505,11 +510,13 @@ func (b *wBalancer) sendLocked() {
 		}
 		info := &e.info
 		pk := e.state.Picker
+		end := pickEnd{done: e.done, cell: e.cell, load: &e.load, base: info.Weight}
+		ci := colorSlot(info.Color)
 		if e.off == allMarked {
-			p.all.add(pk, e.done, e.cell, info.EffectiveWeight(blue && green, now))
+			p.all.addLoaded(pk, end, ci, info.EffectiveWeight(blue && green, now))
 		}
-		if ci := colorSlot(info.Color); ci >= 0 && !info.Degraded && e.off == colorMarked[ci] {
-			p.byColor[ci].add(pk, e.done, e.cell, info.Weight*info.WarmupFactor(now))
+		if ci >= 0 && !info.Degraded && e.off == colorMarked[ci] {
+			p.byColor[ci].addLoaded(pk, end, ci, info.Weight*info.WarmupFactor(now))
 		}
 		if info.Channel != "" {
 			b.readyChans.add(info.Channel)

@@ -30,7 +30,59 @@
 // table, which finds exactly what a binary search would), so shares are met within a few
 // picks: any Fibonacci number n of consecutive picks (377, 10,946, …) gives each endpoint n ×
 // its share ±2, as the tests check; 20,000 calls at a 1 % blue share went 1.000 % to blue
-// (BenchmarkSplitAccuracy).
+// (BenchmarkSplitAccuracy). That is the pick of every call while the endpoint it draws holds
+// fewer than 2 calls; an endpoint holding more may hand the pick to a less loaded one of
+// its color (see Load). Each color's share stays exact either way.
+//
+// # Load
+//
+// Weights say what an endpoint should get; the calls it holds say what it can take. The
+// policy counts, per endpoint, the calls picked and not yet done: Pick adds one to the
+// endpoint it returns and the endpoint's Done callback takes it off (gRPC calls Done once for
+// every pick, also for one it gives back unused; a stream counts until it ends, so an
+// endpoint holding long-lived streams counts them all along). The counts are exact: no clock,
+// no estimate, no sampling.
+//
+// A pick draws its first candidate by weight, as above. Only if that endpoint holds 2 or more
+// calls does it draw a second, uniformly among the other endpoints of the same color in the
+// same set (a sticky request's color, or, for an undecided one, the first candidate's color
+// among all; colorless endpoints are one group), from a second deterministic sequence, and
+// takes the second instead when
+//
+//	o1 × w2 >= 2 × (o2 + 1) × w1        (equal weights: o1 >= 2·o2 + 2)
+//
+// with o the calls each holds and w their base weights (EndpointInfo.Weight, not warmup nor
+// traffic weight), the second's base weight is above 0, and no call to it ended with a code
+// of a sick server (UNAVAILABLE, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
+// DATA_LOSS) within the last second. Codes of a wrong request (NOT_FOUND, INVALID_ARGUMENT,
+// FAILED_PRECONDITION, CANCELED, …) do not count. Whatever excludes an endpoint from a pick
+// (not READY, marked offline, degraded for a sticky request) excludes it as a second too: the
+// second is drawn from the same set.
+//
+// Why it is built so:
+//
+//   - An endpoint holding fewer than 2 calls never loses a pick, so callers one after the
+//     other, and any fleet where no endpoint holds two, get exactly the weighted picks above.
+//   - The second candidate is always of the first's color, so a release's color split (the
+//     canary's W/(100+W), the blue percent) is exact by construction at any load, not
+//     statistically, and a sticky request never crosses colors. Under load, with a slow
+//     instance in each color and 16 callers, 50,000 calls at 1 % blue went 1.000 % to blue
+//     (BenchmarkSplitAccuracyUnderLoad).
+//   - Comparing calls per unit of base weight keeps a low-weight instance in a busy color
+//     from being flooded.
+//   - The second is drawn uniformly, not by warmup-scaled weight: a warming instance that
+//     keeps up takes calls from busy ones (so an old instance killed while its replacements
+//     ramp does not hold most of the calls in flight), while a cold one is slow, holds its
+//     calls, and so does not win the comparison.
+//   - A drained (weight 0) endpoint never gains a pick, and one that fails fast (it holds
+//     few calls because it fails them) is not taken as a second for a second after.
+//
+// What it changes: among the endpoints of one color, concurrent calls go by what each
+// endpoint can take rather than exactly by weight. Between two identical loopback servers
+// of one process, 3,000 calls from 4 callers went 47.6 to 59.9 % to one (5 runs; 16 callers:
+// 49.0 to 50.6 %); at weights 300:100, 76 to 80 % to the big one from 4 callers and 68 to
+// 72 % from 64 (its one connection carried three times the calls and answered slower). From
+// one caller, or two, the shares were the weights exactly, as before.
 //
 // # Sticky requests
 //
@@ -93,8 +145,13 @@
 //
 // Pick takes no lock and allocates nothing: an atomic add to choose, a baggage lookup when the
 // endpoints are in a channel, a guide-table lookup whose cost does not grow with the
-// endpoints (a binary search over the cumulative weights grows with their logarithm), and an
-// atomic add to count the pick (switchyard.balancer.picks).
+// endpoints (a binary search over the cumulative weights grows with their logarithm), an
+// atomic load of the candidate's calls held, and atomic adds to count the pick
+// (switchyard.balancer.picks) and the call held. When the candidate holds 2 or more calls,
+// a second draw and two more atomic loads; a clock read only if the second failed within
+// the last second. BenchmarkPick at 10 to 10,000 endpoints: 21 to 25 ns undecided and 24 to
+// 28 ns sticky (15 to 21 and 18 to 22 ns before load-aware picking); with a loaded first
+// candidate 23 to 43 ns; with every second candidate failed just before, 36 to 54 ns.
 // The baggage lookup remembers, per connection, the decision of the last 64 or so baggages
 // it saw (by identity: otel never changes a baggage once built), so a request carrying one
 // already seen costs no member lookup and no parsing. traffic's interceptors give most

@@ -36,6 +36,7 @@ import (
 type weightedSet struct {
 	pickers []balancer.Picker // the endpoints' pick_first pickers
 	ends    []pickEnd         // per endpoint: what a pick of it calls and counts
+	group   []int32           // endpoint indices by color group (load.go); nil: one group
 	cum     []float64         // cum[i] = weights[0] + … + weights[i], scaled by 2^-exp
 	guide   []int32           // len(cum)+2 entries: see above
 	buckets float64           // len(cum), as a float
@@ -49,28 +50,49 @@ func (s *weightedSet) grow(n int) {
 	s.cum = make([]float64, 0, n)
 }
 
-// pickEnd is what a pick of one endpoint calls and counts.
+// pickEnd is what a pick of one endpoint calls and counts, and what choose compares.
 type pickEnd struct {
 	done func(balancer.DoneInfo) // its Done callback, built once: no closure per pick
 	cell *pickCell               // its picks counter (switchyard.balancer.picks); nil: not counted
+	load *endpointLoad           // its requests outstanding; nil: not counted, never a second candidate
+	base float64                 // its base weight (EndpointInfo.Weight), for choose
+	// lo, hi: its color group's range in group (the whole set without one); pos: its place
+	// there. Until finish, pos holds its group (groupOf).
+	lo, hi, pos int32
 }
 
-// add appends an endpoint: its picker, Done callback, pick counter (nil for none) and
-// weight. A weight that is not a number or is negative counts as 0, +Inf as MaxFloat64.
+// add appends an endpoint that takes no part in load-aware picking (its load is not
+// counted): its picker, Done callback, pick counter (nil for none) and weight.
 func (s *weightedSet) add(p balancer.Picker, done func(balancer.DoneInfo), cell *pickCell, w float64) {
+	s.addLoaded(p, pickEnd{done: done, cell: cell}, -1, w)
+}
+
+// addLoaded appends an endpoint: its picker, end (done, cell, load and base weight; the
+// rest is set by finish), color slot (-1: colorless) and weight. A weight that is not a
+// number or is negative counts as 0, +Inf as MaxFloat64; so does the base weight.
+func (s *weightedSet) addLoaded(p balancer.Picker, end pickEnd, color int, w float64) {
+	end.base, end.pos = sanitize(end.base), groupOf(color)
+	s.pickers = append(s.pickers, p)
+	s.ends = append(s.ends, end)
+	s.cum = append(s.cum, sanitize(w)) // the raw weight until finish
+}
+
+// sanitize makes a weight that is not a number or is negative 0, and +Inf MaxFloat64.
+func sanitize(w float64) float64 {
 	switch {
 	case !(w > 0): // negative, 0 or NaN
-		w = 0
+		return 0
 	case w > math.MaxFloat64:
-		w = math.MaxFloat64
+		return math.MaxFloat64
 	}
-	s.pickers = append(s.pickers, p)
-	s.ends = append(s.ends, pickEnd{done, cell})
-	s.cum = append(s.cum, w) // the raw weight until finish
+	return w
 }
 
-// finish scales the weights, sums them up and builds the guide table.
+// finish groups the endpoints by color (groupEnds) and scales their base weights
+// (scaleBases), scales the weights, sums them up and builds the guide table.
 func (s *weightedSet) finish() {
+	s.groupEnds()
+	s.scaleBases()
 	largest := 0.0
 	for _, w := range s.cum {
 		largest = max(largest, w)
@@ -137,8 +159,10 @@ func (s *weightedSet) index(k uint64) int {
 
 // picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
 // Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup (a
-// cache hit when the request's baggage is one already seen), a guide-table lookup, and one
-// atomic add to count the pick in its endpoint's cell.
+// cache hit when the request's baggage is one already seen), a guide-table lookup, an
+// atomic load of the endpoint's requests outstanding (and, when it holds two or more, a
+// second candidate and two more loads: choose), one atomic add to count the pick in its
+// endpoint's cell and one to count it outstanding.
 type picker struct {
 	all     weightedSet    // by effective weight
 	byColor [2]weightedSet // blue, green: by base weight × warmup only (sticky picks)
@@ -153,6 +177,7 @@ type picker struct {
 	// Shared by the pickers of one balancer while the channel stays the same.
 	decisions *sticky.Cache
 	next      *atomic.Uint64 // shared across pickers of one balancer
+	clock     *loadClock     // the balancer's, for failure times (choose)
 
 	fallbacks metric.Int64Counter
 	refusals  metric.Int64Counter
@@ -234,7 +259,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if set == &p.all && p.waitWeighted {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
-	i := set.index(p.next.Add(1))
+	i := set.choose(p.next.Add(1), p.clock)
 	res, err := set.pickers[i].Pick(info)
 	if err != nil {
 		return res, err
@@ -242,6 +267,9 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	end := &set.ends[i]
 	if end.cell != nil {
 		end.cell.n.Add(1)
+	}
+	if end.load != nil {
+		end.load.outstanding.Add(1) // its Done callback takes it off
 	}
 	if md != nil {
 		res.Metadata = metadata.Join(res.Metadata, md)

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/jonboulle/clockwork"
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/balancer"
@@ -25,17 +26,36 @@ type fixedPicker struct{ res balancer.PickResult }
 
 func (p fixedPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) { return p.res, nil }
 
+// The loads of benchPicker's endpoints. The benchmarks call no Done, so each pick leaves one
+// more request outstanding; a start far below 0 or far above 2 keeps the endpoints idle or
+// loaded for any b.N.
+const (
+	idle   = -1 << 62 // never 2 outstanding: every pick takes the first candidate
+	loaded = 1 << 40  // every pick draws and compares a second candidate
+)
+
 // benchPicker is a picker over n endpoints, half blue and half green, with distinct weights,
-// built the way the balancer builds it: the picks of each color count in one cell.
-func benchPicker(n int) *picker {
-	p := &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
+// built the way the balancer builds it: the picks of each color count in one cell, every
+// endpoint's requests outstanding are counted. With load idle they start far below 0; with
+// loaded at load × 1, 3 or 9, so that about a third of the picks move to their second
+// candidate. failed: every endpoint failed within the last second, so each second candidate
+// reads the clock and is refused.
+func benchPicker(n int, load int64, failed bool) *picker {
+	clock := newLoadClock(clockwork.NewRealClock())
+	p := &picker{next: new(atomic.Uint64), clock: clock, channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := func(balancer.DoneInfo) {}
 	cells := [2]*pickCell{{color: deploy.Blue}, {color: deploy.Green}}
 	for i := 0; i < n; i++ {
 		w := float64(1 + i%7)
-		p.all.add(fixedPicker{}, done, cells[i%2], w)
-		p.byColor[i%2].add(fixedPicker{}, done, cells[i%2], w)
+		l := new(endpointLoad)
+		l.outstanding.Store(load * int64(btoi(load < 0)+btoi(load > 0)*[3]int{1, 3, 9}[i%3]))
+		if failed { // "failed" far ahead: always within the last second, whatever b.N
+			l.failedAt.Store(clock.now() + 1<<62)
+		}
+		end := pickEnd{done: done, cell: cells[i%2], load: l, base: w}
+		p.all.addLoaded(fixedPicker{}, end, i%2, w)
+		p.byColor[i%2].addLoaded(fixedPicker{}, end, i%2, w)
 	}
 	p.all.finish()
 	p.byColor[0].finish()
@@ -46,7 +66,10 @@ func benchPicker(n int) *picker {
 // BenchmarkPick: one Pick, without a sticky decision and with one (the color filter): a
 // baggage seen before (traffic's interceptors reuse theirs), or each pick one of 1,024
 // distinct baggages of the same decision (built per request, as otelgrpc's extraction does:
-// the decision cache misses).
+// the decision cache misses). The endpoints are idle (fewer than 2 requests outstanding:
+// one candidate) except in the -loaded cases, where every pick draws and compares a second
+// candidate (about a third move), and -loaded-failed, where every second candidate failed
+// just now (a clock read, and it is refused).
 func BenchmarkPick(b *testing.B) {
 	decided := func() context.Context {
 		m, _ := baggage.NewMemberRaw(deploy.BaggageKey, "trade=green")
@@ -57,16 +80,23 @@ func BenchmarkPick(b *testing.B) {
 	for i := range unseen {
 		unseen[i] = balancer.PickInfo{FullMethodName: "/m", Ctx: decided()}
 	}
+	undecided := []balancer.PickInfo{{FullMethodName: "/m", Ctx: context.Background()}}
+	sticky := []balancer.PickInfo{{FullMethodName: "/m", Ctx: decided()}}
 	for _, n := range []int{10, 100, 1000, 10_000} {
-		p := benchPicker(n)
+		p, busy, failed := benchPicker(n, idle, false), benchPicker(n, loaded, false), benchPicker(n, loaded, true)
 		for _, c := range []struct {
 			name  string
+			p     *picker
 			infos []balancer.PickInfo
 		}{
-			{"undecided", []balancer.PickInfo{{FullMethodName: "/m", Ctx: context.Background()}}},
-			{"sticky", []balancer.PickInfo{{FullMethodName: "/m", Ctx: decided()}}},
-			{"sticky-unseen", unseen},
+			{"undecided", p, undecided},
+			{"sticky", p, sticky},
+			{"sticky-unseen", p, unseen},
+			{"undecided-loaded", busy, undecided},
+			{"sticky-loaded", busy, sticky},
+			{"undecided-loaded-failed", failed, undecided},
 		} {
+			p := c.p
 			b.Run(fmt.Sprintf("endpoints=%d/%s", n, c.name), func(b *testing.B) {
 				b.ReportAllocs()
 				for i := 0; i < b.N; i++ {
@@ -210,7 +240,6 @@ func TestPickAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector changes allocation counts; see BenchmarkPick")
 	}
-	p := benchPicker(100)
 	decided := func(value string) balancer.PickInfo {
 		m, _ := baggage.NewMemberRaw(deploy.BaggageKey, value)
 		bg, _ := baggage.New(m)
@@ -220,14 +249,21 @@ func TestPickAllocatesNothing(t *testing.T) {
 	for i := range unseen {
 		unseen[i] = decided([...]string{"trade=blue", "trade=green", "pay=blue"}[i%3])
 	}
-	for name, infos := range map[string][]balancer.PickInfo{
-		"undecided":                 {{Ctx: context.Background()}},
-		"sticky, baggage seen":      {decided("trade=blue"), decided("trade=green")},
-		"sticky, baggage each time": unseen,
-	} {
-		i := 0
-		if n := testing.AllocsPerRun(1000, func() { _, _ = p.Pick(infos[i%len(infos)]); i++ }); n != 0 {
-			t.Errorf("%s: Pick allocates %v times", name, n)
+	for _, load := range []struct {
+		name   string
+		load   int64
+		failed bool
+	}{{"idle", idle, false}, {"loaded", loaded, false}, {"loaded, failed", loaded, true}} {
+		p := benchPicker(100, load.load, load.failed)
+		for name, infos := range map[string][]balancer.PickInfo{
+			"undecided":                 {{Ctx: context.Background()}},
+			"sticky, baggage seen":      {decided("trade=blue"), decided("trade=green")},
+			"sticky, baggage each time": unseen,
+		} {
+			i := 0
+			if n := testing.AllocsPerRun(1000, func() { _, _ = p.Pick(infos[i%len(infos)]); i++ }); n != 0 {
+				t.Errorf("%s endpoints, %s: Pick allocates %v times", load.name, name, n)
+			}
 		}
 	}
 }

@@ -1,0 +1,180 @@
+package balancer
+
+import (
+	"math"
+	"math/bits"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// endpointLoad is what the picks know of one endpoint's load: its requests outstanding,
+// counted exactly (Pick adds one to the endpoint it returns, the endpoint's Done callback
+// takes it off; gRPC calls Done once for every pick it was given, also for one it gives back
+// unused, and a stream's when the stream ends), and when a call to it last failed in a way
+// that says the server is sick. It lives on the balancer's endpoint, so every picker built
+// for the endpoint shares it and a rebuild keeps it. Atomics only: no lock.
+type endpointLoad struct {
+	outstanding atomic.Int64
+	// failedAt is when the last call failed with a code of a sick server (sickCode), on
+	// loadClock; 0: never.
+	failedAt atomic.Int64
+}
+
+// done counts a call out and notes the time when it failed with a code of a sick server.
+func (l *endpointLoad) done(err error, clock *loadClock) {
+	l.outstanding.Add(-1)
+	if err != nil && sickCode(status.Code(err)) {
+		l.failedAt.Store(clock.now())
+	}
+}
+
+// sickCode reports whether a call ending with code c says the server (or the way to it) is
+// unwell rather than that the request was wrong: an endpoint that fails such calls fast
+// holds few of them and would otherwise attract picks (a black hole).
+func sickCode(c codes.Code) bool {
+	switch c {
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.ResourceExhausted,
+		codes.DeadlineExceeded, codes.DataLoss:
+		return true
+	}
+	return false
+}
+
+// failureMemory is how long after a sick failure an endpoint is not taken as a second
+// candidate.
+const failureMemory = time.Second
+
+// loadClock reads the balancer's clock for failure times, as nanoseconds since the balancer
+// was built (monotonic with the real clock), never 0. Read only when a call fails and when a
+// second candidate that has failed before is compared.
+type loadClock struct {
+	clock clockwork.Clock
+	epoch time.Time
+}
+
+func newLoadClock(c clockwork.Clock) *loadClock { return &loadClock{clock: c, epoch: c.Now()} }
+
+func (c *loadClock) now() int64 { return int64(c.clock.Since(c.epoch)) + 1 }
+
+// A first candidate holding fewer than minLoad requests keeps its pick, so sequential
+// callers, and any fleet where no endpoint holds two, see exactly the weighted picks.
+const minLoad = 2
+
+// secondMul draws the second candidate: k × 2^64/ρ (ρ the plastic number, as in Roberts'
+// R2 sequence). 1/φ (the first draw's) and 1/ρ are independent over the rationals (one is
+// quadratic, the other cubic), so the pairs (first, second) spread evenly over the
+// endpoint pairs, with no random state.
+const secondMul = 0xC13FA9A902A6328F
+
+// choose maps the k-th pick to an endpoint: the Weyl sequence's (index), unless that one
+// holds at least minLoad requests and a second candidate, drawn uniformly among the other
+// endpoints of its color group in this set, is clearly less loaded for its weight:
+//
+//	o1 × w2 >= 2 × (o2 + 1) × w1
+//
+// with o the requests outstanding and w the base weights (EndpointInfo.Weight; warmup and
+// traffic weight are not part of it). The second must have a base weight above 0 (a drained
+// endpoint never gains a pick) and no sick failure within failureMemory (an endpoint
+// failing fast holds few calls). Being in the set already means it is READY, not marked
+// offline (unless all are) and, in a sticky set, not degraded, like any pick of the set.
+func (s *weightedSet) choose(k uint64, clock *loadClock) int {
+	i := s.index(k)
+	a := &s.ends[i]
+	if a.load == nil || a.hi-a.lo < 2 {
+		return i
+	}
+	o1 := a.load.outstanding.Load()
+	if o1 < minLoad {
+		return i
+	}
+	// Uniformly among the hi-lo-1 others of the group: skip over the first's place.
+	h, _ := bits.Mul64(k*secondMul, uint64(a.hi-a.lo-1))
+	pos := a.lo + int32(h)
+	if pos >= a.pos {
+		pos++
+	}
+	j := int(pos)
+	if s.group != nil {
+		j = int(s.group[pos])
+	}
+	b := &s.ends[j]
+	if b.load == nil || !(b.base > 0) {
+		return i
+	}
+	o2 := b.load.outstanding.Load()
+	// The bases are scaled so that the largest of the set is below 1 (scaleBases): the
+	// products are finite.
+	if float64(o1)*b.base < float64(2*(o2+1))*a.base {
+		return i
+	}
+	if f := b.load.failedAt.Load(); f != 0 {
+		if clock.now()-f < int64(failureMemory) {
+			return i
+		}
+		// Long enough ago: forget it, so later picks read no clock for it.
+		b.load.failedAt.CompareAndSwap(f, 0)
+	}
+	return j
+}
+
+// scaleBases scales the set's base weights by the power of two that brings the largest
+// below 1 (exact, as for the weights in finish), so that choose's products cannot overflow
+// at any weights up to MaxFloat64. A base more than 2^1074 times smaller than the largest
+// becomes 0, as its share of the picks is.
+func (s *weightedSet) scaleBases() {
+	largest := 0.0
+	for i := range s.ends {
+		largest = max(largest, s.ends[i].base)
+	}
+	if largest == 0 {
+		return
+	}
+	_, exp := math.Frexp(largest)
+	for i := range s.ends {
+		s.ends[i].base = math.Ldexp(s.ends[i].base, -exp)
+	}
+}
+
+// groupEnds builds the color groups of the set: group lists the endpoints' indices by
+// group (blue, green, colorless; each in the set's order), and each end gets its group's
+// range [lo, hi) in it and its own position. The color of an end is in pos until then
+// (add). A set of one group needs no list: its range is the whole set.
+func (s *weightedSet) groupEnds() {
+	var count [3]int32
+	for i := range s.ends {
+		count[s.ends[i].pos]++
+	}
+	n := int32(len(s.ends))
+	if count[0] == n || count[1] == n || count[2] == n {
+		for i := range s.ends {
+			e := &s.ends[i]
+			e.lo, e.hi, e.pos = 0, n, int32(i)
+		}
+		return
+	}
+	var start [4]int32
+	for g := range 3 {
+		start[g+1] = start[g] + count[g]
+	}
+	next := start
+	s.group = make([]int32, n)
+	for i := range s.ends {
+		e := &s.ends[i]
+		g := e.pos
+		e.lo, e.hi, e.pos = start[g], start[g+1], next[g]
+		s.group[next[g]] = int32(i)
+		next[g]++
+	}
+}
+
+// groupOf is an end's group in groupEnds: 0 blue, 1 green, 2 colorless.
+func groupOf(colorSlot int) int32 {
+	if colorSlot < 0 {
+		return 2
+	}
+	return int32(colorSlot)
+}

@@ -1,0 +1,685 @@
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"go.opentelemetry.io/otel/baggage"
+	"go.opentelemetry.io/otel/metric/noop"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard-go/switchyard/deploy"
+	"github.com/switchyard-go/switchyard/internal/greeterpb"
+	"github.com/switchyard-go/switchyard/internal/sticky"
+	"github.com/switchyard-go/switchyard/internal/testutil"
+)
+
+// loadEnd is one endpoint of a loadFleet.
+type loadEnd struct {
+	color int     // colorSlot: 0 blue, 1 green, -1 colorless
+	base  float64 // base weight (EndpointInfo.Weight)
+	eff   float64 // its weight in the undecided set; 0: base
+}
+
+// loadFleet is a picker built as sendLocked builds one: an undecided set of every endpoint by
+// effective weight, and a sticky set per color by base weight, over endpoints whose
+// requests outstanding and failures are counted (endpointLoad), on a fake clock. Each
+// endpoint's picker answers with its index in the fleet (metadata "i").
+type loadFleet struct {
+	p     *picker
+	ends  []loadEnd
+	loads []*endpointLoad
+	done  []func(balancer.DoneInfo)
+	clock *clockwork.FakeClock
+}
+
+func newLoadFleet(ends ...loadEnd) *loadFleet {
+	f := &loadFleet{ends: ends, clock: clockwork.NewFakeClock()}
+	lc := newLoadClock(f.clock)
+	f.p = &picker{next: new(atomic.Uint64), clock: lc, channel: "trade", decisions: sticky.NewCache("trade"),
+		fallbacks: noop.Int64Counter{}, refusals: noop.Int64Counter{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for i, e := range ends {
+		l := new(endpointLoad)
+		done := func(di balancer.DoneInfo) { l.done(di.Err, lc) }
+		f.loads, f.done = append(f.loads, l), append(f.done, done)
+		pk := fixedPicker{balancer.PickResult{Metadata: metadata.Pairs("i", strconv.Itoa(i))}}
+		end := pickEnd{done: done, load: l, base: e.base}
+		eff := e.eff
+		if eff == 0 {
+			eff = e.base
+		}
+		f.p.all.addLoaded(pk, end, e.color, eff)
+		if e.color >= 0 {
+			f.p.byColor[e.color].addLoaded(pk, end, e.color, e.base)
+		}
+	}
+	f.p.all.finish()
+	f.p.byColor[0].finish()
+	f.p.byColor[1].finish()
+	return f
+}
+
+// set gives every endpoint the requests outstanding o[i].
+func (f *loadFleet) set(o ...int64) {
+	for i, n := range o {
+		f.loads[i].outstanding.Store(n)
+	}
+}
+
+// pick makes one pick with ctx, as a call does, and returns the endpoint's index in the
+// fleet; the call ends (Done) at once.
+func (f *loadFleet) pick(t *testing.T, ctx context.Context) int {
+	t.Helper()
+	res, err := f.p.Pick(balancer.PickInfo{FullMethodName: "/m", Ctx: ctx})
+	if err != nil {
+		t.Fatalf("pick: %v", err)
+	}
+	i, err := strconv.Atoi(res.Metadata.Get("i")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Done(balancer.DoneInfo{})
+	return i
+}
+
+// fail ends a call to endpoint i with err, as gRPC does.
+func (f *loadFleet) fail(i int, err error) {
+	f.loads[i].outstanding.Add(1)
+	f.done[i](balancer.DoneInfo{Err: err})
+}
+
+// moveCount counts the picks of k0+1 … k0+n on the undecided set that go to another
+// endpoint than the Weyl sequence's, and fails t if one crosses to another color group.
+func (f *loadFleet) moveCount(t *testing.T, k0 uint64, n int) int {
+	t.Helper()
+	moved := 0
+	for k := k0 + 1; k <= k0+uint64(n); k++ {
+		first, got := f.p.all.index(k), f.p.all.choose(k, f.p.clock)
+		if got != first {
+			moved++
+			if f.ends[got].color != f.ends[first].color {
+				t.Fatalf("pick %d: moved from endpoint %d (color %d) to %d (color %d)", k, first, f.ends[first].color, got, f.ends[got].color)
+			}
+		}
+	}
+	return moved
+}
+
+// decided is a context whose baggage decides channel trade for color c.
+func decided(t *testing.T, c deploy.Color) context.Context {
+	t.Helper()
+	m, err := baggage.NewMemberRaw(deploy.BaggageKey, "trade="+string(c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg, err := baggage.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return baggage.ContextWithBaggage(context.Background(), bg)
+}
+
+// splitWeights are the traffic weights of blue and green at p % blue (traffic.Weights,
+// which this package's tests cannot import).
+func splitWeights(p float64) (blue, green float64) {
+	if p <= 50 {
+		return 100 * p / (100 - p), 100
+	}
+	return 100, 100 * (100 - p) / p
+}
+
+// TestBelowTwoOutstandingPicksAreTheWeightedOnes: while no endpoint holds 2 requests, every
+// pick, undecided or sticky, is exactly the Weyl sequence's by weight (as before load-aware
+// picking), whatever the 0s and 1s.
+func TestBelowTwoOutstandingPicksAreTheWeightedOnes(t *testing.T) {
+	f := newLoadFleet(
+		loadEnd{0, 100, 1}, loadEnd{0, 50, 0.5}, loadEnd{1, 100, 99}, loadEnd{1, 300, 297},
+		loadEnd{1, 100, 99}, loadEnd{-1, 100, 100}, loadEnd{-1, 10, 10})
+	// byColor's indices in the fleet.
+	var inColor [2][]int
+	for i, e := range f.ends {
+		if e.color >= 0 {
+			inColor[e.color] = append(inColor[e.color], i)
+		}
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	f.p.next.Store(1 << 40)
+	blue, green := decided(t, deploy.Blue), decided(t, deploy.Green)
+	for range 20_000 {
+		for _, l := range f.loads {
+			l.outstanding.Store(int64(rng.IntN(2)))
+		}
+		k := f.p.next.Load() + 1
+		var want int
+		ctx := context.Background()
+		switch rng.IntN(3) {
+		case 0:
+			want = f.p.all.index(k)
+		case 1:
+			ctx, want = blue, inColor[0][f.p.byColor[0].index(k)]
+		case 2:
+			ctx, want = green, inColor[1][f.p.byColor[1].index(k)]
+		}
+		if got := f.pick(t, ctx); got != want {
+			t.Fatalf("pick %d, no endpoint holding 2 requests: endpoint %d, the weighted sequence says %d", k, got, want)
+		}
+	}
+}
+
+// TestLoadedFirstMovesToAnIdleSecondOfItsColor: four blue and four green endpoints of equal
+// weights, all holding 6 requests but blue-3 and green-3, which hold none. A pick whose
+// first candidate is a loaded endpoint moves exactly when its second (uniform among the 3
+// others of its color) is the idle one: a third of those picks; never to the other color, so
+// each color keeps its Fibonacci-window share ±2.
+func TestLoadedFirstMovesToAnIdleSecondOfItsColor(t *testing.T) {
+	var ends []loadEnd
+	for i := range 8 {
+		ends = append(ends, loadEnd{i / 4, 100, 0})
+	}
+	f := newLoadFleet(ends...)
+	f.set(6, 6, 6, 0, 6, 6, 6, 0)
+	const n = 10_946
+	var loadedFirst, moved, blue int
+	for k := uint64(1); k <= n; k++ {
+		first, got := f.p.all.index(k), f.p.all.choose(k, f.p.clock)
+		if first%4 != 3 {
+			loadedFirst++
+		}
+		if got != first {
+			moved++
+			if first%4 == 3 || got != first/4*4+3 {
+				t.Fatalf("pick %d: moved from endpoint %d to %d; only a loaded one moves, to the idle one of its color", k, first, got)
+			}
+		}
+		if got < 4 {
+			blue++
+		}
+	}
+	if share := float64(moved) / float64(loadedFirst); math.Abs(share-1.0/3) > 0.03 {
+		t.Errorf("%d of %d picks with a loaded first candidate moved (%.3f), want a third ±0.03", moved, loadedFirst, share)
+	}
+	checkShareInternal(t, "blue picks", blue, n, 0.5)
+}
+
+// TestSecondNeverCrossesColors: with blue loaded and green idle, undecided picks keep the
+// 1 % blue split (±2 over a Fibonacci window), and sticky picks stay on their color; two
+// colorless endpoints move between themselves only.
+func TestSecondNeverCrossesColors(t *testing.T) {
+	bw, gw := splitWeights(1)
+	f := newLoadFleet(loadEnd{0, 100, bw}, loadEnd{0, 100, bw}, loadEnd{0, 100, bw},
+		loadEnd{1, 100, gw}, loadEnd{1, 100, gw}, loadEnd{1, 100, gw},
+		loadEnd{-1, 100, 100}, loadEnd{-1, 100, 100})
+	f.set(100, 40, 0, 0, 0, 0, 9, 0)
+	const n = 10_946
+	if moved := f.moveCount(t, 0, n); moved == 0 {
+		t.Fatal("no pick moved: the test does not exercise the second candidate")
+	}
+	count := make([]int, len(f.ends))
+	for k := uint64(1); k <= n; k++ {
+		count[f.p.all.choose(k, f.p.clock)]++
+	}
+	total := 3*bw + 3*gw + 200
+	checkShareInternal(t, "blue picks", count[0]+count[1]+count[2], n, 3*bw/total)
+	checkShareInternal(t, "green picks", count[3]+count[4]+count[5], n, 3*gw/total)
+	checkShareInternal(t, "colorless picks", count[6]+count[7], n, 200/total)
+
+	// Sticky: green loaded now, blue idle.
+	f.set(0, 0, 0, 100, 100, 100, 0, 0)
+	for _, c := range []deploy.Color{deploy.Blue, deploy.Green} {
+		ctx := decided(t, c)
+		for range 2000 {
+			if got := f.pick(t, ctx); f.ends[got].color != colorSlot(c) {
+				t.Fatalf("a pick decided %s went to endpoint %d of color %d", c, got, f.ends[got].color)
+			}
+		}
+	}
+}
+
+// TestSecondNeverDrained: an endpoint of base weight 0 gains no pick, however loaded the
+// others of its color, in the undecided set or a sticky one.
+func TestSecondNeverDrained(t *testing.T) {
+	f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0}, loadEnd{0, 0, 0}, loadEnd{1, 100, 0})
+	f.set(50, 50, 0, 0)
+	if moved := f.moveCount(t, 0, 10_000); moved != 0 {
+		t.Fatalf("%d picks moved between two endpoints holding 50 each or to a drained one", moved)
+	}
+	blue := decided(t, deploy.Blue)
+	for range 2000 {
+		if got := f.pick(t, blue); got == 2 {
+			t.Fatal("a sticky pick went to the drained endpoint")
+		}
+		if got := f.pick(t, context.Background()); got == 2 {
+			t.Fatal("an undecided pick went to the drained endpoint")
+		}
+	}
+}
+
+// TestSecondNeverFailedRecently: a call ending with a code of a sick server keeps its
+// endpoint from being a second candidate for a second of the balancer's clock; a code of a
+// wrong request does not.
+func TestSecondNeverFailedRecently(t *testing.T) {
+	for _, c := range []struct {
+		code codes.Code
+		sick bool
+	}{
+		{codes.Unavailable, true}, {codes.Internal, true}, {codes.Unknown, true},
+		{codes.ResourceExhausted, true}, {codes.DeadlineExceeded, true}, {codes.DataLoss, true},
+		{codes.NotFound, false}, {codes.InvalidArgument, false}, {codes.FailedPrecondition, false},
+		{codes.Canceled, false}, {codes.PermissionDenied, false}, {codes.AlreadyExists, false},
+	} {
+		f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
+		f.set(5, 0)
+		const n = 1000
+		if moved := f.moveCount(t, 0, n); moved < n/3 {
+			t.Fatalf("%v: %d of %d picks moved from a loaded endpoint to an idle one; want about half", c.code, moved, n)
+		}
+		f.fail(1, status.Error(c.code, "failed"))
+		moved := f.moveCount(t, 0, n)
+		if !c.sick {
+			if moved == 0 {
+				t.Errorf("%v (a wrong request, not a sick server): no pick moves to the endpoint after it", c.code)
+			}
+			continue
+		}
+		if moved != 0 {
+			t.Errorf("%v: %d picks moved to the endpoint just after it failed", c.code, moved)
+		}
+		f.clock.Advance(failureMemory - time.Millisecond)
+		if moved := f.moveCount(t, 0, n); moved != 0 {
+			t.Errorf("%v: %d picks moved to the endpoint %v after it failed", c.code, moved, failureMemory-time.Millisecond)
+		}
+		f.clock.Advance(time.Millisecond)
+		if moved := f.moveCount(t, 0, n); moved == 0 {
+			t.Errorf("%v: no pick moves to the endpoint %v after it failed", c.code, failureMemory)
+		}
+		if at := f.loads[1].failedAt.Load(); at != 0 {
+			t.Errorf("%v: the failure is still noted %v after it (picks read the clock for it)", c.code, failureMemory)
+		}
+	}
+	// A wrapped status counts by its code; an error of no status is Unknown.
+	f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
+	f.set(5, 0)
+	f.fail(1, fmt.Errorf("wrapped: %w", status.Error(codes.Unavailable, "down")))
+	if moved := f.moveCount(t, 0, 100); moved != 0 {
+		t.Errorf("wrapped Unavailable: %d picks moved to the endpoint just after it failed", moved)
+	}
+	f.clock.Advance(failureMemory)
+	f.fail(1, errors.New("no status"))
+	if moved := f.moveCount(t, 0, 100); moved != 0 {
+		t.Errorf("an error without a status: %d picks moved to the endpoint just after it failed", moved)
+	}
+	if o := f.loads[1].outstanding.Load(); o != 0 {
+		t.Errorf("outstanding %d after the failed calls ended, want 0", o)
+	}
+}
+
+// TestLoadComparedPerBaseWeight: the first candidate (weight w1, o1 outstanding) loses the
+// pick to the second (w2, o2) iff o1 >= 2 and o1 × w2 >= 2 × (o2 + 1) × w1 and w2 > 0, at
+// any weights, up to MaxFloat64.
+func TestLoadComparedPerBaseWeight(t *testing.T) {
+	for _, c := range []struct {
+		w1     float64
+		o1     int64
+		w2     float64
+		o2     int64
+		moveTo bool
+	}{
+		{100, 1, 100, 0, false}, // below 2: never
+		{100, 2, 100, 0, true},
+		{100, 3, 100, 1, false},
+		{100, 4, 100, 1, true},
+		{100, 2, 50, 0, false}, // a half-weight second: o1 >= 4(o2+1)
+		{100, 3, 50, 0, false},
+		{100, 4, 50, 0, true},
+		{100, 7, 50, 1, false},
+		{100, 8, 50, 1, true},
+		{50, 2, 100, 1, true}, // a double-weight second: o1 >= o2+1
+		{50, 2, 100, 2, false},
+		{50, 9, 100, 8, true},
+		{1e308, 3, 1e308, 0, true},
+		{1e308, 3, 1e308, 1, false},
+		{math.MaxFloat64, 4, math.MaxFloat64, 1, true},
+		{5e-324, 2, 1e308, 5, true},          // w2/w1 overflows: the second is far bigger
+		{1e308, 1 << 40, 5e-324, 0, false},   // w2/w1 is 0
+		{0, 2, 100, 5, true},                 // a drained first moves to any weighted second
+		{100, 1 << 40, 0, 0, false},          // a drained second: never
+		{0, 5, 0, 0, false},                  // nor between drained ones (all drained: round robin)
+		{100, 1 << 40, math.NaN(), 0, false}, // NaN counts as 0
+		{100, 1 << 40, -1, 0, false},
+	} {
+		f := newLoadFleet(loadEnd{0, c.w1, 1}, loadEnd{0, c.w2, 1})
+		f.set(c.o1, c.o2)
+		k := uint64(1)
+		for f.p.all.index(k) != 0 {
+			k++
+		}
+		got := f.p.all.choose(k, f.p.clock)
+		if want := btoi(c.moveTo); got != want {
+			t.Errorf("w1 %v o1 %d, w2 %v o2 %d: picked endpoint %d, want %d", c.w1, c.o1, c.w2, c.o2, got, want)
+		}
+	}
+}
+
+// TestColorSplitExactUnderRandomLoad: whatever every endpoint holds (0 to 60 requests,
+// changing every few picks, some failed recently), the color split of any Fibonacci window
+// of picks is its share ±2, at every blue percent, as without load-aware picking.
+func TestColorSplitExactUnderRandomLoad(t *testing.T) {
+	bases := []float64{100, 50, 200, 100, 300, 100, 25, 100}
+	colors := []int{1, 1, 0, 1, 1, 0, 1, 0}
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, pct := range []float64{1, 10, 50, 99} {
+		bw, gw := splitWeights(pct)
+		var ends []loadEnd
+		blueTotal, total := 0.0, 0.0
+		for i, b := range bases {
+			w := [2]float64{bw, gw}[colors[i]] * b / 100
+			ends = append(ends, loadEnd{colors[i], b, w})
+			total += w
+			if colors[i] == 0 {
+				blueTotal += w
+			}
+		}
+		f := newLoadFleet(ends...)
+		for _, k0 := range []uint64{0, 12345, 1 << 63, math.MaxUint64 - 5000} {
+			f.p.next.Store(k0)
+			const n = 10_946
+			blue, moved := 0, 0
+			for i := range n {
+				if i%7 == 0 {
+					for j, l := range f.loads {
+						l.outstanding.Store(int64(rng.IntN(61)))
+						l.failedAt.Store(0)
+						if rng.IntN(4) == 0 {
+							f.fail(j, status.Error(codes.Unavailable, "down"))
+						}
+					}
+				}
+				k := f.p.next.Load() + 1
+				got := f.pick(t, context.Background())
+				if got != f.p.all.index(k) {
+					moved++
+				}
+				if f.ends[got].color == 0 {
+					blue++
+				}
+			}
+			if moved < n/10 {
+				t.Fatalf("blue %v%%: only %d of %d picks moved: the test does not exercise the second candidate", pct, moved, n)
+			}
+			checkShareInternal(t, fmt.Sprintf("blue %v%%, picks from %d: blue", pct, k0), blue, n, blueTotal/total)
+		}
+	}
+}
+
+func checkShareInternal(t *testing.T, what string, got, n int, share float64) {
+	t.Helper()
+	if want := float64(n) * share; math.Abs(float64(got)-want) >= 2 {
+		t.Errorf("%s: %d of %d, want %.2f ±2 (share %.4f)", what, got, n, want, share)
+	}
+}
+
+// loadTestName is switchyard_weighted built so the test can read its endpoints' loads.
+const loadTestName = "switchyard_weighted_loadtest"
+
+var loadTestBalancers sync.Map // target → *wBalancer
+
+type loadTestBuilder struct{}
+
+func (loadTestBuilder) Name() string { return loadTestName }
+
+func (loadTestBuilder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
+	b := newBalancer(cc, opts, clockwork.NewRealClock(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	loadTestBalancers.Store(opts.Target.String(), b)
+	return b
+}
+
+func init() { balancer.Register(loadTestBuilder{}) }
+
+// loads returns every endpoint's requests outstanding and last failure, by instance id, and
+// how many are READY.
+func (b *wBalancer) loads() (out map[string]int64, failed map[string]bool, ready int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out, failed = map[string]int64{}, map[string]bool{}
+	for _, e := range b.list {
+		out[e.info.ID] = e.load.outstanding.Load()
+		failed[e.info.ID] = e.load.failedAt.Load() != 0
+		if e.state.ConnectivityState == connectivity.Ready {
+			ready++
+		}
+	}
+	return out, failed, ready
+}
+
+// TestDoneBalancesOutstanding: over real gRPC, every call's Done takes off what its Pick
+// added: after calls that succeed, fail with a sick code, are cut by a server that stops,
+// find it stopped, and streams, every endpoint holds 0 requests. While calls are held on a
+// server, its endpoint counts at least those.
+func TestDoneBalancesOutstanding(t *testing.T) {
+	var hold atomic.Bool
+	var held atomic.Int32
+	holdOn := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if hold.Load() {
+			held.Add(1)
+			<-ctx.Done() // the server's Stop cuts it
+			return nil, ctx.Err()
+		}
+		return h(ctx, req)
+	}
+	sickOn := func(context.Context, any, *grpc.UnaryServerInfo, grpc.UnaryHandler) (any, error) {
+		return nil, status.Error(codes.Unavailable, "sick")
+	}
+	okAddr, _ := testutil.ServeGreeter(t, "ok")
+	sickAddr, _ := testutil.ServeGreeter(t, "sick", grpc.UnaryInterceptor(sickOn))
+	holdAddr, holdSrv := testutil.ServeGreeter(t, "held", grpc.UnaryInterceptor(holdOn))
+	var eps []resolver.Endpoint
+	for id, addr := range map[string]string{"ok": okAddr, "sick": sickAddr, "held": holdAddr} {
+		eps = append(eps, SetEndpointInfo(resolver.Endpoint{Addresses: []resolver.Address{{Addr: addr}}},
+			EndpointInfo{ID: id, Weight: 100, TrafficWeight: 100}))
+	}
+	r := manual.NewBuilderWithScheme("loadtest")
+	r.InitialState(resolver.State{Endpoints: eps})
+	cc := testutil.Dial(t, "loadtest:///greeter", grpc.WithResolvers(r),
+		grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, loadTestName)))
+	cc.Connect()
+	client := greeterpb.NewGreeterClient(cc)
+	var b *wBalancer
+	testutil.Eventually(t, "three READY endpoints", func() bool {
+		v, ok := loadTestBalancers.Load("loadtest:///greeter")
+		if !ok {
+			return false
+		}
+		b = v.(*wBalancer)
+		_, _, ready := b.loads()
+		return ready == 3
+	})
+	t.Cleanup(func() { loadTestBalancers.Delete("loadtest:///greeter") })
+
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), testutil.Deadline)
+		defer cancel()
+		_, err := client.SayHello(ctx, &greeterpb.HelloRequest{})
+		return err
+	}
+	// Calls from 8 callers: the sick endpoint's fail.
+	var wg sync.WaitGroup
+	var failures atomic.Int32
+	for range 8 {
+		wg.Go(func() {
+			for range 50 {
+				if call() != nil {
+					failures.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if failures.Load() == 0 {
+		t.Fatal("no call failed: the sick endpoint got none")
+	}
+	// Streams: open, count, then read to the end.
+	var streams []grpc.ServerStreamingClient[greeterpb.HelloReply]
+	for range 6 {
+		s, err := client.SayHellos(context.Background(), &greeterpb.HelloRequest{Count: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, s)
+	}
+	if out, _, _ := b.loads(); out["ok"]+out["sick"]+out["held"] != 6 {
+		t.Errorf("6 streams open: outstanding %v, want 6 in all", out)
+	}
+	for _, s := range streams {
+		for {
+			if _, err := s.Recv(); err != nil {
+				if err != io.EOF {
+					t.Fatalf("stream: %v", err)
+				}
+				break
+			}
+		}
+	}
+	// Calls held on one server, then cut by its Stop; more calls meanwhile and after.
+	hold.Store(true)
+	stop := make(chan struct{})
+	for range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					if i > 20 {
+						return
+					}
+				default:
+				}
+				_ = call()
+			}
+		})
+	}
+	testutil.Eventually(t, "calls held on the held server", func() bool { return held.Load() >= 2 })
+	// A call is picked before it reaches the handler: the count is at least what is held.
+	h := held.Load()
+	if out, _, _ := b.loads(); out["held"] < int64(h) {
+		t.Errorf("%d calls in the held server's handler, its endpoint counts %d outstanding", h, out["held"])
+	}
+	holdSrv.Stop()
+	close(stop)
+	wg.Wait()
+
+	testutil.Eventually(t, "no request outstanding on any endpoint", func() bool {
+		out, _, _ := b.loads()
+		return out["ok"] == 0 && out["sick"] == 0 && out["held"] == 0
+	})
+	out, failed, _ := b.loads()
+	if !failed["sick"] || !failed["held"] || failed["ok"] {
+		t.Errorf("failures noted %v (outstanding %v), want sick and held", failed, out)
+	}
+}
+
+// BenchmarkSplitAccuracyUnderLoad is BenchmarkSplitAccuracy with the second candidate at
+// work: two blue and two green servers, one of each color answering 10× slower (2 ms
+// against 0.2 ms), 16 callers, so the fast ones hold fewer calls and take picks from the
+// slow ones. It reports blue's share of the calls (blue-%), its distance from the percent
+// (error-pp), and the share of each color's calls its slow server got (slow-blue-%,
+// slow-green-%; 50 without load-aware picking):
+//
+//	go test -run '^$' -bench SplitAccuracyUnderLoad -benchtime 50000x ./balancer/
+func BenchmarkSplitAccuracyUnderLoad(b *testing.B) {
+	delay := func(d time.Duration) grpc.ServerOption {
+		return grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			time.Sleep(d)
+			return h(ctx, req)
+		})
+	}
+	servers := []struct {
+		id    string
+		color deploy.Color
+		d     time.Duration
+	}{
+		{"blue-fast", deploy.Blue, 200 * time.Microsecond}, {"blue-slow", deploy.Blue, 2 * time.Millisecond},
+		{"green-fast", deploy.Green, 200 * time.Microsecond}, {"green-slow", deploy.Green, 2 * time.Millisecond},
+	}
+	addrs := map[string]string{}
+	for _, s := range servers {
+		addrs[s.id], _ = testutil.ServeGreeter(b, s.id, delay(s.d))
+	}
+	for _, pct := range []float64{1, 10, 50} {
+		bw, gw := splitWeights(pct)
+		var eps []resolver.Endpoint
+		for _, s := range servers {
+			tw := bw
+			if s.color == deploy.Green {
+				tw = gw
+			}
+			eps = append(eps, SetEndpointInfo(resolver.Endpoint{Addresses: []resolver.Address{{Addr: addrs[s.id]}}},
+				EndpointInfo{ID: s.id, Color: s.color, Channel: "trade", Weight: 100, TrafficWeight: tw}))
+		}
+		r := manual.NewBuilderWithScheme("splitload")
+		r.InitialState(resolver.State{Endpoints: eps})
+		cc := testutil.Dial(b, "splitload:///greeter", grpc.WithResolvers(r),
+			grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, Name)))
+		client := greeterpb.NewGreeterClient(cc)
+		seen := map[string]bool{}
+		for len(seen) < len(servers) { // every endpoint READY
+			resp, err := client.SayHello(context.Background(), &greeterpb.HelloRequest{}, grpc.WaitForReady(true))
+			if err != nil {
+				b.Fatal(err)
+			}
+			seen[resp.GetInstance()] = true
+		}
+		b.Run(fmt.Sprintf("blue=%v%%", pct), func(b *testing.B) {
+			var mu sync.Mutex
+			count := map[string]int{}
+			b.SetParallelism(8) // 8 × GOMAXPROCS callers
+			b.RunParallel(func(pb *testing.PB) {
+				mine := map[string]int{}
+				for pb.Next() {
+					resp, err := client.SayHello(context.Background(), &greeterpb.HelloRequest{})
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					mine[resp.GetInstance()]++
+				}
+				mu.Lock()
+				for id, n := range mine {
+					count[id] += n
+				}
+				mu.Unlock()
+			})
+			n := 0
+			for _, c := range count {
+				n += c
+			}
+			blue := count["blue-fast"] + count["blue-slow"]
+			share := 100 * float64(blue) / float64(n)
+			b.ReportMetric(share, "blue-%")
+			b.ReportMetric(math.Abs(share-pct), "error-pp")
+			if blue > 0 {
+				b.ReportMetric(100*float64(count["blue-slow"])/float64(blue), "slow-blue-%")
+			}
+			if green := n - blue; green > 0 {
+				b.ReportMetric(100*float64(count["green-slow"])/float64(green), "slow-green-%")
+			}
+		})
+		_ = cc.Close()
+	}
+}
