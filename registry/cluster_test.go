@@ -129,13 +129,16 @@ func TestLeaderKilledLosesNoCallsAndNoKey(t *testing.T) {
 
 	for k, lease := range f.noDeletes(t) {
 		f.rn.since(t, lease, elected)
+		t.Logf("%s's lease renewed %v after the election", fleetIDs[k], time.Since(elected).Round(time.Millisecond))
 		if _, ok := f.logs[k].first(registry.StateLost, killed); ok {
 			t.Errorf("%s's registration was lost in the leader change", fleetIDs[k])
 		}
 	}
 	cl.waitCalls(t, cl.counts(), 20, fleetIDs...)
 	cl.halt()
-	if fl := cl.failed(); len(fl) != 0 {
+	fl := cl.failed()
+	t.Logf("%d calls, %d failed", len(fl)+sum(cl.counts()), len(fl))
+	if len(fl) != 0 {
 		t.Fatalf("%d of %d calls failed, first: %v", len(fl), len(fl)+sum(cl.counts()), fl[0])
 	}
 	if size, n := f.sizes.smallest(); size < len(fleetIDs) {
@@ -200,7 +203,9 @@ func TestQuorumLostLongerThanTheTTLLosesNoCalls(t *testing.T) {
 	}
 	cl.waitCalls(t, cl.counts(), 20, fleetIDs...)
 	cl.halt()
-	if fl := cl.failed(); len(fl) != 0 {
+	fl := cl.failed()
+	t.Logf("%d calls, %d failed", len(fl)+sum(cl.counts()), len(fl))
+	if len(fl) != 0 {
 		t.Fatalf("%d of %d calls failed, first: %v", len(fl), len(fl)+sum(cl.counts()), fl[0])
 	}
 	if size, n := f.sizes.smallest(); size < len(fleetIDs) {

@@ -74,15 +74,16 @@ func NewCluster(n int) (*Cluster, error) {
 			dataDir: filepath.Join(dir, "m"+strconv.Itoa(i)),
 			clients: url.URL{Scheme: "unix", Path: filepath.Join(dir, "c"+strconv.Itoa(i)+".sock")},
 		}
-		c.members = append(c.members, m) // before an error, so that Close closes its proxies
 		var err error
 		if m.proxy, err = newProxy("unix", m.clients.Path); err != nil {
 			return fail(err)
 		}
 		if m.peers, err = newProxy("tcp", ""); err != nil {
+			m.proxy.close()
 			return fail(err)
 		}
 		m.peers.setUp(false) // until the member listens
+		c.members = append(c.members, m)
 		peer := m.peerURL()
 		initial = append(initial, m.name+"="+peer.String())
 	}
@@ -262,8 +263,8 @@ func (c *Cluster) WaitLeader(t testing.TB) int {
 }
 
 // Stop stops member i abruptly, as a crash: its client connections are cut at once (through
-// its proxy), its raft node stops without handing its leadership over, then the member closes;
-// its data stays. Stop of a stopped member is a no-op.
+// its proxy), its raft node stops without handing its leadership over, its peer connections
+// are cut, then the member closes; its data stays. Stop of a stopped member is a no-op.
 func (c *Cluster) Stop(i int) {
 	m := c.members[i]
 	m.proxy.setUp(false)
