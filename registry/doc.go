@@ -164,9 +164,20 @@
 //		DialKeepAliveTimeout: 3 * time.Second,  // …and give up on a member that does not answer
 //	})
 //
+// AutoSyncInterval replaces the endpoints with each member's advertised client URLs
+// (--advertise-client-urls). Set it only if those addresses reach the members from where the
+// service runs; behind a load balancer, a port-forward or NAT, leave it 0 and list the
+// endpoints yourself.
+//
 // Keep the instance TTL (registry.Config.TTL, lifecycle.Config.TTL; default 10 s) well above
 // an election (etcd's default election timeout is 1 s): a leader change then never costs a
-// registration.
+// registration (TestLeaderKilledLosesNoCallsAndNoKey, against a 3-member cluster: 0 failed
+// calls, no key deleted, a new leader within 40–130 ms). A quorum loss longer than the TTL
+// loses the registrations on the instances' side (etcd's client gives up on the lease), but
+// etcd keeps the records, since leases are extended when a leader takes over: consumers see no
+// change, and every instance is registered again within tens of milliseconds of the quorum's
+// return (TestQuorumLostLongerThanTheTTLLosesNoCalls: 5–50 ms, also after an 8 s loss with a
+// 1 s TTL).
 //
 // # Locking
 //
