@@ -489,7 +489,7 @@ func (b *wBalancer) sendLocked() {
 		b.cc.UpdateState(b.notReadyLocked(nConnecting, nIdle, nFailed))
 		return
 	}
-	p := &picker{next: b.next, clock: b.loadClock, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
+	p := &picker{next: b.next, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
 	// Undecided requests go to the live endpoints, or to the marked ones if that is all
 	// there is (they still serve). A sticky request's color set is its color's live
 	// endpoints, or, if it has none, its marked ones: they serve what reaches them, and

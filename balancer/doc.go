@@ -52,10 +52,13 @@
 //	o1 × w2 >= 2 × (o2 + 1) × w1        (equal weights: o1 >= 2·o2 + 2)
 //
 // with o the calls each holds and w their base weights (EndpointInfo.Weight, not warmup nor
-// traffic weight), the second's base weight is above 0, and no call to it ended with a code
-// of a sick server (UNAVAILABLE, INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED,
-// DATA_LOSS) within the last second. Codes of a wrong request (NOT_FOUND, INVALID_ARGUMENT,
-// FAILED_PRECONDITION, CANCELED, …) do not count. Whatever excludes an endpoint from a pick
+// traffic weight), the second's base weight is above 0, and it is not marked as failing: a
+// call to it that ends with a code of a sick server (UNAVAILABLE, INTERNAL, UNKNOWN,
+// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, DATA_LOSS) marks it, and the first of its calls to
+// end a second or more after its last such failure clears the mark (it keeps its weighted
+// share of first candidates meanwhile, so its calls go on ending). Codes of a wrong request
+// (NOT_FOUND, INVALID_ARGUMENT, FAILED_PRECONDITION, CANCELED, …) do not count. The clock is
+// read in the Done callback of a failed call or of a marked endpoint, never in Pick. Whatever excludes an endpoint from a pick
 // (not READY, marked offline, degraded for a sticky request) excludes it as a second too: the
 // second is drawn from the same set.
 //
@@ -76,6 +79,8 @@
 //     calls, and so does not win the comparison.
 //   - A drained (weight 0) endpoint never gains a pick, and one that fails fast (it holds
 //     few calls because it fails them) is not taken as a second for a second after.
+//   - Exact counts and no clock in the rule: a loaded machine sees the same rule; only the
+//     counts it sees differ, as the calls do.
 //
 // What it changes: among the endpoints of one color, concurrent calls go by what each
 // endpoint can take rather than exactly by weight. Between two identical loopback servers
@@ -147,11 +152,11 @@
 // endpoints are in a channel, a guide-table lookup whose cost does not grow with the
 // endpoints (a binary search over the cumulative weights grows with their logarithm), an
 // atomic load of the candidate's calls held, and atomic adds to count the pick
-// (switchyard.balancer.picks) and the call held. When the candidate holds 2 or more calls,
-// a second draw and two more atomic loads; a clock read only if the second failed within
-// the last second. BenchmarkPick at 10 to 10,000 endpoints: 21 to 25 ns undecided and 24 to
-// 28 ns sticky (15 to 21 and 18 to 22 ns before load-aware picking); with a loaded first
-// candidate 23 to 43 ns; with every second candidate failed just before, 36 to 54 ns.
+// (switchyard.balancer.picks) and the call held; when the candidate holds 2 or more calls,
+// a second draw and two more atomic loads. No clock. BenchmarkPick at 10 to 10,000
+// endpoints: 20 to 25 ns undecided and 23 to 28 ns sticky (15 to 21 and 18 to 22 ns before
+// load-aware picking: the atomic add of the call held is most of the difference), 22 to 42 ns
+// when every first candidate is loaded (a memory-bound 2× at 10,000 endpoints).
 // The baggage lookup remembers, per connection, the decision of the last 64 or so baggages
 // it saw (by identity: otel never changes a baggage once built), so a request carrying one
 // already seen costs no member lookup and no parsing. traffic's interceptors give most

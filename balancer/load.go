@@ -20,15 +20,24 @@ import (
 type endpointLoad struct {
 	outstanding atomic.Int64
 	// failedAt is when the last call failed with a code of a sick server (sickCode), on
-	// loadClock; 0: never.
+	// loadClock; 0: no such failure, or the last was failureMemory ago or more when a later
+	// call ended. Not 0: the endpoint is no second candidate.
 	failedAt atomic.Int64
 }
 
-// done counts a call out and notes the time when it failed with a code of a sick server.
+// done counts a call out. A call failing with a code of a sick server marks the endpoint
+// (failedAt); a call ending at least failureMemory after the mark clears it. So the clock is
+// read when a call fails and when a call of a marked endpoint ends, never in Pick. (A marked
+// endpoint keeps its weighted share of first candidates, so its calls go on ending; the
+// mark lasts until the first to end after failureMemory.)
 func (l *endpointLoad) done(err error, clock *loadClock) {
 	l.outstanding.Add(-1)
 	if err != nil && sickCode(status.Code(err)) {
 		l.failedAt.Store(clock.now())
+		return
+	}
+	if f := l.failedAt.Load(); f != 0 && clock.now()-f >= int64(failureMemory) {
+		l.failedAt.CompareAndSwap(f, 0) // not if it failed again meanwhile
 	}
 }
 
@@ -45,12 +54,11 @@ func sickCode(c codes.Code) bool {
 }
 
 // failureMemory is how long after a sick failure an endpoint is not taken as a second
-// candidate.
+// candidate (at least: until a call of it ends after that).
 const failureMemory = time.Second
 
 // loadClock reads the balancer's clock for failure times, as nanoseconds since the balancer
-// was built (monotonic with the real clock), never 0. Read only when a call fails and when a
-// second candidate that has failed before is compared.
+// was built (monotonic with the real clock), never 0. Read in Done only (endpointLoad.done).
 type loadClock struct {
 	clock clockwork.Clock
 	epoch time.Time
@@ -81,7 +89,8 @@ const secondMul = 0xC13FA9A902A6328F
 // endpoint never gains a pick) and no sick failure within failureMemory (an endpoint
 // failing fast holds few calls). Being in the set already means it is READY, not marked
 // offline (unless all are) and, in a sticky set, not degraded, like any pick of the set.
-func (s *weightedSet) choose(k uint64, clock *loadClock) int {
+// No lock, no clock, no allocation: a few atomic loads.
+func (s *weightedSet) choose(k uint64) int {
 	i := s.index(k)
 	a := &s.ends[i]
 	if a.load == nil || a.hi-a.lo < 2 {
@@ -111,12 +120,8 @@ func (s *weightedSet) choose(k uint64, clock *loadClock) int {
 	if float64(o1)*b.base < float64(2*(o2+1))*a.base {
 		return i
 	}
-	if f := b.load.failedAt.Load(); f != 0 {
-		if clock.now()-f < int64(failureMemory) {
-			return i
-		}
-		// Long enough ago: forget it, so later picks read no clock for it.
-		b.load.failedAt.CompareAndSwap(f, 0)
+	if b.load.failedAt.Load() != 0 {
+		return i
 	}
 	return j
 }
@@ -139,20 +144,32 @@ func (s *weightedSet) scaleBases() {
 	}
 }
 
-// groupEnds builds the color groups of the set: group lists the endpoints' indices by
-// group (blue, green, colorless; each in the set's order), and each end gets its group's
-// range [lo, hi) in it and its own position. The color of an end is in pos until then
-// (add). A set of one group needs no list: its range is the whole set.
+// groupEnds builds the color groups of the set: each end gets its group's range [lo, hi) and
+// its own position there. The color of an end is in pos until then (add). When each group's
+// ends are contiguous (the balancer adds the undecided set's endpoints color by color; a
+// sticky set is one color), the range is their run in the set and group stays nil;
+// otherwise group lists the ends' indices by group (blue, green, colorless; each in the
+// set's order) and the ranges are in it.
 func (s *weightedSet) groupEnds() {
-	var count [3]int32
-	for i := range s.ends {
-		count[s.ends[i].pos]++
-	}
 	n := int32(len(s.ends))
-	if count[0] == n || count[1] == n || count[2] == n {
-		for i := range s.ends {
-			e := &s.ends[i]
-			e.lo, e.hi, e.pos = 0, n, int32(i)
+	var count [3]int32
+	runs := 0
+	for i := range s.ends {
+		g := s.ends[i].pos
+		count[g]++
+		if i == 0 || s.ends[i-1].pos != g {
+			runs++
+		}
+	}
+	groups := btoi(count[0] > 0) + btoi(count[1] > 0) + btoi(count[2] > 0)
+	if runs == groups { // contiguous
+		for lo := int32(0); lo < n; {
+			hi := lo + count[s.ends[lo].pos]
+			for i := lo; i < hi; i++ {
+				e := &s.ends[i]
+				e.lo, e.hi, e.pos = lo, hi, i
+			}
+			lo = hi
 		}
 		return
 	}

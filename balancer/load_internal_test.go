@@ -54,7 +54,7 @@ type loadFleet struct {
 func newLoadFleet(ends ...loadEnd) *loadFleet {
 	f := &loadFleet{ends: ends, clock: clockwork.NewFakeClock()}
 	lc := newLoadClock(f.clock)
-	f.p = &picker{next: new(atomic.Uint64), clock: lc, channel: "trade", decisions: sticky.NewCache("trade"),
+	f.p = &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"),
 		fallbacks: noop.Int64Counter{}, refusals: noop.Int64Counter{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for i, e := range ends {
 		l := new(endpointLoad)
@@ -100,8 +100,8 @@ func (f *loadFleet) pick(t *testing.T, ctx context.Context) int {
 	return i
 }
 
-// fail ends a call to endpoint i with err, as gRPC does.
-func (f *loadFleet) fail(i int, err error) {
+// end ends a call to endpoint i with err (nil: it succeeded), as gRPC does.
+func (f *loadFleet) end(i int, err error) {
 	f.loads[i].outstanding.Add(1)
 	f.done[i](balancer.DoneInfo{Err: err})
 }
@@ -112,7 +112,7 @@ func (f *loadFleet) moveCount(t *testing.T, k0 uint64, n int) int {
 	t.Helper()
 	moved := 0
 	for k := k0 + 1; k <= k0+uint64(n); k++ {
-		first, got := f.p.all.index(k), f.p.all.choose(k, f.p.clock)
+		first, got := f.p.all.index(k), f.p.all.choose(k)
 		if got != first {
 			moved++
 			if f.ends[got].color != f.ends[first].color {
@@ -199,7 +199,7 @@ func TestLoadedFirstMovesToAnIdleSecondOfItsColor(t *testing.T) {
 	const n = 10_946
 	var loadedFirst, moved, blue int
 	for k := uint64(1); k <= n; k++ {
-		first, got := f.p.all.index(k), f.p.all.choose(k, f.p.clock)
+		first, got := f.p.all.index(k), f.p.all.choose(k)
 		if first%4 != 3 {
 			loadedFirst++
 		}
@@ -234,7 +234,7 @@ func TestSecondNeverCrossesColors(t *testing.T) {
 	}
 	count := make([]int, len(f.ends))
 	for k := uint64(1); k <= n; k++ {
-		count[f.p.all.choose(k, f.p.clock)]++
+		count[f.p.all.choose(k)]++
 	}
 	total := 3*bw + 3*gw + 200
 	checkShareInternal(t, "blue picks", count[0]+count[1]+count[2], n, 3*bw/total)
@@ -273,8 +273,8 @@ func TestSecondNeverDrained(t *testing.T) {
 }
 
 // TestSecondNeverFailedRecently: a call ending with a code of a sick server keeps its
-// endpoint from being a second candidate for a second of the balancer's clock; a code of a
-// wrong request does not.
+// endpoint from being a second candidate until a call of it ends a second or more after that
+// failure (on the balancer's clock); a code of a wrong request does not.
 func TestSecondNeverFailedRecently(t *testing.T) {
 	for _, c := range []struct {
 		code codes.Code
@@ -291,7 +291,7 @@ func TestSecondNeverFailedRecently(t *testing.T) {
 		if moved := f.moveCount(t, 0, n); moved < n/3 {
 			t.Fatalf("%v: %d of %d picks moved from a loaded endpoint to an idle one; want about half", c.code, moved, n)
 		}
-		f.fail(1, status.Error(c.code, "failed"))
+		f.end(1, status.Error(c.code, "failed"))
 		moved := f.moveCount(t, 0, n)
 		if !c.sick {
 			if moved == 0 {
@@ -303,26 +303,45 @@ func TestSecondNeverFailedRecently(t *testing.T) {
 			t.Errorf("%v: %d picks moved to the endpoint just after it failed", c.code, moved)
 		}
 		f.clock.Advance(failureMemory - time.Millisecond)
+		f.end(1, nil)
 		if moved := f.moveCount(t, 0, n); moved != 0 {
-			t.Errorf("%v: %d picks moved to the endpoint %v after it failed", c.code, moved, failureMemory-time.Millisecond)
+			t.Errorf("%v: %d picks moved to the endpoint after a call of it ended %v after it failed", c.code, moved, failureMemory-time.Millisecond)
 		}
 		f.clock.Advance(time.Millisecond)
-		if moved := f.moveCount(t, 0, n); moved == 0 {
-			t.Errorf("%v: no pick moves to the endpoint %v after it failed", c.code, failureMemory)
+		if moved := f.moveCount(t, 0, n); moved != 0 {
+			t.Errorf("%v: %d picks moved to the endpoint %v after it failed, before a call of it ended", c.code, moved, failureMemory)
 		}
-		if at := f.loads[1].failedAt.Load(); at != 0 {
-			t.Errorf("%v: the failure is still noted %v after it (picks read the clock for it)", c.code, failureMemory)
+		f.end(1, nil)
+		if moved := f.moveCount(t, 0, n); moved == 0 {
+			t.Errorf("%v: no pick moves to the endpoint after a call of it ended %v after it failed", c.code, failureMemory)
 		}
 	}
-	// A wrapped status counts by its code; an error of no status is Unknown.
+	// A failure again within the second: the mark lasts a second from the last one.
 	f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
 	f.set(5, 0)
-	f.fail(1, fmt.Errorf("wrapped: %w", status.Error(codes.Unavailable, "down")))
+	f.end(1, status.Error(codes.Unavailable, "down"))
+	f.clock.Advance(900 * time.Millisecond)
+	f.end(1, status.Error(codes.Unavailable, "down"))
+	f.clock.Advance(100 * time.Millisecond)
+	f.end(1, nil)
+	if moved := f.moveCount(t, 0, 100); moved != 0 {
+		t.Errorf("failed again 0.9 s after: %d picks moved to the endpoint 0.1 s after that", moved)
+	}
+	f.clock.Advance(900 * time.Millisecond)
+	f.end(1, nil)
+	if moved := f.moveCount(t, 0, 100); moved == 0 {
+		t.Errorf("no pick moves to the endpoint after a call of it ended a second after its last failure")
+	}
+	// A wrapped status counts by its code; an error of no status is Unknown.
+	f = newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
+	f.set(5, 0)
+	f.end(1, fmt.Errorf("wrapped: %w", status.Error(codes.Unavailable, "down")))
 	if moved := f.moveCount(t, 0, 100); moved != 0 {
 		t.Errorf("wrapped Unavailable: %d picks moved to the endpoint just after it failed", moved)
 	}
 	f.clock.Advance(failureMemory)
-	f.fail(1, errors.New("no status"))
+	f.end(1, nil)
+	f.end(1, errors.New("no status"))
 	if moved := f.moveCount(t, 0, 100); moved != 0 {
 		t.Errorf("an error without a status: %d picks moved to the endpoint just after it failed", moved)
 	}
@@ -371,7 +390,7 @@ func TestLoadComparedPerBaseWeight(t *testing.T) {
 		for f.p.all.index(k) != 0 {
 			k++
 		}
-		got := f.p.all.choose(k, f.p.clock)
+		got := f.p.all.choose(k)
 		if want := btoi(c.moveTo); got != want {
 			t.Errorf("w1 %v o1 %d, w2 %v o2 %d: picked endpoint %d, want %d", c.w1, c.o1, c.w2, c.o2, got, want)
 		}
@@ -408,14 +427,17 @@ func TestColorSplitExactUnderRandomLoad(t *testing.T) {
 						l.outstanding.Store(int64(rng.IntN(61)))
 						l.failedAt.Store(0)
 						if rng.IntN(4) == 0 {
-							f.fail(j, status.Error(codes.Unavailable, "down"))
+							f.end(j, status.Error(codes.Unavailable, "down"))
 						}
 					}
 				}
 				k := f.p.next.Load() + 1
-				got := f.pick(t, context.Background())
-				if got != f.p.all.index(k) {
+				got, first := f.pick(t, context.Background()), f.p.all.index(k)
+				if got != first {
 					moved++
+					if f.ends[got].color != f.ends[first].color {
+						t.Fatalf("blue %v%%: pick %d moved from endpoint %d to %d, of another color", pct, k, first, got)
+					}
 				}
 				if f.ends[got].color == 0 {
 					blue++
@@ -425,6 +447,45 @@ func TestColorSplitExactUnderRandomLoad(t *testing.T) {
 				t.Fatalf("blue %v%%: only %d of %d picks moved: the test does not exercise the second candidate", pct, moved, n)
 			}
 			checkShareInternal(t, fmt.Sprintf("blue %v%%, picks from %d: blue", pct, k0), blue, n, blueTotal/total)
+		}
+	}
+}
+
+// TestGroupEnds: every end's range holds exactly the ends of its color, and its position
+// there is its own, whether the colors come in runs (no index needed) or interleaved.
+func TestGroupEnds(t *testing.T) {
+	for _, colors := range [][]int{
+		{0}, {1, 1, 1}, {-1, -1}, {0, 0, 1, 1, 1, -1}, {1, -1, -1, 0}, // runs
+		{0, 1, 0}, {1, 0, 1, 0, -1, 1}, {-1, 0, -1}, // interleaved
+	} {
+		var s weightedSet
+		for _, c := range colors {
+			s.addLoaded(fixedPicker{}, pickEnd{}, c, 1)
+		}
+		s.finish()
+		at := func(pos int32) int {
+			if s.group == nil {
+				return int(pos)
+			}
+			return int(s.group[pos])
+		}
+		for i, e := range s.ends {
+			if got := at(e.pos); got != i {
+				t.Errorf("colors %v: end %d's position maps to end %d", colors, i, got)
+			}
+			var inRange []int
+			for pos := e.lo; pos < e.hi; pos++ {
+				inRange = append(inRange, at(pos))
+			}
+			var want []int
+			for j, c := range colors {
+				if c == colors[i] {
+					want = append(want, j)
+				}
+			}
+			if fmt.Sprint(inRange) != fmt.Sprint(want) {
+				t.Errorf("colors %v: end %d's group holds %v, want %v", colors, i, inRange, want)
+			}
 		}
 	}
 }

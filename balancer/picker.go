@@ -177,7 +177,6 @@ type picker struct {
 	// Shared by the pickers of one balancer while the channel stays the same.
 	decisions *sticky.Cache
 	next      *atomic.Uint64 // shared across pickers of one balancer
-	clock     *loadClock     // the balancer's, for failure times (choose)
 
 	fallbacks metric.Int64Counter
 	refusals  metric.Int64Counter
@@ -259,7 +258,7 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if set == &p.all && p.waitWeighted {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
-	i := set.choose(p.next.Add(1), p.clock)
+	i := set.choose(p.next.Add(1))
 	res, err := set.pickers[i].Pick(info)
 	if err != nil {
 		return res, err

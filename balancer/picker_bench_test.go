@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/jonboulle/clockwork"
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc/balancer"
@@ -39,10 +38,9 @@ const (
 // endpoint's requests outstanding are counted. With load idle they start far below 0; with
 // loaded at load × 1, 3 or 9, so that about a third of the picks move to their second
 // candidate. failed: every endpoint failed within the last second, so each second candidate
-// reads the clock and is refused.
+// is refused.
 func benchPicker(n int, load int64, failed bool) *picker {
-	clock := newLoadClock(clockwork.NewRealClock())
-	p := &picker{next: new(atomic.Uint64), clock: clock, channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
+	p := &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"), fallbacks: noop.Int64Counter{},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	done := func(balancer.DoneInfo) {}
 	cells := [2]*pickCell{{color: deploy.Blue}, {color: deploy.Green}}
@@ -50,8 +48,8 @@ func benchPicker(n int, load int64, failed bool) *picker {
 		w := float64(1 + i%7)
 		l := new(endpointLoad)
 		l.outstanding.Store(load * int64(btoi(load < 0)+btoi(load > 0)*[3]int{1, 3, 9}[i%3]))
-		if failed { // "failed" far ahead: always within the last second, whatever b.N
-			l.failedAt.Store(clock.now() + 1<<62)
+		if failed {
+			l.failedAt.Store(1)
 		}
 		end := pickEnd{done: done, cell: cells[i%2], load: l, base: w}
 		p.all.addLoaded(fixedPicker{}, end, i%2, w)
@@ -69,7 +67,7 @@ func benchPicker(n int, load int64, failed bool) *picker {
 // the decision cache misses). The endpoints are idle (fewer than 2 requests outstanding:
 // one candidate) except in the -loaded cases, where every pick draws and compares a second
 // candidate (about a third move), and -loaded-failed, where every second candidate failed
-// just now (a clock read, and it is refused).
+// just now (and is refused).
 func BenchmarkPick(b *testing.B) {
 	decided := func() context.Context {
 		m, _ := baggage.NewMemberRaw(deploy.BaggageKey, "trade=green")
