@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/deploy"
-	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
 // Errors the controller returns; branch with errors.Is.
@@ -32,12 +32,20 @@ var (
 // Controller writes rules: what the operator CLI and release tooling call. Every write is
 // validated first and is a compare-and-swap against the revision of the read it was decided
 // on, covering every rule, so two operators never overwrite each other silently.
+//
+// A call takes at most ctx's time, or RequestTimeout when ctx has no deadline. Each etcd
+// request in it is an attempt of 500 ms, doubling up to RequestTimeout, and one that etcd
+// does not answer is made again; a write carries a write id (Rule.Op), so one whose answer
+// was lost reports done when it finds it was applied, and an *OtherWriteError when another
+// write changed the rule instead (package doc, "Controller calls and etcd"). Safe for
+// concurrent use.
 type Controller struct {
 	cfg Config
 	now func() time.Time
 }
 
-// NewController returns a Controller. It only needs Client, Prefix and RequestTimeout from cfg.
+// NewController returns a Controller. It only needs Client, Prefix and RequestTimeout from cfg;
+// RequestTimeout bounds each attempt, and a call whose ctx has no deadline.
 func NewController(cfg Config) (*Controller, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -66,7 +74,7 @@ func (c *Controller) Open(ctx context.Context, channel string, apps []string, op
 	if err != nil {
 		return Rule{}, err
 	}
-	return c.update(ctx, channel, opts, func(cur Rule, exists bool, s scan) (Rule, error) {
+	return c.update(ctx, "open", channel, opts, func(cur Rule, exists bool, s scan) (Rule, error) {
 		if exists && cur.Releasing {
 			return Rule{}, fmt.Errorf("%w %q (blue at %g%%); finish it first", ErrAlreadyOpen, channel, cur.BluePercent)
 		}
@@ -97,7 +105,7 @@ func (c *Controller) Shift(ctx context.Context, channel string, bluePercent floa
 	if err := validatePercent(bluePercent); err != nil {
 		return Rule{}, err
 	}
-	return c.update(ctx, channel, opts, func(cur Rule, exists bool, _ scan) (Rule, error) {
+	return c.update(ctx, "shift", channel, opts, func(cur Rule, exists bool, _ scan) (Rule, error) {
 		if err := needOpen(channel, cur, exists); err != nil {
 			return Rule{}, err
 		}
@@ -109,7 +117,7 @@ func (c *Controller) Shift(ctx context.Context, channel string, bluePercent floa
 // Finish closes the release and sets the split back to 50/50. Unreadable keys of other
 // channels do not hold it up.
 func (c *Controller) Finish(ctx context.Context, channel string, opts ...WriteOption) (Rule, error) {
-	return c.update(ctx, channel, opts, func(cur Rule, exists bool, _ scan) (Rule, error) {
+	return c.update(ctx, "finish", channel, opts, func(cur Rule, exists bool, _ scan) (Rule, error) {
 		if err := needOpen(channel, cur, exists); err != nil {
 			return Rule{}, err
 		}
@@ -137,7 +145,7 @@ func unreadableErr(u Unreadable) error {
 // Get reads a channel's rule from etcd. It fails with an error wrapping ErrMalformedRule,
 // naming the key, if the channel's own key cannot be read; other keys do not matter.
 func (c *Controller) Get(ctx context.Context, channel string) (Rule, error) {
-	s, err := c.read(ctx)
+	s, err := c.readAll(ctx)
 	if err != nil {
 		return Rule{}, err
 	}
@@ -156,7 +164,7 @@ func (c *Controller) Get(ctx context.Context, channel string) (Rule, error) {
 // read it returns no rules and an error wrapping ErrMalformedRule that names the key. Scan
 // returns the readable rules and the unreadable keys apart.
 func (c *Controller) List(ctx context.Context) ([]Rule, error) {
-	s, err := c.read(ctx)
+	s, err := c.readAll(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +181,7 @@ func (c *Controller) List(ctx context.Context) ([]Rule, error) {
 // what an operator looks at during an incident: one broken key hides nothing else.
 // Unreadable.LastGood is always false here (the Controller keeps no history).
 func (c *Controller) Scan(ctx context.Context) ([]Rule, []Unreadable, error) {
-	s, err := c.read(ctx)
+	s, err := c.readAll(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -201,7 +209,9 @@ func (c *Controller) Delete(ctx context.Context, channel string, force bool) err
 		return &RuleError{Field: "channel", Value: `""`, Rule: "must not be empty"}
 	}
 	key := deploy.ChannelKey(c.cfg.Prefix, channel)
-	s, err := c.read(ctx)
+	k := c.begin(ctx, fmt.Sprintf("delete of channel %q", channel), channel)
+	defer k.cancel()
+	s, err := c.read(k)
 	if err != nil {
 		return err
 	}
@@ -217,19 +227,36 @@ func (c *Controller) Delete(ctx context.Context, channel string, force bool) err
 			}
 		}
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
-	defer cancel()
-	resp, err := c.cfg.Client.Txn(wctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-		Then(clientv3.OpDelete(key)).
-		Commit()
+	var resp *clientv3.TxnResponse
+	err = k.do(true, func(actx context.Context) (err error) {
+		resp, err = c.cfg.Client.Txn(actx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+			Then(clientv3.OpDelete(key)).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		return err
+	})
 	if err != nil {
-		return c.etcdErr(ctx, err)
+		return err
 	}
-	if !resp.Succeeded {
+	if resp.Succeeded {
+		return nil
+	}
+	if !k.sent {
 		return fmt.Errorf("%w (channel %q)", ErrConflict, channel)
 	}
-	return nil
+	// An earlier attempt went unanswered and the key has changed since the read: if its
+	// first change was a delete, the version read is deleted, which is what was asked. A
+	// delete carries no write id, so another Delete of the same version at the same moment
+	// is not told apart from this one; both report success.
+	first, err := k.firstChange(key, s.rev)
+	if err != nil {
+		return k.historyErr(err)
+	}
+	if first.Type == clientv3.EventTypeDelete {
+		return nil
+	}
+	return c.otherWrite(k, channel, current(resp), nil, s)
 }
 
 // scan is one read of every key under the channels prefix.
@@ -249,15 +276,24 @@ func (s scan) unreadable(channel string) (Unreadable, bool) {
 	return Unreadable{}, false
 }
 
-// read reads every key under the channels prefix. A key that cannot be read is kept apart
-// in bad, not skipped: each operation decides whether it needs it.
-func (c *Controller) read(ctx context.Context) (scan, error) {
-	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
-	defer cancel()
+// readAll is a call that reads every key under the channels prefix.
+func (c *Controller) readAll(ctx context.Context) (scan, error) {
+	k := c.begin(ctx, "read of the rules", "")
+	defer k.cancel()
+	return c.read(k)
+}
+
+// read reads every key under the channels prefix, within call k. A key that cannot be read
+// is kept apart in bad, not skipped: each operation decides whether it needs it.
+func (c *Controller) read(k *call) (scan, error) {
 	prefix := deploy.ChannelsPrefix(c.cfg.Prefix)
-	resp, err := c.cfg.Client.Get(rctx, prefix, clientv3.WithPrefix())
+	var resp *clientv3.GetResponse
+	err := k.do(false, func(ctx context.Context) (err error) {
+		resp, err = c.cfg.Client.Get(ctx, prefix, clientv3.WithPrefix())
+		return err
+	})
 	if err != nil {
-		return scan{}, c.etcdErr(ctx, err)
+		return scan{}, err
 	}
 	s := scan{modRevs: make(map[string]int64, len(resp.Kvs)), rev: resp.Header.Revision}
 	for _, kv := range resp.Kvs {
@@ -278,10 +314,22 @@ func (c *Controller) read(ctx context.Context) (scan, error) {
 	return s, nil
 }
 
+// decision computes a channel's next rule from its current one and every rule read.
+type decision func(cur Rule, exists bool, s scan) (Rule, error)
+
 // update reads every rule, lets decide compute the channel's next rule, and writes it only if
 // no rule changed since the read. An unreadable key of the channel itself refuses every
 // operation (its state is unknown); other unreadable keys are decide's to judge.
-func (c *Controller) update(ctx context.Context, channel string, opts []WriteOption, decide func(cur Rule, exists bool, s scan) (Rule, error)) (Rule, error) {
+//
+// The rule written carries a new write id (Rule.Op). An attempt of the write that etcd did
+// not answer is sent again, unchanged: the compare-and-swap applies it at most once. When the
+// swap fails, the key as it is now (read in the same transaction) tells what happened: it
+// carries this call's id — an earlier attempt was applied, and that is success; or the key
+// changed since the read, and its first change in etcd's history says whether that was this
+// call's write (success, then changed by someone else) or another write (OtherWriteError,
+// with the answer the call gets against the rule as it is now); or the key is as read and
+// another rule changed (ErrConflict, as for a call that lost no answer).
+func (c *Controller) update(ctx context.Context, op, channel string, opts []WriteOption, decide decision) (Rule, error) {
 	if err := deploy.ValidateName("channel", channel); err != nil {
 		return Rule{}, &RuleError{Field: "channel", Value: fmt.Sprintf("%q", channel), Rule: ruleOf(err)}
 	}
@@ -292,55 +340,114 @@ func (c *Controller) update(ctx context.Context, channel string, opts []WriteOpt
 	if err := validateReason(w.reason); err != nil {
 		return Rule{}, err
 	}
-	s, err := c.read(ctx)
+	k := c.begin(ctx, fmt.Sprintf("%s of channel %q", op, channel), channel)
+	defer k.cancel()
+	s, err := c.read(k)
 	if err != nil {
 		return Rule{}, err
 	}
 	if u, ok := s.unreadable(channel); ok {
 		return Rule{}, fmt.Errorf("traffic: %w", unreadableErr(u))
 	}
-	var cur Rule
-	exists := false
-	for _, r := range s.all {
-		if r.Channel == channel {
-			cur, exists = r, true
-		}
-	}
+	cur, exists := s.rule(channel)
 	next, err := decide(cur, exists, s)
 	if err != nil {
 		return Rule{}, err
 	}
 	next.UpdatedAt = c.now().UTC().Truncate(time.Millisecond)
 	next.Reason = w.reason // each write says its own reason, or none
+	next.Op = newOp()
 	val, err := Marshal(next)
 	if err != nil {
 		return Rule{}, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
-	defer cancel()
 	// No rule was written or created since the read (every key under channels/ is older
 	// than it), and the channel's own key is as read (this also catches its deletion; a
 	// missing key has mod revision 0). Other channels being deleted cannot invalidate the
 	// decision.
 	prefix, key := deploy.ChannelsPrefix(c.cfg.Prefix), deploy.ChannelKey(c.cfg.Prefix, channel)
-	resp, err := c.cfg.Client.Txn(wctx).
-		If(clientv3.Compare(clientv3.ModRevision(prefix), "<", s.rev+1).WithPrefix(),
-			clientv3.Compare(clientv3.ModRevision(key), "=", s.modRevs[channel])).
-		Then(clientv3.OpPut(key, string(val))).
-		Commit()
+	var resp *clientv3.TxnResponse
+	err = k.do(true, func(actx context.Context) (err error) {
+		resp, err = c.cfg.Client.Txn(actx).
+			If(clientv3.Compare(clientv3.ModRevision(prefix), "<", s.rev+1).WithPrefix(),
+				clientv3.Compare(clientv3.ModRevision(key), "=", s.modRevs[channel])).
+			Then(clientv3.OpPut(key, string(val))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		return err
+	})
 	if err != nil {
-		return Rule{}, c.etcdErr(ctx, err)
+		return Rule{}, err
 	}
-	if !resp.Succeeded {
+	if resp.Succeeded {
+		return next, nil
+	}
+	now := current(resp)
+	if now != nil {
+		if r, err := Unmarshal(now.Value); err == nil && r.Op == next.Op {
+			return r, nil // an earlier attempt was applied; its answer was lost
+		}
+	}
+	if !k.sent {
 		return Rule{}, fmt.Errorf("%w (channel %q)", ErrConflict, channel)
 	}
-	return next, nil
+	if (now == nil && !exists) || (now != nil && now.ModRevision == s.modRevs[channel]) {
+		// The key is as read, so no attempt was applied (one would have changed it): another
+		// rule changed, a plain conflict. (An Open whose create another call deleted again
+		// while its answer was lost would look the same; the rule is gone either way.)
+		return Rule{}, fmt.Errorf("%w (channel %q)", ErrConflict, channel)
+	}
+	first, err := k.firstChange(key, s.rev)
+	if err != nil {
+		return Rule{}, k.historyErr(err)
+	}
+	if first.Type == clientv3.EventTypePut {
+		if r, err := Unmarshal(first.Kv.Value); err == nil && r.Op == next.Op {
+			return r, nil // applied, and changed since by another write
+		}
+	}
+	return Rule{}, c.otherWrite(k, channel, now, decide, s)
 }
 
-func (c *Controller) etcdErr(ctx context.Context, err error) error {
-	err = kvwatch.Err(ctx, err)
-	if errors.Is(err, ErrEtcdUnavailable) {
-		return fmt.Errorf("traffic: %w", err)
+// rule returns the channel's rule in s, if it was read.
+func (s scan) rule(channel string) (Rule, bool) {
+	for _, r := range s.all {
+		if r.Channel == channel {
+			return r, true
+		}
 	}
-	return err
+	return Rule{}, false
+}
+
+// current is the channel's key as the failed transaction's Else branch read it, or nil.
+func current(resp *clientv3.TxnResponse) *mvccpb.KeyValue {
+	if len(resp.Responses) == 0 {
+		return nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		return kvs[0]
+	}
+	return nil
+}
+
+// otherWrite is the answer of call k when another write changed channel's key after the
+// call read it, before the call's own write could be applied: the answer the call gets
+// against the key as it is now (now; nil if deleted), decided again with decide (nil:
+// ErrConflict), naming the other write.
+func (c *Controller) otherWrite(k *call, channel string, now *mvccpb.KeyValue, decide decision, s scan) error {
+	e := &OtherWriteError{Channel: channel, what: k.what, Deleted: now == nil}
+	cur, readable := Rule{}, now == nil
+	if now != nil {
+		if r, err := Unmarshal(now.Value); err == nil && r.Channel == channel {
+			cur, readable = r, true
+		}
+	}
+	e.Other = cur
+	if decide != nil && readable {
+		_, e.Err = decide(cur, now != nil, s)
+	}
+	if e.Err == nil {
+		e.Err = fmt.Errorf("%w (channel %q)", ErrConflict, channel)
+	}
+	return e
 }

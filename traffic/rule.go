@@ -39,7 +39,16 @@ type Rule struct {
 	// step 1 passed, blue 0.1 % errors over 2,114 requests"; empty when the writer gave none.
 	// At most MaxReasonLen bytes of printable UTF-8. Set with the Reason write option.
 	Reason string
+	// Op identifies the Controller call that wrote the rule's last change: 16 hex digits,
+	// random per call and the same in every retry of it, so that a call whose answer from
+	// etcd was lost and that finds its own Op knows its write was applied, and one that finds
+	// another knows someone else changed the rule. Empty in rules written by hand or by
+	// switchyard before it was added; at most MaxOpLen bytes of printable ASCII without spaces.
+	Op string
 }
+
+// MaxOpLen bounds Rule.Op.
+const MaxOpLen = 64
 
 // MaxReasonLen bounds Rule.Reason: a sentence for people, not a payload.
 const MaxReasonLen = 512
@@ -47,7 +56,7 @@ const MaxReasonLen = 512
 // Equal reports whether two rules have the same content.
 func (r Rule) Equal(o Rule) bool {
 	return r.Channel == o.Channel && slices.Equal(r.Apps, o.Apps) && r.Releasing == o.Releasing &&
-		r.BluePercent == o.BluePercent && r.UpdatedAt.Equal(o.UpdatedAt) && r.Reason == o.Reason
+		r.BluePercent == o.BluePercent && r.UpdatedAt.Equal(o.UpdatedAt) && r.Reason == o.Reason && r.Op == o.Op
 }
 
 // Has reports whether app is in the channel.
@@ -102,7 +111,23 @@ func (r Rule) Validate() error {
 	if err := validateReason(r.Reason); err != nil {
 		return err
 	}
+	if err := validateOp(r.Op); err != nil {
+		return err
+	}
 	return validatePercent(r.BluePercent)
+}
+
+// validateOp checks a rule's write id: at most MaxOpLen bytes of printable ASCII, no spaces.
+func validateOp(op string) error {
+	if len(op) > MaxOpLen {
+		return &RuleError{Field: "op", Value: strconv.Quote(op[:32]) + "…", Rule: fmt.Sprintf("is %d bytes long; at most %d are allowed", len(op), MaxOpLen)}
+	}
+	for i := 0; i < len(op); i++ {
+		if op[i] <= ' ' || op[i] > '~' {
+			return &RuleError{Field: "op", Value: strconv.Quote(op), Rule: "must be printable ASCII without spaces"}
+		}
+	}
+	return nil
 }
 
 // validateReason checks a rule's reason: printable UTF-8, at most MaxReasonLen bytes.
@@ -148,6 +173,9 @@ type stored struct {
 	BluePercent *float64  `json:"blue_percent"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	Reason      string    `json:"reason,omitempty"`
+	// Op was added to version 1 as an optional field: readers that do not know it ignore it
+	// (encoding/json skips unknown fields), and a rule without it reads as Op "".
+	Op string `json:"op,omitempty"`
 }
 
 // Marshal validates r and encodes it as the stored JSON record.
@@ -157,7 +185,7 @@ func Marshal(r Rule) ([]byte, error) {
 	}
 	rel, p := r.Releasing, r.BluePercent
 	return json.Marshal(stored{Header: record.Header{V: schemaVersion}, Channel: r.Channel, Apps: r.Apps, Releasing: &rel,
-		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC(), Reason: r.Reason})
+		BluePercent: &p, UpdatedAt: r.UpdatedAt.UTC(), Reason: r.Reason, Op: r.Op})
 }
 
 // ErrMalformedRule is wrapped by Unmarshal's errors for a value that is not a valid rule.
@@ -178,7 +206,7 @@ func Unmarshal(data []byte) (Rule, error) {
 	}
 	apps := slices.Clone(rec.Apps)
 	slices.Sort(apps)
-	r := Rule{Channel: rec.Channel, Apps: apps, Releasing: *rec.Releasing, BluePercent: *rec.BluePercent, UpdatedAt: rec.UpdatedAt, Reason: rec.Reason}
+	r := Rule{Channel: rec.Channel, Apps: apps, Releasing: *rec.Releasing, BluePercent: *rec.BluePercent, UpdatedAt: rec.UpdatedAt, Reason: rec.Reason, Op: rec.Op}
 	if err := r.Validate(); err != nil {
 		return Rule{}, malformed(err)
 	}

@@ -125,6 +125,46 @@ func TestRuleRecord(t *testing.T) {
 	}
 }
 
+// The write id "op" is an optional field of schema version 1: a record without it reads as
+// Op "" (every rule written before it), a record with it keeps it through a round trip, and a
+// bad one is refused like any bad field. Readers that do not know it ignore it, as they ignore
+// any field they do not know: that is what makes adding it compatible (a reader of this
+// version reads a record with a field from a later one).
+func TestRuleRecordWriteID(t *testing.T) {
+	old := `{"v":1,"channel":"trade","apps":["order"],"releasing":true,"blue_percent":1,"updated_at":"2026-11-21T10:05:00Z"}`
+	r, err := traffic.Unmarshal([]byte(old))
+	if err != nil || r.Op != "" {
+		t.Fatalf("a record without op: %+v %v; want it read with Op \"\"", r, err)
+	}
+	withOp := `{"v":1,"channel":"trade","apps":["order"],"releasing":true,"blue_percent":1,"updated_at":"2026-11-21T10:05:00Z","op":"9f86d081884c7d65"}`
+	r, err = traffic.Unmarshal([]byte(withOp))
+	if err != nil || r.Op != "9f86d081884c7d65" {
+		t.Fatalf("a record with op: %+v %v", r, err)
+	}
+	data, err := traffic.Marshal(r)
+	if err != nil || !strings.Contains(string(data), `"op":"9f86d081884c7d65"`) {
+		t.Fatalf("Marshal: %s %v; want the op written", data, err)
+	}
+	if back, err := traffic.Unmarshal(data); err != nil || !back.Equal(r) {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	r.Op = ""
+	if data, _ := traffic.Marshal(r); strings.Contains(string(data), `"op"`) {
+		t.Fatalf("a rule without op is written with one: %s", data)
+	}
+	later := `{"v":1,"channel":"trade","apps":["order"],"releasing":true,"blue_percent":1,"op":"x","a_later_field":{"n":1}}`
+	if _, err := traffic.Unmarshal([]byte(later)); err != nil {
+		t.Fatalf("a record with a field this reader does not know: %v; want it read", err)
+	}
+	for _, op := range []string{"has space", strings.Repeat("a", traffic.MaxOpLen+1), "é"} {
+		bad := `{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":1,"op":"` + op + `"}`
+		var re *traffic.RuleError
+		if _, err := traffic.Unmarshal([]byte(bad)); !errors.Is(err, traffic.ErrMalformedRule) || !errors.As(err, &re) || re.Field != "op" {
+			t.Errorf("op %q: %v; want ErrMalformedRule on op", op, err)
+		}
+	}
+}
+
 func FuzzUnmarshal(f *testing.F) {
 	f.Add([]byte(`{"v":1,"channel":"trade","apps":["order","inventory"],"releasing":true,"blue_percent":1,"updated_at":"2026-11-21T10:05:00Z"}`))
 	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":false,"blue_percent":0.1}`))
@@ -133,6 +173,7 @@ func FuzzUnmarshal(f *testing.F) {
 	f.Add([]byte(`{"v":1}`))
 	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":10,"reason":"release step 2 (10 %)"}`))
 	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":10,"reason":"a\u0000b"}`))
+	f.Add([]byte(`{"v":1,"channel":"t","apps":["a"],"releasing":true,"blue_percent":10,"op":"9f86d081884c7d65"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := traffic.Unmarshal(data)
 		if err != nil {
