@@ -206,13 +206,14 @@ type ruleJSON struct {
 	BluePercent float64   `json:"blue_percent"`
 	UpdatedAt   time.Time `json:"updated_at"`
 	Reason      string    `json:"reason,omitempty"`
+	Op          string    `json:"op,omitempty"` // the write id of the rule's last change
 }
 
 func printRules(out io.Writer, o opts, rules []traffic.Rule) error {
 	if o.output == "json" {
 		js := make([]ruleJSON, 0, len(rules))
 		for _, r := range rules {
-			js = append(js, ruleJSON{r.Channel, r.Apps, r.Releasing, r.BluePercent, r.UpdatedAt, r.Reason})
+			js = append(js, ruleJSON{r.Channel, r.Apps, r.Releasing, r.BluePercent, r.UpdatedAt, r.Reason, r.Op})
 		}
 		return json.NewEncoder(out).Encode(js)
 	}

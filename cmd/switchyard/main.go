@@ -19,6 +19,16 @@
 // 1 refused (validation or a concurrent change; the message says why), 2 usage, 3 etcd
 // unreachable.
 //
+// --timeout (default 5s) is how long channel and instances commands try etcd. The channel
+// commands make each etcd request an attempt of its own (500 ms, doubling up to --timeout)
+// and make an unanswered one again within --timeout, so a leader change or a dead member
+// costs an attempt, not the command. A write is a compare-and-swap that carries a write id:
+// sent again after its answer was lost, it is never applied twice, and it reports done when
+// it finds that its earlier attempt was applied; when it finds that another write changed the
+// rule instead it says so, with that write's reason and time (exit 1). Exit 3 says what was
+// tried and for how long, and whether the write was sent: "nothing was written", or "it may
+// have been applied: read the rule (switchyard channel status C) before writing again".
+//
 // A rule key that cannot be read (garbage, a schema from a newer tool, a rule stored under
 // another channel's key) hides nothing else: list and status show every readable rule and
 // print a warning on stderr per unreadable key, naming it and the command that deletes it;
@@ -115,14 +125,18 @@ flags (anywhere after the command):
   --endpoints h:p,…   etcd endpoints (default $SWITCHYARD_ETCD_ENDPOINTS, else 127.0.0.1:2379)
   --prefix P          key prefix (default /switchyard)
   --cacert, --cert, --key, --user, --password   etcd TLS and auth
-  --timeout D         per-request timeout (default 5s)
+  --timeout D         how long a command tries etcd (default 5s): channel commands retry
+                      unanswered requests within it (attempts of 500ms, doubling), so a
+                      leader change costs an attempt; exit 3 says what was tried
   -o json             machine-readable output (read commands)
 
 A rule key that cannot be read does not stop list, status, shift or finish of the others:
 they warn on stderr, naming the key. open refuses the apps such a key may name.
 
-exit codes: 0 ok (and help), 1 refused (validation or a concurrent change; the message says
-why), 2 usage, 3 etcd unreachable. Under "go run" these are reported as "exit status N" and
+exit codes: 0 ok (and help), 1 refused (validation or a concurrent change, also another
+write that changed the rule while this one's answer from etcd was lost; the message says
+why), 2 usage, 3 etcd unreachable within --timeout (the message says whether the write may
+have been applied). Under "go run" these are reported as "exit status N" and
 go run itself exits 1: build the command (go build ./cmd/switchyard) where the code matters.
 `
 
@@ -231,6 +245,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return exitUsage
 	}
 	defer cli.Close()
+	if bounded[cmdName(pos)] {
+		// The command's whole time is --timeout: the Controller retries etcd within it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+	}
 	cfg := traffic.Config{Client: cli, Prefix: o.prefix, RequestTimeout: o.timeout, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	return exit(cmd(ctx, env{o: o, pos: pos, cli: cli, cfg: cfg, out: stdout, err: stderr}), o, stderr)
 }
@@ -250,7 +270,7 @@ func exit(err error, o opts, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
 	case errors.Is(err, registry.ErrEtcdUnavailable) || errors.Is(err, context.DeadlineExceeded):
-		fmt.Fprintf(stderr, "switchyard: etcd unreachable at %s: %v\n", o.endpoints, err)
+		fmt.Fprintf(stderr, "switchyard: etcd unreachable at %s within --timeout %v: %v\n", o.endpoints, o.timeout, err)
 		return exitUnreachable
 	default:
 		fmt.Fprintln(stderr, "switchyard:", err)
@@ -297,6 +317,22 @@ var commands = map[string]func(context.Context, env) error{
 	"release resume":  releaseCommand,
 	"release promote": releaseCommand,
 	"release abort":   releaseCommand,
+}
+
+// bounded are the commands that end by themselves: their context ends after --timeout.
+// (watch, dashboard, top and release run go on until interrupted; release's other commands
+// bound their own requests, and a command waits for the runner to carry it out.)
+var bounded = map[string]bool{
+	"channel open": true, "channel shift": true, "channel finish": true, "channel status": true,
+	"channel list": true, "channel delete": true, "instances": true,
+}
+
+// cmdName is the key of commands that pos names ("channel open", "instances").
+func cmdName(pos []string) string {
+	if _, ok := commands[pos[0]]; ok || len(pos) < 2 {
+		return pos[0]
+	}
+	return pos[0] + " " + pos[1]
 }
 
 // subcommands lists the subcommands of the commands that have them, for usage errors.
