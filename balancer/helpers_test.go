@@ -194,8 +194,9 @@ func newObserver(t testing.TB, clock *clockwork.FakeClock) (*observer, string) {
 	return o, fmt.Sprintf(`{"loadBalancingConfig":[{%q:{"observer":%d}}]}`, observedName, id)
 }
 
-// picks makes n picks on p with ctx, as the channel does for n calls, and counts them per
-// instance id; a failed pick counts under "error: …".
+// picks makes n picks on p with ctx, as the channel does for n calls one after the other,
+// and counts them per instance id; a failed pick counts under "error: …". Each pick's Done
+// is called, as gRPC does when the call ends, so the picks leave no request outstanding.
 func (cl *client) picks(p gbalancer.Picker, ctx context.Context, n int) map[string]int {
 	seen := map[string]int{}
 	for range n {
@@ -205,6 +206,9 @@ func (cl *client) picks(p gbalancer.Picker, ctx context.Context, n int) map[stri
 			continue
 		}
 		seen[cl.obs.id(res.SubConn)]++
+		if res.Done != nil {
+			res.Done(gbalancer.DoneInfo{})
+		}
 	}
 	return seen
 }
