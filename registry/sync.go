@@ -8,8 +8,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
@@ -296,24 +294,12 @@ func (r *Registrar) shortestAttempt() time.Duration { return min(firstAttempt, r
 // leader failure"), which its client hands over as an rpctypes.EtcdError rather than a gRPC
 // status, count as not answered too: the request may be taken once a leader is elected.
 func etcdErr(ctx context.Context, err error) error {
-	var refused rpctypes.EtcdError
-	if errors.As(err, &refused) && refused.Code() == codes.Unavailable {
-		err = notNow{err}
-	}
 	err = kvwatch.Err(ctx, err)
 	if errors.Is(err, ErrEtcdUnavailable) {
 		return fmt.Errorf("registry: %w", err)
 	}
 	return err
 }
-
-// notNow is an etcd refusal of the Unavailable class, with its gRPC code, so that kvwatch.Err
-// counts it as etcd unavailable; it unwraps to etcd's error.
-type notNow struct{ err error }
-
-func (e notNow) Error() string              { return e.err.Error() }
-func (e notNow) Unwrap() error              { return e.err }
-func (e notNow) GRPCStatus() *status.Status { return status.New(codes.Unavailable, e.err.Error()) }
 
 func (r *Registrar) wake() {
 	select {

@@ -8,12 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/switchyard-go/switchyard/internal/backoff"
+	"github.com/switchyard-go/switchyard/internal/kvwatch"
 )
 
 // How a Controller call deals with etcd: every request is an attempt with a short deadline,
@@ -166,11 +164,7 @@ func (k *call) do(write bool, f func(ctx context.Context) error) error {
 // unanswered reports whether err says etcd did not answer: the attempt's deadline, a broken
 // connection, or a member without a leader (gRPC Unavailable, also as etcd's own error type,
 // e.g. "etcdserver: leader changed").
-func unanswered(err error) bool {
-	var ee rpctypes.EtcdError
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		status.Code(err) == codes.Unavailable || (errors.As(err, &ee) && ee.Code() == codes.Unavailable)
-}
+func unanswered(err error) bool { return kvwatch.Unanswered(err) }
 
 // giveUp is the error of a call whose time ran out while etcd did not answer. The caller's
 // cancellation of a call that wrote nothing comes back as ctx.Err() itself.

@@ -27,8 +27,8 @@ import (
 // (AutoSyncInterval) keeps them. Cutting the proxies is what makes Stop a crash: the member's
 // client streams and peer connections drop at once, and none is left open in the process.
 //
-// Stop, Restart and Running may be called from any goroutine; Stop and Restart of the same
-// member must not run concurrently with each other.
+// Stop, Restart and Running may be called from any goroutine; a Restart waits for a Stop of
+// the same member in progress to finish.
 type Cluster struct {
 	dir     string
 	token   string
@@ -43,6 +43,10 @@ type member struct {
 	clients url.URL // unix socket etcd serves clients on
 	proxy   *proxy  // clients' endpoint, to clients
 	peers   *proxy  // peers' endpoint, to the member's peer listener
+
+	// op serializes Stop and Restart of the member: a Restart waits until a Stop in progress
+	// has closed the old server, whose Close would otherwise remove the new one's socket.
+	op sync.Mutex
 
 	mu      sync.Mutex
 	etcd    *embed.Etcd
@@ -267,6 +271,8 @@ func (c *Cluster) WaitLeader(t testing.TB) int {
 // are cut, then the member closes; its data stays. Stop of a stopped member is a no-op.
 func (c *Cluster) Stop(i int) {
 	m := c.members[i]
+	m.op.Lock()
+	defer m.op.Unlock()
 	m.proxy.setUp(false)
 	m.mu.Lock()
 	e, running := m.etcd, m.running
@@ -287,6 +293,8 @@ func (c *Cluster) Stop(i int) {
 // Restart of a running member is a no-op.
 func (c *Cluster) Restart(i int) error {
 	m := c.members[i]
+	m.op.Lock()
+	defer m.op.Unlock()
 	if c.Running(i) {
 		return nil
 	}

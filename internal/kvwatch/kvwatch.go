@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"log/slog"
 	"slices"
 	"time"
@@ -388,19 +389,29 @@ func (w *Watcher[T]) publish(rev int64) {
 	w.cfg.OnChange(items, rev)
 }
 
-// Err turns "etcd did not answer" into ErrUnavailable, keeps the caller's cancellation as
-// ctx.Err(), and passes other errors through.
+// Err turns "etcd did not answer" (Unanswered) into ErrUnavailable, keeps the caller's
+// cancellation as ctx.Err(), and passes other errors through.
 func Err(ctx context.Context, err error) error {
 	switch {
 	case err == nil:
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
-		status.Code(err) == codes.Unavailable:
+	case Unanswered(err):
 		return &unavailableError{err}
 	}
 	return err
+}
+
+// Unanswered reports whether err says etcd did not answer the request, so that it may be sent
+// again: a deadline or cancellation, a broken connection (gRPC Unavailable), or a member that
+// has no leader or lost it meanwhile, which etcd reports as its own error type with the code
+// Unavailable ("etcdserver: leader changed", "no leader", "request timed out, possibly due to
+// previous leader failure").
+func Unanswered(err error) bool {
+	var ee rpctypes.EtcdError
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		status.Code(err) == codes.Unavailable || (errors.As(err, &ee) && ee.Code() == codes.Unavailable)
 }
 
 type unavailableError struct{ err error }

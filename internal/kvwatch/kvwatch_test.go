@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
@@ -639,5 +640,29 @@ func TestRepublishReportsTheSetAgain(t *testing.T) {
 	testutil.Eventually(t, "the set reported again", func() bool { return len(r.all()) == n+1 })
 	if c, _ := r.last(); c.set != "a=1" || c.rev != rev {
 		t.Fatalf("republished %+v, want a=1 at revision %d", c, rev)
+	}
+}
+
+func TestUnansweredCoversEtcdsLeaderRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{rpctypes.ErrLeaderChanged, true},
+		{rpctypes.ErrNoLeader, true},
+		{rpctypes.ErrTimeoutDueToLeaderFail, true},
+		{fmt.Errorf("put: %w", rpctypes.ErrLeaderChanged), true},
+		{context.DeadlineExceeded, true},
+		{status.Error(codes.Unavailable, "connection refused"), true},
+		{rpctypes.ErrCompacted, false},
+		{rpctypes.ErrLeaseNotFound, false},
+		{errors.New("bad value"), false},
+	} {
+		if got := kvwatch.Unanswered(tc.err); got != tc.want {
+			t.Errorf("Unanswered(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+		if got := errors.Is(kvwatch.Err(context.Background(), tc.err), kvwatch.ErrUnavailable); got != tc.want {
+			t.Errorf("Err(%v) wraps ErrUnavailable: %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
