@@ -131,6 +131,7 @@ type wBalancer struct {
 	loadClock *loadClock
 	next      *atomic.Uint64
 	reach     *reach.Entry // this connection's view on the process's reach board
+	sampling  atomic.Bool  // the sampler (sampler.go) runs, or the balancer is closed
 
 	mu         sync.Mutex
 	baseLog    *slog.Logger            // Build's, or the resolver state's (WithLogger)
@@ -146,9 +147,11 @@ type wBalancer struct {
 	stickyWait time.Duration           // from the config; DefaultStickyWait
 	timer      clockwork.Timer         // refresh while an endpoint warms or a sticky wait runs out
 	closed     bool
-	allChans   channelCounts // scratch for sendLocked
-	readyChans channelCounts // scratch for sendLocked
-	decisions  *sticky.Cache // the pickers' decision cache, for the channel it names
+	allChans   channelCounts   // scratch for sendLocked
+	readyChans channelCounts   // scratch for sendLocked
+	decisions  *sticky.Cache   // the pickers' decision cache, for the channel it names
+	smp        sampler         // the endpoints' latency sampler (sampler.go)
+	smpTimer   clockwork.Timer // its next tick; nil while it is stopped
 }
 
 // endpoint is one endpoint of the resolver state and its pick_first child. It is the
@@ -159,6 +162,7 @@ type endpoint struct {
 	key                 string
 	done                func(balancer.DoneInfo) // the picks' Done callback, built once
 	load                endpointLoad            // requests outstanding, last sick failure: Pick and done (atomics)
+	win                 window                  // the sampler's window of load (sampler.go); guarded by b.mu
 
 	// Guarded by b.mu:
 	ep      resolver.Endpoint
@@ -239,6 +243,7 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 			e = &endpoint{ClientConn: b.cc, b: b, key: key}
 			e.done = func(di balancer.DoneInfo) {
 				e.load.done(di.Err, b.loadClock)
+				b.wakeSampler()
 				if isOffline(di.Trailer) {
 					b.markOffline(e)
 				}
@@ -366,6 +371,10 @@ func (b *wBalancer) Close() {
 	if b.timer != nil {
 		b.timer.Stop()
 	}
+	if b.smpTimer != nil {
+		b.smpTimer.Stop()
+	}
+	b.sampling.Store(true) // no Done starts it again
 	b.reach.Close()
 	b.m.close(b.log)
 	list := b.list

@@ -14,11 +14,19 @@ import (
 // endpointLoad is what the picks know of one endpoint's load: its requests outstanding,
 // counted exactly (Pick adds one to the endpoint it returns, the endpoint's Done callback
 // takes it off; gRPC calls Done once for every pick it was given, also for one it gives back
-// unused, and a stream's when the stream ends), and when a call to it last failed in a way
-// that says the server is sick. It lives on the balancer's endpoint, so every picker built
-// for the endpoint shares it and a rebuild keeps it. Atomics only: no lock.
+// unused, and a stream's when the stream ends), the calls it answered, its latency as the
+// balancer's sampler last measured it, and when a call to it last failed in a way that says
+// the server is sick. It lives on the balancer's endpoint, so every picker built for the
+// endpoint shares it and a rebuild keeps it. Pick and Done use atomics only: no lock.
 type endpointLoad struct {
 	outstanding atomic.Int64
+	// answered counts the calls that ended with an answer: no error, or the error of a wrong
+	// request (NOT_FOUND, …); not a sick server's code, not CANCELED. The sampler's
+	// completions.
+	answered atomic.Int64
+	// latency is the endpoint's measured latency in nanoseconds, as float64 bits; 0: never
+	// measured. Written by the sampler (sampler.go), read by choose.
+	latency atomic.Uint64
 	// failedAt is when the last call failed with a code of a sick server (sickCode), on
 	// loadClock; 0: no such failure, or the last was failureMemory ago or more when a later
 	// call ended. Not 0: the endpoint is no second candidate.
@@ -29,17 +37,25 @@ type endpointLoad struct {
 // (failedAt); a call ending at least failureMemory after the mark clears it. So the clock is
 // read when a call fails and when a call of a marked endpoint ends, never in Pick. (A marked
 // endpoint keeps its weighted share of first candidates, so its calls go on ending; the
-// mark lasts until the first to end after failureMemory.)
+// mark lasts until the first to end after failureMemory.) A call that ends with an answer
+// counts in answered.
 func (l *endpointLoad) done(err error, clock *loadClock) {
 	l.outstanding.Add(-1)
-	if err != nil && sickCode(status.Code(err)) {
+	c := status.Code(err) // OK for nil
+	if sickCode(c) {
 		l.failedAt.Store(clock.now())
 		return
+	}
+	if c != codes.Canceled { // a caller that gave up got no answer, fast or not
+		l.answered.Add(1)
 	}
 	if f := l.failedAt.Load(); f != 0 && clock.now()-f >= int64(failureMemory) {
 		l.failedAt.CompareAndSwap(f, 0) // not if it failed again meanwhile
 	}
 }
+
+// latencyNs is the endpoint's measured latency in nanoseconds; 0: never measured.
+func (l *endpointLoad) latencyNs() float64 { return math.Float64frombits(l.latency.Load()) }
 
 // sickCode reports whether a call ending with code c says the server (or the way to it) is
 // unwell rather than that the request was wrong: an endpoint that fails such calls fast
@@ -80,16 +96,19 @@ const secondMul = 0xC13FA9A902A6328F
 
 // choose maps the k-th pick to an endpoint: the Weyl sequence's (index), unless that one
 // holds at least minLoad requests and a second candidate, drawn uniformly among the other
-// endpoints of its color group in this set, is clearly less loaded for its weight:
+// endpoints of its color group in this set, costs clearly less:
 //
-//	o1 × w2 >= 2 × (o2 + 1) × w1
+//	cost = latency × (outstanding + 1) / w,   take the second iff cost1 > margin × cost2
 //
-// with o the requests outstanding and w the base weights (EndpointInfo.Weight; warmup and
-// traffic weight are not part of it). The second must have a base weight above 0 (a drained
-// endpoint never gains a pick) and no sick failure within failureMemory (an endpoint
-// failing fast holds few calls). Being in the set already means it is READY, not marked
-// offline (unless all are) and, in a sticky set, not degraded, like any pick of the set.
-// No lock, no clock, no allocation: a few atomic loads.
+// with the latencies the sampler measured (sampler.go) and w the base weights
+// (EndpointInfo.Weight; warmup and traffic weight are not part of it). The second must have
+// a measured latency (a new endpoint gets its weighted share of first candidates until it is
+// measured), a base weight above 0 (a drained endpoint never gains a pick) and no sick
+// failure within failureMemory (an endpoint failing fast holds few calls). A first
+// candidate not yet measured is compared as if its latency were the second's: the loads
+// decide. Being in the set already means it is READY, not marked offline (unless all are)
+// and, in a sticky set, not degraded, like any pick of the set. No lock, no clock, no
+// allocation: a few atomic loads.
 func (s *weightedSet) choose(k uint64) int {
 	i := s.index(k)
 	a := &s.ends[i]
@@ -97,7 +116,8 @@ func (s *weightedSet) choose(k uint64) int {
 		return i
 	}
 	o1 := a.load.outstanding.Load()
-	if o1 < minLoad {
+	failed := a.load.failedAt.Load() != 0
+	if o1 < minLoad && !failed {
 		return i
 	}
 	// Uniformly among the hi-lo-1 others of the group: skip over the first's place.
@@ -114,10 +134,18 @@ func (s *weightedSet) choose(k uint64) int {
 	if b.load == nil || !(b.base > 0) {
 		return i
 	}
+	l2 := b.load.latencyNs()
+	if !(l2 > 0) {
+		return i
+	}
+	l1 := a.load.latencyNs()
+	if !(l1 > 0) {
+		l1 = l2
+	}
 	o2 := b.load.outstanding.Load()
-	// The bases are scaled so that the largest of the set is below 1 (scaleBases): the
-	// products are finite.
-	if float64(o1)*b.base < float64(2*(o2+1))*a.base {
+	// The bases are scaled so that the largest of the set is below 1 (scaleBases), the
+	// latencies are in nanoseconds and the counts far below 2^53: the products are finite.
+	if !failed && !(l1*float64(o1+1)*b.base >= margin*l2*float64(o2+1)*a.base) {
 		return i
 	}
 	if b.load.failedAt.Load() != 0 {
@@ -125,6 +153,9 @@ func (s *weightedSet) choose(k uint64) int {
 	}
 	return j
 }
+
+// margin is how much more a first candidate must cost than the second to lose the pick.
+const margin = 0.8
 
 // scaleBases scales the set's base weights by the power of two that brings the largest
 // below 1 (exact, as for the weights in finish), so that choose's products cannot overflow

@@ -42,22 +42,26 @@ type loadEnd struct {
 // loadFleet is a picker built as sendLocked builds one: an undecided set of every endpoint by
 // effective weight, and a sticky set per color by base weight, over endpoints whose
 // requests outstanding and failures are counted (endpointLoad), on a fake clock. Each
-// endpoint's picker answers with its index in the fleet (metadata "i").
+// endpoint's picker answers with its index in the fleet (metadata "i"). Every endpoint starts
+// with a measured latency of 1 ms (setLatency changes it).
 type loadFleet struct {
 	p     *picker
 	ends  []loadEnd
 	loads []*endpointLoad
 	done  []func(balancer.DoneInfo)
 	clock *clockwork.FakeClock
+	lc    *loadClock // on clock, as the endpoints' Done callbacks use it
 }
 
 func newLoadFleet(ends ...loadEnd) *loadFleet {
 	f := &loadFleet{ends: ends, clock: clockwork.NewFakeClock()}
 	lc := newLoadClock(f.clock)
+	f.lc = lc
 	f.p = &picker{next: new(atomic.Uint64), channel: "trade", decisions: sticky.NewCache("trade"),
 		fallbacks: noop.Int64Counter{}, refusals: noop.Int64Counter{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for i, e := range ends {
 		l := new(endpointLoad)
+		l.latency.Store(math.Float64bits(float64(time.Millisecond)))
 		done := func(di balancer.DoneInfo) { l.done(di.Err, lc) }
 		f.loads, f.done = append(f.loads, l), append(f.done, done)
 		pk := fixedPicker{balancer.PickResult{Metadata: metadata.Pairs("i", strconv.Itoa(i))}}
@@ -82,6 +86,23 @@ func (f *loadFleet) set(o ...int64) {
 	for i, n := range o {
 		f.loads[i].outstanding.Store(n)
 	}
+}
+
+// setLatency gives endpoint i the measured latency d (0: never measured).
+func (f *loadFleet) setLatency(i int, d time.Duration) {
+	f.loads[i].latency.Store(math.Float64bits(float64(d)))
+}
+
+// movesTo counts the picks of k0+1 … k0+n on the undecided set that go to endpoint j when
+// the Weyl sequence's is another.
+func (f *loadFleet) movesTo(j int, k0 uint64, n int) int {
+	moved := 0
+	for k := k0 + 1; k <= k0+uint64(n); k++ {
+		if f.p.all.index(k) != j && f.p.all.choose(k) == j {
+			moved++
+		}
+	}
+	return moved
 }
 
 // pick makes one pick with ctx, as a call does, and returns the endpoint's index in the
@@ -185,38 +206,149 @@ func TestBelowTwoOutstandingPicksAreTheWeightedOnes(t *testing.T) {
 }
 
 // TestLoadedFirstMovesToAnIdleSecondOfItsColor: four blue and four green endpoints of equal
-// weights, all holding 6 requests but blue-3 and green-3, which hold none. A pick whose
-// first candidate is a loaded endpoint moves exactly when its second (uniform among the 3
-// others of its color) is the idle one: a third of those picks; never to the other color, so
-// each color keeps its Fibonacci-window share ±2.
+// weights and latencies, all holding 6 requests but blue-3 and green-3, which hold none, and
+// blue-2 and green-2, which hold 12. A pick whose first candidate holds 6 moves unless its
+// second holds 12 (7 >= 0.8 × 7: a second of equal cost wins; 7 < 0.8 × 13), one holding 12
+// always moves, and the idle one keeps its picks: never to the other color, so each color
+// keeps its Fibonacci-window share ±2.
 func TestLoadedFirstMovesToAnIdleSecondOfItsColor(t *testing.T) {
 	var ends []loadEnd
 	for i := range 8 {
 		ends = append(ends, loadEnd{i / 4, 100, 0})
 	}
 	f := newLoadFleet(ends...)
-	f.set(6, 6, 6, 0, 6, 6, 6, 0)
+	f.set(6, 6, 12, 0, 6, 6, 12, 0)
 	const n = 10_946
-	var loadedFirst, moved, blue int
+	var moved, toIdle, fromSix, blue int
 	for k := uint64(1); k <= n; k++ {
 		first, got := f.p.all.index(k), f.p.all.choose(k)
-		if first%4 != 3 {
-			loadedFirst++
+		if got/4 != first/4 {
+			t.Fatalf("pick %d: moved from endpoint %d to %d, of the other color", k, first, got)
+		}
+		switch first % 4 {
+		case 3:
+			if got != first {
+				t.Fatalf("pick %d: the idle endpoint %d lost its pick to %d", k, first, got)
+			}
+		case 2:
+			if got == first {
+				t.Fatalf("pick %d: endpoint %d holding 12 kept its pick", k, first)
+			}
+		default:
+			fromSix++
+			if got%4 == 2 {
+				t.Fatalf("pick %d: endpoint %d holding 6 moved to %d holding 12", k, first, got)
+			}
 		}
 		if got != first {
 			moved++
-			if first%4 == 3 || got != first/4*4+3 {
-				t.Fatalf("pick %d: moved from endpoint %d to %d; only a loaded one moves, to the idle one of its color", k, first, got)
+			if got%4 == 3 {
+				toIdle++
 			}
 		}
 		if got < 4 {
 			blue++
 		}
 	}
-	if share := float64(moved) / float64(loadedFirst); math.Abs(share-1.0/3) > 0.03 {
-		t.Errorf("%d of %d picks with a loaded first candidate moved (%.3f), want a third ±0.03", moved, loadedFirst, share)
+	if moved == 0 || toIdle == 0 {
+		t.Fatalf("%d picks moved, %d to an idle endpoint", moved, toIdle)
 	}
 	checkShareInternal(t, "blue picks", blue, n, 0.5)
+}
+
+// TestSecondNeedsAMeasuredLatency: an endpoint never measured is never a second candidate,
+// however idle; a first candidate never measured is compared as if its latency were the
+// second's.
+func TestSecondNeedsAMeasuredLatency(t *testing.T) {
+	f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
+	f.set(50, 0)
+	f.setLatency(1, 0)
+	if moved := f.moveCount(t, 0, 2000); moved != 0 {
+		t.Fatalf("%d picks moved to an endpoint never measured", moved)
+	}
+	f.setLatency(1, time.Millisecond)
+	f.setLatency(0, 0)
+	if moved := f.movesTo(1, 0, 2000); moved == 0 {
+		t.Fatal("no pick moved from an unmeasured endpoint holding 50 to a measured idle one")
+	}
+	f.set(2, 3) // (2+1) < 0.8 × (3+1) at equal latencies: keeps
+	if moved := f.moveCount(t, 0, 2000); moved != 0 {
+		t.Fatalf("%d picks moved from an unmeasured endpoint holding 2 to one holding 3", moved)
+	}
+}
+
+// TestLatencyCompared: the first candidate (latency l1, o1 outstanding) loses the pick to
+// the second (l2, o2) iff o1 >= 2 and l1 × (o1+1) >= 0.8 × l2 × (o2+1) (equal weights).
+func TestLatencyCompared(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		l1     time.Duration
+		o1     int64
+		l2     time.Duration
+		o2     int64
+		moveTo bool
+	}{
+		{30 * ms, 1, ms, 0, false}, // below 2: never, however slow
+		{30 * ms, 2, ms, 0, true},
+		{30 * ms, 2, ms, 80, true}, // 90 >= 0.8 × 81
+		{30 * ms, 2, ms, 111, true},
+		{30 * ms, 2, ms, 112, false}, // 90 < 0.8 × 113
+		{ms, 50, 30 * ms, 0, true},   // 51 >= 0.8 × 30
+		{ms, 20, 30 * ms, 0, false},  // a slow second loses to a loaded fast first
+		{ms, 2, 30 * ms, 0, false},
+		{10 * ms, 4, 5 * ms, 9, true}, // 50 >= 0.8 × 50: a second of equal cost wins
+		{10 * ms, 4, 5 * ms, 12, false},
+	} {
+		f := newLoadFleet(loadEnd{0, 100, 1}, loadEnd{0, 100, 1})
+		f.set(c.o1, c.o2)
+		f.setLatency(0, c.l1)
+		f.setLatency(1, c.l2)
+		k := uint64(1)
+		for f.p.all.index(k) != 0 {
+			k++
+		}
+		if got, want := f.p.all.choose(k), btoi(c.moveTo); got != want {
+			t.Errorf("l1 %v o1 %d, l2 %v o2 %d: picked endpoint %d, want %d", c.l1, c.o1, c.l2, c.o2, got, want)
+		}
+	}
+}
+
+// TestFailedFirstHandsItsPickToAHealthySecond: a first candidate that failed a call with a
+// sick server's code hands its pick to a second that did not, whatever the loads (0 held:
+// an endpoint failing fast), until the mark is cleared.
+func TestFailedFirstHandsItsPickToAHealthySecond(t *testing.T) {
+	f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
+	f.set(0, 0, 40)
+	// movedFrom0 counts the picks whose first candidate is endpoint 0 and that go elsewhere,
+	// of those whose first candidate it is.
+	movedFrom0 := func() (moved, first int) {
+		for k := uint64(1); k <= 3000; k++ {
+			if f.p.all.index(k) == 0 {
+				first++
+				if f.p.all.choose(k) != 0 {
+					moved++
+				}
+			}
+		}
+		return moved, first
+	}
+	if moved, _ := movedFrom0(); moved != 0 {
+		t.Fatalf("%d picks moved from an idle endpoint", moved)
+	}
+	f.end(0, status.Error(codes.Unavailable, "down"))
+	if moved, first := movedFrom0(); moved != first {
+		t.Fatalf("the failed endpoint kept %d of its %d picks", first-moved, first)
+	}
+	f.clock.Advance(failureMemory - time.Millisecond)
+	f.loads[0].clearFailure(f.lc)
+	if moved, first := movedFrom0(); moved != first {
+		t.Fatalf("%v after it failed, the endpoint kept %d of its %d picks", failureMemory-time.Millisecond, first-moved, first)
+	}
+	f.clock.Advance(time.Millisecond)
+	f.loads[0].clearFailure(f.lc) // as the sampler does at each window
+	if moved, _ := movedFrom0(); moved != 0 {
+		t.Fatalf("%d picks moved from the endpoint after its mark was cleared", moved)
+	}
 }
 
 // TestSecondNeverCrossesColors: with blue loaded and green idle, undecided picks keep the
@@ -258,8 +390,8 @@ func TestSecondNeverCrossesColors(t *testing.T) {
 func TestSecondNeverDrained(t *testing.T) {
 	f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0}, loadEnd{0, 0, 0}, loadEnd{1, 100, 0})
 	f.set(50, 50, 0, 0)
-	if moved := f.moveCount(t, 0, 10_000); moved != 0 {
-		t.Fatalf("%d picks moved between two endpoints holding 50 each or to a drained one", moved)
+	if moved := f.movesTo(2, 0, 10_000); moved != 0 {
+		t.Fatalf("%d picks moved to a drained endpoint", moved)
 	}
 	blue := decided(t, deploy.Blue)
 	for range 2000 {
@@ -288,11 +420,11 @@ func TestSecondNeverFailedRecently(t *testing.T) {
 		f := newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
 		f.set(5, 0)
 		const n = 1000
-		if moved := f.moveCount(t, 0, n); moved < n/3 {
+		if moved := f.movesTo(1, 0, n); moved < n/3 {
 			t.Fatalf("%v: %d of %d picks moved from a loaded endpoint to an idle one; want about half", c.code, moved, n)
 		}
 		f.end(1, status.Error(c.code, "failed"))
-		moved := f.moveCount(t, 0, n)
+		moved := f.movesTo(1, 0, n)
 		if !c.sick {
 			if moved == 0 {
 				t.Errorf("%v (a wrong request, not a sick server): no pick moves to the endpoint after it", c.code)
@@ -304,15 +436,15 @@ func TestSecondNeverFailedRecently(t *testing.T) {
 		}
 		f.clock.Advance(failureMemory - time.Millisecond)
 		f.end(1, nil)
-		if moved := f.moveCount(t, 0, n); moved != 0 {
+		if moved := f.movesTo(1, 0, n); moved != 0 {
 			t.Errorf("%v: %d picks moved to the endpoint after a call of it ended %v after it failed", c.code, moved, failureMemory-time.Millisecond)
 		}
 		f.clock.Advance(time.Millisecond)
-		if moved := f.moveCount(t, 0, n); moved != 0 {
+		if moved := f.movesTo(1, 0, n); moved != 0 {
 			t.Errorf("%v: %d picks moved to the endpoint %v after it failed, before a call of it ended", c.code, moved, failureMemory)
 		}
 		f.end(1, nil)
-		if moved := f.moveCount(t, 0, n); moved == 0 {
+		if moved := f.movesTo(1, 0, n); moved == 0 {
 			t.Errorf("%v: no pick moves to the endpoint after a call of it ended %v after it failed", c.code, failureMemory)
 		}
 	}
@@ -324,25 +456,25 @@ func TestSecondNeverFailedRecently(t *testing.T) {
 	f.end(1, status.Error(codes.Unavailable, "down"))
 	f.clock.Advance(100 * time.Millisecond)
 	f.end(1, nil)
-	if moved := f.moveCount(t, 0, 100); moved != 0 {
+	if moved := f.movesTo(1, 0, 100); moved != 0 {
 		t.Errorf("failed again 0.9 s after: %d picks moved to the endpoint 0.1 s after that", moved)
 	}
 	f.clock.Advance(900 * time.Millisecond)
 	f.end(1, nil)
-	if moved := f.moveCount(t, 0, 100); moved == 0 {
+	if moved := f.movesTo(1, 0, 100); moved == 0 {
 		t.Errorf("no pick moves to the endpoint after a call of it ended a second after its last failure")
 	}
 	// A wrapped status counts by its code; an error of no status is Unknown.
 	f = newLoadFleet(loadEnd{0, 100, 0}, loadEnd{0, 100, 0})
 	f.set(5, 0)
 	f.end(1, fmt.Errorf("wrapped: %w", status.Error(codes.Unavailable, "down")))
-	if moved := f.moveCount(t, 0, 100); moved != 0 {
+	if moved := f.movesTo(1, 0, 100); moved != 0 {
 		t.Errorf("wrapped Unavailable: %d picks moved to the endpoint just after it failed", moved)
 	}
 	f.clock.Advance(failureMemory)
 	f.end(1, nil)
 	f.end(1, errors.New("no status"))
-	if moved := f.moveCount(t, 0, 100); moved != 0 {
+	if moved := f.movesTo(1, 0, 100); moved != 0 {
 		t.Errorf("an error without a status: %d picks moved to the endpoint just after it failed", moved)
 	}
 	if o := f.loads[1].outstanding.Load(); o != 0 {
@@ -350,9 +482,9 @@ func TestSecondNeverFailedRecently(t *testing.T) {
 	}
 }
 
-// TestLoadComparedPerBaseWeight: the first candidate (weight w1, o1 outstanding) loses the
-// pick to the second (w2, o2) iff o1 >= 2 and o1 × w2 >= 2 × (o2 + 1) × w1 and w2 > 0, at
-// any weights, up to MaxFloat64.
+// TestLoadComparedPerBaseWeight: at equal latencies, the first candidate (weight w1, o1
+// outstanding) loses the pick to the second (w2, o2) iff o1 >= 2 and
+// (o1 + 1) × w2 >= 0.8 × (o2 + 1) × w1 and w2 > 0, at any weights, up to MaxFloat64.
 func TestLoadComparedPerBaseWeight(t *testing.T) {
 	for _, c := range []struct {
 		w1     float64
@@ -363,19 +495,21 @@ func TestLoadComparedPerBaseWeight(t *testing.T) {
 	}{
 		{100, 1, 100, 0, false}, // below 2: never
 		{100, 2, 100, 0, true},
-		{100, 3, 100, 1, false},
-		{100, 4, 100, 1, true},
-		{100, 2, 50, 0, false}, // a half-weight second: o1 >= 4(o2+1)
-		{100, 3, 50, 0, false},
-		{100, 4, 50, 0, true},
-		{100, 7, 50, 1, false},
-		{100, 8, 50, 1, true},
-		{50, 2, 100, 1, true}, // a double-weight second: o1 >= o2+1
-		{50, 2, 100, 2, false},
-		{50, 9, 100, 8, true},
-		{1e308, 3, 1e308, 0, true},
-		{1e308, 3, 1e308, 1, false},
-		{math.MaxFloat64, 4, math.MaxFloat64, 1, true},
+		{100, 2, 100, 2, true}, // a second of equal cost wins
+		{100, 2, 100, 3, false},
+		{100, 3, 100, 4, true},
+		{100, 3, 100, 5, false},
+		{100, 2, 50, 0, true}, // a half-weight second: 0.8 × 2 × (o2+1) <= o1+1
+		{100, 2, 50, 1, false},
+		{100, 3, 50, 1, true},
+		{100, 7, 50, 4, true},
+		{100, 7, 50, 5, false},
+		{50, 2, 100, 3, true}, // a double-weight second: 0.4 × (o2+1) <= o1+1
+		{50, 2, 100, 6, true},
+		{50, 2, 100, 7, false},
+		{1e308, 2, 1e308, 2, true},
+		{1e308, 2, 1e308, 3, false},
+		{math.MaxFloat64, 3, math.MaxFloat64, 4, true},
 		{5e-324, 2, 1e308, 5, true},          // w2/w1 overflows: the second is far bigger
 		{1e308, 1 << 40, 5e-324, 0, false},   // w2/w1 is 0
 		{0, 2, 100, 5, true},                 // a drained first moves to any weighted second
@@ -645,11 +779,18 @@ func TestDoneBalancesOutstanding(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
+	// The sampler clears a mark a second after the failure: what was marked is collected
+	// while waiting.
+	failed := map[string]bool{}
+	var out map[string]int64
 	testutil.Eventually(t, "no request outstanding on any endpoint", func() bool {
-		out, _, _ := b.loads()
+		var f map[string]bool
+		out, f, _ = b.loads()
+		for id, v := range f {
+			failed[id] = failed[id] || v
+		}
 		return out["ok"] == 0 && out["sick"] == 0 && out["held"] == 0
 	})
-	out, failed, _ := b.loads()
 	if !failed["sick"] || !failed["held"] || failed["ok"] {
 		t.Errorf("failures noted %v (outstanding %v), want sick and held", failed, out)
 	}

@@ -160,8 +160,8 @@ func (s *weightedSet) index(k uint64) int {
 // picker is an immutable snapshot of the ready endpoints, swapped in whole by the balancer.
 // Pick takes no lock and allocates nothing: one atomic add, an optional baggage lookup (a
 // cache hit when the request's baggage is one already seen), a guide-table lookup, an
-// atomic load of the endpoint's requests outstanding (and, when it holds two or more, a
-// second candidate and two more loads: choose), one atomic add to count the pick in its
+// atomic load of the endpoint's requests outstanding and failure mark (and, when it holds two or more, a
+// second candidate and four more loads: choose), one atomic add to count the pick in its
 // endpoint's cell and one to count it outstanding.
 type picker struct {
 	all     weightedSet    // by effective weight

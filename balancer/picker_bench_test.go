@@ -48,6 +48,7 @@ func benchPicker(n int, load int64, failed bool) *picker {
 		w := float64(1 + i%7)
 		l := new(endpointLoad)
 		l.outstanding.Store(load * int64(btoi(load < 0)+btoi(load > 0)*[3]int{1, 3, 9}[i%3]))
+		l.latency.Store(math.Float64bits(1e6)) // measured: 1 ms
 		if failed {
 			l.failedAt.Store(1)
 		}
