@@ -99,7 +99,45 @@
 //   - abort: switch back now, state aborted.
 //
 // Without a runner, pause and resume change the recorded state for the next runner, abort
-// switches back itself (under the lock), and promote is refused (ErrNoRunner).
+// switches back itself (under the lock), and promote is refused (ErrNoRunner). The same
+// command already pending (another person's) is waited for, not written again; a different
+// one pending is refused, naming who asked it and when.
+//
+// # Commands across a leader change
+//
+// Command (the wait for the runner included) takes ctx's time, or RequestTimeout when ctx
+// has none; Status too. Each etcd request is made in attempts within it, as traffic's
+// Controller does: the first 500 ms, each next twice as long up to RequestTimeout, with a
+// pause of 50 ms doubling to 500 ms between them; an attempt etcd did not answer (a write
+// forwarded to a leader that just died, a member without a leader) is made again. The wait
+// for the runner is a watch made again from the last revision seen when etcd drops it.
+//
+// Every command carries an id (Progress.CommandID, 64 random bits), and the runner keeps the
+// command it carried out, with that id and when, as Progress.LastCommand. So a command whose
+// write etcd applied but whose answer was lost, sent again, recognises itself: pending
+// (CommandID), carried out (LastCommand), or, when other writes followed, as the first change
+// of the record in etcd's history after its read (the write is a compare-and-swap on that
+// read, so it can only be the first) — and it goes on as if the answer had come, waiting for
+// the runner. If instead another command was written in between, the error is an
+// *OtherCommandError naming it (what, who, when asked, when carried out). If etcd does not
+// answer in time, the error wraps ErrEtcdUnavailable, says what was tried, and whether the
+// command may have been recorded (then it wraps ErrOutcomeUnknown). If etcd answers but the
+// runner does not carry the command out in time, the error says so and wraps neither; the
+// command stays recorded for it.
+//
+// The runner's own reads and writes of the record are made in the same attempts within
+// RequestTimeout; each write carries a write id (Progress.Op), so one whose answer was lost
+// is recognised when sent again and the runner goes on (before, it stopped with "etcd
+// unavailable").
+//
+// Measured on a 3-member etcdtest cluster, its leader killed right before each `switchyard
+// release pause|resume` (runner polling every 50 ms, both on clients given every endpoint):
+// the command was carried out and answered in 45–830 ms (30 of 30; median about 110 ms; the
+// slow ones are a write that waited out its first 500 ms attempt). With the command's requests
+// in attempts but the runner's still single 5 s requests, about 1 run in 6 failed after 5 s,
+// the runner stuck in a request to the dead leader. Before, on the old code, a pause whose
+// answer was lost returned "etcd unavailable" after 4 ms, and its retry "is paused, not
+// running: nothing to pause".
 //
 // States: running, paused, waiting (for promote at the end), succeeded, switched-back,
 // aborted. Run returns nil when the plan succeeded, an error wrapping ErrSwitchedBack whose

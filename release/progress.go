@@ -11,6 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard-go/switchyard/deploy"
+	"github.com/switchyard-go/switchyard/internal/attempt"
 	"github.com/switchyard-go/switchyard/internal/kvwatch"
 	"github.com/switchyard-go/switchyard/internal/record"
 	"github.com/switchyard-go/switchyard/registry"
@@ -76,17 +77,46 @@ type Progress struct {
 	// Owner is the runner driving the plan, e.g. "host-1/pid 4242"; it holds the lock while
 	// it runs.
 	Owner string `json:"owner,omitempty"`
-	// Command is a command not yet carried out, with who asked and when.
+	// Command is a command not yet carried out, with who asked and when, and its id (64
+	// random bits in hex, one per Runner.Command call; absent in records of older versions).
 	Command   Command   `json:"command,omitempty"`
 	CommandBy string    `json:"command_by,omitempty"`
 	CommandAt time.Time `json:"command_at,omitzero"`
-	Started   time.Time `json:"started"`
-	UpdatedAt time.Time `json:"updated_at"`
+	CommandID string    `json:"command_id,omitempty"`
+	// LastCommand is the last command carried out (by the runner, or by Runner.Command
+	// itself when no runner drove the plan), kept when the pending one is cleared: a Command
+	// whose answer from etcd was lost finds its own id here (or pending in CommandID) and
+	// reports done.
+	LastCommand *CommandRecord `json:"last_command,omitempty"`
+	Started     time.Time      `json:"started"`
+	UpdatedAt   time.Time      `json:"updated_at"`
+	// Op is the id of the runner's last write (64 random bits in hex): a write of the runner
+	// whose answer from etcd was lost, sent again, finds it and knows it was applied. (Only
+	// the runner, holding the lock, sets it; a command's write keeps it.)
+	Op string `json:"op,omitempty"`
 	// Runner is the runner that holds the channel's lock now, "" when none does. Status
 	// fills it in; it is not stored.
 	Runner string `json:"runner,omitempty"`
 
 	rev int64 // the record's mod revision when read
+}
+
+// CommandRecord is a command carried out: what, its id, who asked and when, and when it was
+// carried out.
+type CommandRecord struct {
+	Command Command   `json:"command"`
+	ID      string    `json:"id,omitempty"`
+	By      string    `json:"by"`
+	At      time.Time `json:"at"`
+	DoneAt  time.Time `json:"done_at"`
+}
+
+// carryOut clears p's pending command, keeping it as p.LastCommand, carried out now.
+func (p *Progress) carryOut() {
+	if p.Command != "" {
+		p.LastCommand = &CommandRecord{Command: p.Command, ID: p.CommandID, By: p.CommandBy, At: p.CommandAt, DoneAt: time.Now()}
+	}
+	p.Command, p.CommandBy, p.CommandAt, p.CommandID = "", "", time.Time{}, ""
 }
 
 // Verdict is the judgement of a step: passed, promoted, failed (a breach), or aborted.
@@ -172,30 +202,43 @@ func readProgress(ctx context.Context, cli *clientv3.Client, prefix, channel str
 // errChanged: the record changed since it was read (a command, or another writer).
 var errChanged = errors.New("release: progress changed concurrently")
 
-// writeProgress writes p if the record is still at p.rev (0: absent) and, when lockRev is
-// not 0, the lock is still the one created at lockRev. It returns p with its new revision.
-func writeProgress(ctx context.Context, cli *clientv3.Client, prefix string, p Progress, lockRev int64) (Progress, error) {
+// writeProgress writes p, with a new write id (Op), if the record is still at p.rev (0:
+// absent) and the lock is still the one created at lockRev, in attempts of call k. An attempt
+// whose answer was lost is sent again; a swap that then fails finds the record with this
+// write's id if an earlier attempt was applied (only the lock's holder writes Op, and a
+// command's write keeps it). It returns p with its new revision.
+func writeProgress(k *attempt.Call, cli *clientv3.Client, prefix string, p Progress, lockRev int64) (Progress, error) {
 	p.V = schemaVersion
 	p.UpdatedAt = time.Now()
 	p.Runner = ""
+	p.Op = newID()
 	data, err := json.Marshal(p)
 	if err != nil {
 		return Progress{}, fmt.Errorf("release: encoding the progress: %w", err)
 	}
 	key := deploy.RolloutKey(prefix, p.Plan.Channel)
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", p.rev)}
-	if lockRev != 0 {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(deploy.RolloutLockKey(prefix, p.Plan.Channel)), "=", lockRev))
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(key), "=", p.rev),
+		clientv3.Compare(clientv3.CreateRevision(deploy.RolloutLockKey(prefix, p.Plan.Channel)), "=", lockRev),
 	}
-	resp, err := cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(key, string(data))).Commit()
+	var resp *clientv3.TxnResponse
+	err = k.Do(true, func(ctx context.Context) (err error) {
+		resp, err = cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(key, string(data))).Else(clientv3.OpGet(key)).Commit()
+		return err
+	})
 	if err != nil {
-		return Progress{}, etcdErr(ctx, err)
+		return Progress{}, err
 	}
-	if !resp.Succeeded {
-		return Progress{}, errChanged
+	if resp.Succeeded {
+		p.rev = resp.Header.Revision
+		return p, nil
 	}
-	p.rev = resp.Header.Revision
-	return p, nil
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 && k.Sent() {
+		if now, err := decodeProgress(kvs[0].Value, kvs[0].ModRevision); err == nil && now.Op == p.Op {
+			return now, nil // an earlier attempt was applied; its answer was lost
+		}
+	}
+	return Progress{}, errChanged
 }
 
 // holder is the value of the lock key: who drives the channel, since when.
@@ -242,19 +285,6 @@ func heldBy(channel string, kvs []*mvccpb.KeyValue) error {
 		_ = json.Unmarshal(kvs[0].Value, &h)
 	}
 	return &heldError{channel: channel, h: h}
-}
-
-// lockHolder says who holds channel's lock; ok is false when no runner does.
-func lockHolder(ctx context.Context, cli *clientv3.Client, prefix, channel string) (h holder, ok bool, err error) {
-	resp, err := cli.Get(ctx, deploy.RolloutLockKey(prefix, channel))
-	if err != nil {
-		return holder{}, false, etcdErr(ctx, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return holder{}, false, nil
-	}
-	_ = json.Unmarshal(resp.Kvs[0].Value, &h)
-	return h, true, nil
 }
 
 // ErrEtcdUnavailable is wrapped when etcd did not answer within Config.RequestTimeout; it is

@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchyard-go/switchyard/dashboard"
 	"github.com/switchyard-go/switchyard/deploy"
+	"github.com/switchyard-go/switchyard/internal/attempt"
 	"github.com/switchyard-go/switchyard/registry"
 	"github.com/switchyard-go/switchyard/traffic"
 )
@@ -349,18 +350,22 @@ func (ru *run) save(ctx context.Context, change func(*Progress) error) error {
 		if err := change(&p); err != nil {
 			return err
 		}
-		rc, cancel := r.reqCtx(ctx)
+		// Each request in attempts within RequestTimeout: a leader change costs an attempt.
+		k := attempt.Begin(ctx, r.cfg.RequestTimeout)
 		if p.rev < 0 { // overwrite a malformed record
-			resp, err := r.cfg.Client.Get(rc, deploy.RolloutKey(r.cfg.Prefix, ru.plan.Channel))
-			if err == nil {
-				p.rev = 0
-				if len(resp.Kvs) > 0 {
-					p.rev = resp.Kvs[0].ModRevision
+			_ = k.Do(false, func(rc context.Context) error {
+				resp, err := r.cfg.Client.Get(rc, deploy.RolloutKey(r.cfg.Prefix, ru.plan.Channel))
+				if err == nil {
+					p.rev = 0
+					if len(resp.Kvs) > 0 {
+						p.rev = resp.Kvs[0].ModRevision
+					}
 				}
-			}
+				return err
+			})
 		}
-		w, err := writeProgress(rc, r.cfg.Client, r.cfg.Prefix, p, ru.lockRev)
-		cancel()
+		w, err := writeProgress(k, r.cfg.Client, r.cfg.Prefix, p, ru.lockRev)
+		k.Cancel()
 		if err == nil {
 			ru.p = w
 			return nil
@@ -380,20 +385,19 @@ func (ru *run) save(ctx context.Context, change func(*Progress) error) error {
 // reread reads the record again; it fails if the runner lost its lock.
 func (ru *run) reread(ctx context.Context) error {
 	r := ru.r
-	rc, cancel := r.reqCtx(ctx)
-	defer cancel()
-	h, held, err := lockHolder(rc, r.cfg.Client, r.cfg.Prefix, ru.plan.Channel)
-	if err != nil {
+	// Read in attempts within RequestTimeout: a leader change costs an attempt.
+	k := attempt.Begin(ctx, r.cfg.RequestTimeout)
+	defer k.Cancel()
+	p, err := r.status(k, ru.plan.Channel)
+	ok := !errors.Is(err, ErrNoPlan)
+	if err != nil && ok {
 		return err
 	}
-	if !held || h.Owner != r.cfg.Owner {
+	if p.Runner != r.cfg.Owner {
 		return fmt.Errorf("release: lost the lock of channel %s (its lease expired: etcd was unreachable for longer than %v); the plan stops where it is, at step %d: run it again to resume",
 			ru.plan.Channel, r.cfg.LockTTL, ru.p.Step+1)
 	}
-	p, ok, err := readProgress(rc, r.cfg.Client, r.cfg.Prefix, ru.plan.Channel)
-	if err != nil {
-		return err
-	}
+	p.Runner = ""
 	if !ok {
 		p = Progress{Plan: ru.plan, State: Running}
 		p.Step, p.StepStarted, p.Started, p.Owner = ru.p.Step, ru.p.StepStarted, ru.p.Started, ru.p.Owner
@@ -462,7 +466,7 @@ func (ru *run) loop(ctx context.Context, sess *concurrency.Session) (Progress, e
 func (ru *run) command(ctx context.Context) (done bool, err error) {
 	r, p := ru.r, ru.p
 	cmd, by := p.Command, p.CommandBy
-	clearCmd := func(p *Progress) { p.Command, p.CommandBy, p.CommandAt = "", "", time.Time{} }
+	clearCmd := (*Progress).carryOut // kept as LastCommand: a Command whose answer was lost finds its id there
 	r.cfg.Logger.Info("release: command", "channel", ru.plan.Channel, "command", cmd, "by", by, "state", p.State, "step", p.Step+1)
 	switch cmd {
 	case Abort:
@@ -563,7 +567,7 @@ func (ru *run) switchBack(ctx context.Context, state State, outcome, why string,
 	ru.r.cfg.Logger.Warn("release: switched back", "channel", ru.plan.Channel, "step", i+1, "percent", step.Percent, "outcome", outcome,
 		"verdict", v.Explanation, "detection", v.Detection())
 	err := ru.save(ctx, func(p *Progress) error {
-		p.Command, p.CommandBy, p.CommandAt = "", "", time.Time{}
+		p.carryOut() // the abort carried out, or a pending command the end makes moot
 		p.State, p.Note = state, fmt.Sprintf("all traffic is on %s; fix %s and run a plan again, or close the release with `switchyard channel finish %s`", ru.plan.Old(), ru.plan.New, ru.plan.Channel)
 		p.Verdicts = append(p.Verdicts, v)
 		return nil

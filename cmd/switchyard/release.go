@@ -50,12 +50,14 @@ func releaseRun(ctx context.Context, e env) error {
 	return nil
 }
 
-// releaseStatus prints a channel's release progress.
+// releaseStatus prints a channel's release progress, reading etcd within --timeout.
 func releaseStatus(ctx context.Context, e env) error {
 	ch, err := e.arg(2, "channel name")
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+	defer cancel()
 	r, err := e.runner(io.Discard)
 	if err != nil {
 		return err
@@ -71,12 +73,19 @@ func releaseStatus(ctx context.Context, e env) error {
 	return nil
 }
 
-// releaseCommand sends pos[1] (pause, resume, promote, abort) to a channel's plan.
+// releaseCommand sends pos[1] (pause, resume, promote, abort) to a channel's plan and waits
+// for its runner to carry it out, all within --timeout: Runner.Command makes each etcd
+// request in attempts within it and recognises its own command after a lost answer. It exits
+// 3 only when etcd did not answer within --timeout (the message says what was tried and
+// whether the command may have been recorded), 1 when the command was refused, another
+// person's command came in between, or the runner did not carry it out in time.
 func releaseCommand(ctx context.Context, e env) error {
 	ch, err := e.arg(2, "channel name")
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithTimeout(ctx, e.o.timeout)
+	defer cancel()
 	r, err := e.runner(io.Discard)
 	if err != nil {
 		return err
