@@ -19,7 +19,7 @@
 // 1 refused (validation or a concurrent change; the message says why), 2 usage, 3 etcd
 // unreachable.
 //
-// --timeout (default 5s) is how long channel and instances commands try etcd. The channel
+// --timeout (default 5s) is how long channel, instances and release commands try etcd. The channel
 // commands make each etcd request an attempt of its own (500 ms, doubling up to --timeout)
 // and make an unanswered one again within --timeout, so a leader change or a dead member
 // costs an attempt, not the command. A write is a compare-and-swap that carries a write id:
@@ -28,6 +28,10 @@
 // rule instead it says so, with that write's reason and time (exit 1). Exit 3 says what was
 // tried and for how long, and whether the write was sent: "nothing was written", or "it may
 // have been applied: read the rule (switchyard channel status C) before writing again".
+// Each release command runs within --timeout, the wait for the runner included: exit 3 only
+// when etcd did not answer within it (saying whether the command may have been recorded), 1
+// when the runner did not carry it out in time (the command stays recorded for it) or another
+// person's command came in between (named).
 //
 // A rule key that cannot be read (garbage, a schema from a newer tool, a rule stored under
 // another channel's key) hides nothing else: list and status show every readable rule and
@@ -125,7 +129,7 @@ flags (anywhere after the command):
   --endpoints h:p,…   etcd endpoints (default $SWITCHYARD_ETCD_ENDPOINTS, else 127.0.0.1:2379)
   --prefix P          key prefix (default /switchyard)
   --cacert, --cert, --key, --user, --password   etcd TLS and auth
-  --timeout D         how long a command tries etcd (default 5s): channel commands retry
+  --timeout D         how long a command tries etcd (default 5s): channel and release commands retry
                       unanswered requests within it (attempts of 500ms, doubling), so a
                       leader change costs an attempt; exit 3 says what was tried
   -o json             machine-readable output (read commands)
@@ -320,8 +324,9 @@ var commands = map[string]func(context.Context, env) error{
 }
 
 // bounded are the commands that end by themselves: their context ends after --timeout.
-// (watch, dashboard, top and release run go on until interrupted; release's other commands
-// bound their own requests, and a command waits for the runner to carry it out.)
+// (watch, dashboard, top and release run go on until interrupted; release status and release
+// pause|resume|promote|abort bound themselves to --timeout in release.go, the wait for the
+// runner included.)
 var bounded = map[string]bool{
 	"channel open": true, "channel shift": true, "channel finish": true, "channel status": true,
 	"channel list": true, "channel delete": true, "instances": true,
