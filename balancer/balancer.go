@@ -45,17 +45,25 @@ func (builder) Name() string { return Name }
 // regions, far shorter than gRPC's 20 s connect timeout that bounds it otherwise.
 const DefaultStickyWait = 3 * time.Second
 
-// ParseConfig reads the policy's options: {} for the defaults, or {"stickyWait": "5s"} (a
-// duration in gRPC's JSON form, seconds with an "s" suffix; 0s means do not wait).
+// ParseConfig reads the policy's options: {} for the defaults, {"stickyWait": "5s"} (a
+// duration in gRPC's JSON form, seconds with an "s" suffix; 0s means do not wait), and
+// {"loadAware": false} to pick by the weights alone (default true; see "Load" in the
+// package doc).
 func (builder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfig, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(js, &m); err != nil {
 		return nil, fmt.Errorf("switchyard balancer: config %s is not a JSON object: %w", js, err)
 	}
-	cfg := lbConfig{stickyWait: DefaultStickyWait}
+	cfg := lbConfig{stickyWait: DefaultStickyWait, loadAware: true}
 	for k, v := range m {
+		if k == "loadAware" {
+			if err := json.Unmarshal(v, &cfg.loadAware); err != nil {
+				return nil, fmt.Errorf("switchyard balancer: config %s: loadAware must be true or false, not %s", js, v)
+			}
+			continue
+		}
 		if k != "stickyWait" {
-			return nil, fmt.Errorf("switchyard balancer: config %s: unknown option %q; %s knows only \"stickyWait\"", js, k, Name)
+			return nil, fmt.Errorf("switchyard balancer: config %s: unknown option %q; %s knows only \"stickyWait\" and \"loadAware\"", js, k, Name)
 		}
 		var d string
 		if err := json.Unmarshal(v, &d); err != nil || !strings.HasSuffix(d, "s") {
@@ -73,6 +81,7 @@ func (builder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfi
 type lbConfig struct {
 	serviceconfig.LoadBalancingConfig
 	stickyWait time.Duration
+	loadAware  bool
 }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
@@ -145,13 +154,16 @@ type wBalancer struct {
 	resolveErr error                   // the last resolver error, for the picker when there is no endpoint
 	offline    map[string]EndpointInfo // id → the record it was marked offline under
 	stickyWait time.Duration           // from the config; DefaultStickyWait
-	timer      clockwork.Timer         // refresh while an endpoint warms or a sticky wait runs out
-	closed     bool
-	allChans   channelCounts   // scratch for sendLocked
-	readyChans channelCounts   // scratch for sendLocked
-	decisions  *sticky.Cache   // the pickers' decision cache, for the channel it names
-	smp        sampler         // the endpoints' latency sampler (sampler.go)
-	smpTimer   clockwork.Timer // its next tick; nil while it is stopped
+	// weightsOnly: {"loadAware": false}; picks by the weights alone, no sampler. Atomic: Done
+	// callbacks read it.
+	weightsOnly atomic.Bool
+	timer       clockwork.Timer // refresh while an endpoint warms or a sticky wait runs out
+	closed      bool
+	allChans    channelCounts   // scratch for sendLocked
+	readyChans  channelCounts   // scratch for sendLocked
+	decisions   *sticky.Cache   // the pickers' decision cache, for the channel it names
+	smp         sampler         // the endpoints' latency sampler (sampler.go)
+	smpTimer    clockwork.Timer // its next tick; nil while it is stopped
 }
 
 // endpoint is one endpoint of the resolver state and its pick_first child. It is the
@@ -226,6 +238,7 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 	b.mu.Lock()
 	if cfg, ok := s.BalancerConfig.(lbConfig); ok {
 		b.stickyWait = cfg.stickyWait
+		b.weightsOnly.Store(!cfg.loadAware)
 	}
 	b.useLoggerLocked(loggerFrom(s.ResolverState.Attributes))
 	b.useMeterProviderLocked(meterProviderFrom(s.ResolverState.Attributes))
@@ -243,7 +256,9 @@ func (b *wBalancer) UpdateClientConnState(s balancer.ClientConnState) error {
 			e = &endpoint{ClientConn: b.cc, b: b, key: key}
 			e.done = func(di balancer.DoneInfo) {
 				e.load.done(di.Err, b.loadClock)
-				b.wakeSampler()
+				if !b.weightsOnly.Load() {
+					b.wakeSampler()
+				}
 				if isOffline(di.Trailer) {
 					b.markOffline(e)
 				}
@@ -498,7 +513,7 @@ func (b *wBalancer) sendLocked() {
 		b.cc.UpdateState(b.notReadyLocked(nConnecting, nIdle, nFailed))
 		return
 	}
-	p := &picker{next: b.next, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
+	p := &picker{weightsOnly: b.weightsOnly.Load(), next: b.next, fallbacks: b.m.fallbacks, refusals: b.m.refusals, fbAttrs: b.fbAttrs, log: b.log, reach: b.reach}
 	// Undecided requests go to the live endpoints, or to the marked ones if that is all
 	// there is (they still serve). A sticky request's color set is its color's live
 	// endpoints, or, if it has none, its marked ones: they serve what reaches them, and

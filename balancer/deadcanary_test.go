@@ -219,7 +219,8 @@ func TestDegradedEndpointTakesNoRequestOfItsColor(t *testing.T) {
 
 func TestParseConfigStickyWait(t *testing.T) {
 	b := gbalancer.Get(balancer.Name).(gbalancer.ConfigParser)
-	for _, ok := range []string{`{}`, `{"stickyWait":"5s"}`, `{"stickyWait":"0.25s"}`, `{"stickyWait":"0s"}`} {
+	for _, ok := range []string{`{}`, `{"stickyWait":"5s"}`, `{"stickyWait":"0.25s"}`, `{"stickyWait":"0s"}`,
+		`{"loadAware":false}`, `{"loadAware":true,"stickyWait":"1s"}`} {
 		if _, err := b.ParseConfig(json.RawMessage(ok)); err != nil {
 			t.Errorf("ParseConfig(%s) = %v, want it accepted", ok, err)
 		}
@@ -229,6 +230,7 @@ func TestParseConfigStickyWait(t *testing.T) {
 		`{"stickyWait":"5m"}`:  "duration string in seconds",
 		`{"stickyWait":"-1s"}`: "non-negative",
 		`{"wait":"1s"}`:        `unknown option "wait"`,
+		`{"loadAware":"no"}`:   "loadAware must be true or false",
 		`[]`:                   "not a JSON object",
 	} {
 		if _, err := b.ParseConfig(json.RawMessage(js)); err == nil || !strings.Contains(err.Error(), want) {

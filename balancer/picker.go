@@ -173,6 +173,7 @@ type picker struct {
 	// so a request picked from all waits for the next picker rather than reach a drained one.
 	waitWeighted bool
 	channel      string // the endpoints' release channel; "" means no sticky filtering
+	weightsOnly  bool   // {"loadAware": false}: the weighted pick only, no second candidate
 	// decisions reads the channel's decision from a pick's baggage; nil when channel is "".
 	// Shared by the pickers of one balancer while the channel stays the same.
 	decisions *sticky.Cache
@@ -258,7 +259,12 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if set == &p.all && p.waitWeighted {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable
 	}
-	i := set.choose(p.next.Add(1))
+	var i int
+	if k := p.next.Add(1); p.weightsOnly {
+		i = set.index(k)
+	} else {
+		i = set.choose(k)
+	}
 	res, err := set.pickers[i].Pick(info)
 	if err != nil {
 		return res, err

@@ -57,6 +57,8 @@ var killRounds = flag.Int("scenario.rounds", 20, "kills per policy in BenchmarkK
 const (
 	policyRoundRobin = "round_robin" // grpc's, by service config
 	policySwitchyard = "switchyard"  // switchyard_weighted, the resolver's default
+	// switchyard_weighted with {"loadAware": false}: the weights alone, as before issue 18
+	policyWeightsOnly = "weights-only"
 )
 
 var scenarioPolicies = []string{policyRoundRobin, policySwitchyard}
@@ -72,6 +74,10 @@ func (c *cluster) dialPolicy(policy string) *grpc.ClientConn {
 		return c.conn(func(rc *registry.ResolverConfig) { rc.ServiceConfig = roundRobinServiceConfig })
 	case policySwitchyard:
 		return c.conn()
+	case policyWeightsOnly:
+		return c.conn(func(rc *registry.ResolverConfig) {
+			rc.ServiceConfig = `{"loadBalancingConfig":[{"switchyard_weighted":{"loadAware":false}}]}`
+		})
 	}
 	c.t.Fatalf("no policy %q", policy)
 	return nil
@@ -627,6 +633,18 @@ func TestSlowInstanceScenario(t *testing.T) {
 	if share > maxSlowShare {
 		t.Errorf("the 10× slower instance got %.1f %% of the calls started from %v to %v after it slowed down, want <= %.0f %% (its weight share is 25 %%)",
 			100*share, p.bucket, p.after, 100*maxSlowShare)
+	}
+}
+
+// TestLoadAwareOffKeepsTheWeights: with {"loadAware": false} the slow instance keeps its
+// weighted share (25 %), as before load-aware picking: the switch turns it off.
+func TestLoadAwareOffKeepsTheWeights(t *testing.T) {
+	p := slowFull
+	p.delay, p.before, p.after = 10*time.Millisecond, 300*time.Millisecond, 1500*time.Millisecond
+	r := slowInstance(t, policyWeightsOnly, p)
+	t.Logf("weights only: %v", r)
+	if share := r.from(p.bucket); share < 0.2 || share > 0.3 {
+		t.Errorf("with loadAware false the 10× slower instance got %.1f %% of the calls, want its weight share, 25 %% (±5)", 100*share)
 	}
 }
 
