@@ -31,9 +31,13 @@ const (
 
 // lossyKV is a fault injector, not a mock of etcd (as traffic's tests'): every request goes
 // to the real embedded etcd behind it, and the next write transactions (those that put), one
-// fault each, have their answer lost. Transactions that only read pass. between, if set, runs
-// after the last faulty transaction was (or was not) applied and before its caller sees the
-// answer; each, if set, runs after every write transaction with their count so far.
+// fault each, have their answer lost. A lose fault applies to a transaction that etcd
+// carried out (its compare held): one whose compare failed (a runner's write came in between
+// the read and the swap) changed nothing, is answered as etcd answered it, and leaves the
+// fault for the next. Transactions that only read pass. between, if set, runs after the last
+// faulty transaction was (or was not) applied and before its caller sees the answer; each,
+// if set, runs after every write transaction with the number of write transactions since the
+// first faulty one, that one included (0 before it).
 type lossyKV struct {
 	clientv3.KV
 	mu      sync.Mutex
@@ -41,6 +45,7 @@ type lossyKV struct {
 	between func()
 	each    func(n int)
 	writes  int
+	faulted int // l.writes when the first fault was applied; 0 before
 }
 
 // inject installs a lossyKV on cli, which must be the commanding Runner's own client.
@@ -60,24 +65,54 @@ func (l *lossyKV) add(faults ...fault) int {
 	return l.writes
 }
 
+// count is the number of write transactions so far.
 func (l *lossyKV) count() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.writes
 }
 
-func (l *lossyKV) next() (f fault, between func(), each func(int), n int, faulty bool) {
+// sinceFault is the number of write transactions since the first faulty one, that one
+// included: 0 while no fault was applied.
+func (l *lossyKV) sinceFault() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.since()
+}
+
+func (l *lossyKV) since() int {
+	if l.faulted == 0 {
+		return 0
+	}
+	return l.writes - l.faulted + 1
+}
+
+// peek returns the next fault, if any, without taking it.
+func (l *lossyKV) peek() (f fault, faulty bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.faults) == 0 {
+		return 0, false
+	}
+	return l.faults[0], true
+}
+
+// done counts a write transaction, taking the next fault if it was applied to it, and
+// returns what runs after it.
+func (l *lossyKV) done(faulty bool) (between func(), each func(int), n int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.writes++
-	if len(l.faults) == 0 {
-		return 0, nil, l.each, l.writes, false
+	if faulty {
+		l.faults = l.faults[1:]
+		if l.faulted == 0 {
+			l.faulted = l.writes
+		}
+		if len(l.faults) == 0 {
+			between, l.between = l.between, nil
+		}
 	}
-	f, l.faults = l.faults[0], l.faults[1:]
-	if len(l.faults) == 0 {
-		between, l.between = l.between, nil
-	}
-	return f, between, l.each, l.writes, true
+	return between, l.each, l.since()
 }
 
 type lossyTxn struct {
@@ -100,17 +135,21 @@ func (t *lossyTxn) Commit() (*clientv3.TxnResponse, error) {
 	if !t.write {
 		return t.Txn.Commit()
 	}
-	f, between, each, n, faulty := t.l.next()
+	f, faulty := t.l.peek()
+	var resp *clientv3.TxnResponse
+	var err error
+	if !faulty || f == lose {
+		resp, err = t.Txn.Commit()
+		if err != nil || !resp.Succeeded {
+			faulty = false // nothing was applied: the fault waits for a transaction that is
+		}
+	}
+	between, each, n := t.l.done(faulty)
 	if each != nil {
 		defer each(n)
 	}
 	if !faulty {
-		return t.Txn.Commit()
-	}
-	if f == lose {
-		if _, err := t.Txn.Commit(); err != nil {
-			return nil, err
-		}
+		return resp, err
 	}
 	if between != nil {
 		between()
@@ -214,8 +253,8 @@ func TestACommandWhoseAnswerWasLostIsReportedDone(t *testing.T) {
 			if err != nil {
 				t.Fatalf("pause whose answer was lost after etcd recorded it: %v; want it reported done", err)
 			}
-			if l.count() != 2 {
-				t.Errorf("%d write transactions; want the lost one and one retry", l.count())
+			if n := l.sinceFault(); n != 2 {
+				t.Errorf("%d write transactions from the lost one on; want the lost one and one retry", n)
 			}
 			st, err := f.runner.Status(context.Background(), "trade")
 			if err != nil || st.Command != "" || st.LastCommand == nil {
@@ -244,8 +283,8 @@ func TestAPauseWithoutRunnerWhoseAnswerWasLostIsReportedDone(t *testing.T) {
 	if err != nil || p.State != release.Paused || p.LastCommand == nil || p.LastCommand.By != "ann" {
 		t.Fatalf("pause without runner, answer lost: %s %+v %v; want paused by ann", p.State, p.LastCommand, err)
 	}
-	if l.count() != 2 {
-		t.Errorf("%d write transactions; want the lost one and one retry", l.count())
+	if n := l.sinceFault(); n != 2 {
+		t.Errorf("%d write transactions from the lost one on; want the lost one and one retry", n)
 	}
 }
 
@@ -282,8 +321,8 @@ func TestAnotherCommandWhileTheAnswerWasLostIsNamed(t *testing.T) {
 			if errors.Is(err, release.ErrEtcdUnavailable) || errors.Is(err, release.ErrOutcomeUnknown) {
 				t.Fatalf("%v: the outcome is known; want no unavailable error", err)
 			}
-			if l.count() != 2 {
-				t.Errorf("%d write transactions; want the dropped one and one retry", l.count())
+			if n := l.sinceFault(); n != 2 {
+				t.Errorf("%d write transactions from the dropped one on; want the dropped one and one retry", n)
 			}
 			st, err := f.runner.Status(context.Background(), "trade")
 			if err != nil || st.LastCommand == nil || st.LastCommand.By != "bob" {

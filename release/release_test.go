@@ -173,9 +173,15 @@ func (l *load) newServed() {
 func waitProgress(t *testing.T, r *release.Runner, what string, cond func(release.Progress) bool) release.Progress {
 	t.Helper()
 	var last release.Progress
+	var lastErr error
+	defer func() {
+		if t.Failed() {
+			t.Logf("last progress read: %+v (err %v)", last, lastErr)
+		}
+	}()
 	testutil.Eventually(t, what, func() bool {
 		p, err := r.Status(context.Background(), "trade")
-		last = p
+		last, lastErr = p, err
 		return err == nil && cond(p)
 	})
 	return last
