@@ -71,6 +71,7 @@ func register(t testing.TB, cli *clientv3.Client, app, id, addr string, mod ...f
 // starts after Resolved saw a state holds to it.
 type consumer struct {
 	greeterpb.GreeterClient
+	cc *grpc.ClientConn
 
 	mu    sync.Mutex
 	state resolver.State // the last state gRPC took
@@ -89,8 +90,8 @@ func dial(t testing.TB, cli *clientv3.Client, app string, mod ...func(*registry.
 		t.Fatal(err)
 	}
 	c := &consumer{}
-	c.GreeterClient = greeterpb.NewGreeterClient(testutil.Dial(t, deploy.Scheme+":///"+app,
-		grpc.WithResolvers(tapBuilder{Builder: b, c: c})))
+	c.cc = testutil.Dial(t, deploy.Scheme+":///"+app, grpc.WithResolvers(tapBuilder{Builder: b, c: c}))
+	c.GreeterClient = greeterpb.NewGreeterClient(c.cc)
 	return c
 }
 

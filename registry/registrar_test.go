@@ -421,11 +421,22 @@ func (s *stateLog) String() string {
 }
 
 // saw reports whether the log contains the transitions in order (not necessarily adjacent).
-func (s *stateLog) saw(seq ...registry.State) bool {
+func (s *stateLog) saw(seq ...registry.State) bool { return s.sawAfter(0, seq...) }
+
+// mark is where the log ends now, for sawAfter.
+func (s *stateLog) mark() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.changes)
+}
+
+// sawAfter is saw for the changes logged after mark: a lease that lapsed on a loaded machine
+// before the part of a test that mark begins does not count for it.
+func (s *stateLog) sawAfter(mark int, seq ...registry.State) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i := 0
-	for _, c := range s.changes {
+	for _, c := range s.changes[mark:] {
 		if i < len(seq) && c.To == seq[i] {
 			i++
 		}
