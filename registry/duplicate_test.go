@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -37,7 +36,7 @@ func TestASecondInstanceWithTheSameIDIsRefused(t *testing.T) {
 	e := etcdtest.Start(t)
 	cli := e.Client(t)
 	first := register(t, cli, "order", "o-1", "127.0.0.1:9001")
-	second, err := registry.NewRegistrar(registry.Config{Client: cli, TTL: testTTL, RequestTimeout: time.Second,
+	second, err := registry.NewRegistrar(registry.Config{Client: cli, TTL: testTTL, // RequestTimeout: the default 5 s, not to time out on a loaded machine
 		Instance: registry.Record{App: "order", ID: "o-1", Addr: "127.0.0.1:9002"}, Logger: testutil.Logger(t)})
 	if err != nil {
 		t.Fatal(err)

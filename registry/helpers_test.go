@@ -271,10 +271,15 @@ type renewals struct {
 func (rn *renewals) since(tb testing.TB, id clientv3.LeaseID, t time.Time) {
 	tb.Helper()
 	testutil.Eventually(tb, fmt.Sprintf("etcd to renew lease %x for a keepalive sent after %v", id, t.Format(time.StampMilli)), func() bool {
-		rn.mu.Lock()
-		defer rn.mu.Unlock()
-		return !rn.last[id].Before(t)
+		return rn.renewedSince(id, t)
 	})
+}
+
+// renewedSince reports whether etcd has renewed lease id for a keepalive sent at t or later.
+func (rn *renewals) renewedSince(id clientv3.LeaseID, t time.Time) bool {
+	rn.mu.Lock()
+	defer rn.mu.Unlock()
+	return !rn.last[id].Before(t)
 }
 
 func (rn *renewals) intercept(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {

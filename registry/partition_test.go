@@ -169,11 +169,13 @@ func TestDeregisteredInstancesLeaveAtOnceAndExpiredOnesAfterTheHold(t *testing.T
 		t.Fatal(err)
 	}
 	rec.waitFor(t, "only x-2", hasIDs("x-2"))
-	revoked := time.Now()
 	if _, err := cli.Revoke(context.Background(), x2); err != nil {
 		t.Fatal(err)
 	}
-	// A check that something does not happen has to wait: twice the hold.
+	testutil.Eventually(t, "x-2 held", func() bool { return slices.Equal(rec.w.Last().Held, []string{"x-2"}) })
+	revoked := time.Now()
+	// A check that something does not happen has to wait: twice the hold, from the deletion
+	// reaching the Watcher.
 	testutil.Eventually(t, "twice the hold to pass", func() bool { return time.Since(revoked) > 600*time.Millisecond })
 	if u := rec.w.Last(); !slices.Equal(u.Held, []string{"x-2"}) || !hasIDs("x-2")(u.Instances) {
 		t.Fatalf("with no instance left in etcd the set is %v (held %v); want x-2 kept", ids(u.Instances), u.Held)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -128,8 +129,9 @@ func TestClusterQuorumLossFailsWritesUntilAMemberReturns(t *testing.T) {
 	short, cancelShort := context.WithTimeout(ctx, 500*time.Millisecond)
 	_, err := cli.Put(short, "/k", "lost")
 	cancelShort()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Put without a quorum: %v, want a deadline exceeded", err)
+	// The client's deadline, or on a loaded machine etcd's own "request timed out" first.
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, rpctypes.ErrTimeout) {
+		t.Fatalf("Put without a quorum: %v, want a deadline exceeded or etcd's request timed out", err)
 	}
 	short, cancelShort = context.WithTimeout(ctx, 100*time.Millisecond)
 	_, err = c.Leader(short)
