@@ -170,14 +170,18 @@
 // endpoints yourself.
 //
 // Keep the instance TTL (registry.Config.TTL, lifecycle.Config.TTL; default 10 s) well above
-// an election (etcd's default election timeout is 1 s): a leader change then never costs a
+// an election (etcd's default election timeout is 1 s) and above etcd's own request timeout
+// (5 s + 2 × the election timeout): right after a leader change, a keepalive that reached a
+// follower is forwarded to the new leader by hand, and on a loaded cluster its answer can take
+// up to that long (3.6–5.5 s in the test cluster with the CPU oversubscribed, which cost every
+// registration of a 2 s TTL; none of the default 10 s). A leader change then never costs a
 // registration (TestLeaderKilledLosesNoCallsAndNoKey, against a 3-member cluster: 0 failed
 // calls, no key deleted, a new leader within 40–130 ms). A quorum loss longer than the TTL
 // loses the registrations on the instances' side (etcd's client gives up on the lease), but
 // etcd keeps the records, since leases are extended when a leader takes over: consumers see no
 // change, and every instance is registered again within tens of milliseconds of the quorum's
 // return (TestQuorumLostLongerThanTheTTLLosesNoCalls: 5–50 ms, also after an 8 s loss with a
-// 1 s TTL).
+// 1 s TTL; the test uses 2 s).
 //
 // # Locking
 //
