@@ -10,7 +10,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/resolver"
 
 	"github.com/switchyard-go/switchyard/deploy"
 	"github.com/switchyard-go/switchyard/internal/etcdtest"
@@ -65,9 +64,8 @@ func startClusterFleet(t *testing.T, ttl time.Duration) *clusterFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.cons = &consumer{}
-	cc := testutil.Dial(t, deploy.Scheme+":///greeter",
-		grpc.WithResolvers(tapBuilder{Builder: sizeBuilder{Builder: b, s: f.sizes}, c: f.cons}))
+	f.cons = &consumer{sizes: f.sizes}
+	cc := testutil.Dial(t, deploy.Scheme+":///greeter", grpc.WithResolvers(tapBuilder{Builder: b, c: f.cons}))
 	f.cons.GreeterClient = greeterpb.NewGreeterClient(cc)
 	// The calls begin once the resolver has listed every instance: a call made before its
 	// first list fails (by design) if that list runs out of time on a loaded machine, and the
@@ -99,6 +97,24 @@ func (f *clusterFleet) noDeletes(t *testing.T) []clientv3.LeaseID {
 		leases = append(leases, lease)
 	}
 	return leases
+}
+
+// finish checks the end of a scenario: every instance answers calls again, no call failed
+// throughout, the consumer's resolver never dropped an instance, and no key was deleted.
+func (f *clusterFleet) finish(t *testing.T) {
+	t.Helper()
+	cl := f.calls
+	cl.waitCalls(t, cl.counts(), 20, fleetIDs...)
+	cl.halt()
+	fl := cl.failed()
+	t.Logf("%d calls, %d failed", len(fl)+sum(cl.counts()), len(fl))
+	if len(fl) != 0 {
+		t.Fatalf("%d of %d calls failed, first: %v", len(fl), len(fl)+sum(cl.counts()), fl[0])
+	}
+	if size, n := f.sizes.smallest(); size < len(fleetIDs) {
+		t.Fatalf("of %d resolver states gRPC took, one had %d instances; want all %d throughout", n, size, len(fleetIDs))
+	}
+	f.noDeletes(t)
 }
 
 // createRevision returns key's create revision, failing t if it is missing.
@@ -145,17 +161,7 @@ func TestLeaderKilledLosesNoCallsAndNoKey(t *testing.T) {
 			t.Errorf("%s's registration was lost in the leader change", fleetIDs[k])
 		}
 	}
-	cl.waitCalls(t, cl.counts(), 20, fleetIDs...)
-	cl.halt()
-	fl := cl.failed()
-	t.Logf("%d calls, %d failed", len(fl)+sum(cl.counts()), len(fl))
-	if len(fl) != 0 {
-		t.Fatalf("%d of %d calls failed, first: %v", len(fl), len(fl)+sum(cl.counts()), fl[0])
-	}
-	if size, n := f.sizes.smallest(); size < len(fleetIDs) {
-		t.Fatalf("of %d resolver states gRPC took, one had %d instances; want all %d throughout", n, size, len(fleetIDs))
-	}
-	f.noDeletes(t)
+	f.finish(t)
 }
 
 // Issue 19: the cluster loses its quorum (two members of three stop) for longer than the
@@ -212,17 +218,7 @@ func TestQuorumLostLongerThanTheTTLLosesNoCalls(t *testing.T) {
 	if last > 3*ttl {
 		t.Errorf("the last instance was registered again %v after the quorum was back; want within %v", last, 3*ttl)
 	}
-	cl.waitCalls(t, cl.counts(), 20, fleetIDs...)
-	cl.halt()
-	fl := cl.failed()
-	t.Logf("%d calls, %d failed", len(fl)+sum(cl.counts()), len(fl))
-	if len(fl) != 0 {
-		t.Fatalf("%d of %d calls failed, first: %v", len(fl), len(fl)+sum(cl.counts()), fl[0])
-	}
-	if size, n := f.sizes.smallest(); size < len(fleetIDs) {
-		t.Fatalf("of %d resolver states gRPC took, one had %d instances; want all %d throughout", n, size, len(fleetIDs))
-	}
-	f.noDeletes(t)
+	f.finish(t)
 }
 
 // stateSizes records how many endpoints each resolver state gRPC took had, once armed.
@@ -256,23 +252,4 @@ func (s *stateSizes) smallest() (size, n int) {
 		size = min(size, k)
 	}
 	return size, len(s.sizes)
-}
-
-type sizeBuilder struct {
-	resolver.Builder
-	s *stateSizes
-}
-
-func (b sizeBuilder) Build(target resolver.Target, cc resolver.ClientConn, opts resolver.BuildOptions) (resolver.Resolver, error) {
-	return b.Builder.Build(target, sizeCC{ClientConn: cc, s: b.s}, opts)
-}
-
-type sizeCC struct {
-	resolver.ClientConn
-	s *stateSizes
-}
-
-func (c sizeCC) UpdateState(st resolver.State) error {
-	c.s.add(len(st.Endpoints))
-	return c.ClientConn.UpdateState(st)
 }

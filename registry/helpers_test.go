@@ -73,6 +73,8 @@ type consumer struct {
 	greeterpb.GreeterClient
 	cc *grpc.ClientConn
 
+	sizes *stateSizes // if set, records the size of every state gRPC took
+
 	mu    sync.Mutex
 	state resolver.State // the last state gRPC took
 	n     int            // how many states it took
@@ -153,6 +155,9 @@ type tapCC struct {
 }
 
 func (t tapCC) UpdateState(s resolver.State) error {
+	if t.c.sizes != nil {
+		t.c.sizes.add(len(s.Endpoints))
+	}
 	err := t.ClientConn.UpdateState(s) // returns once the balancer has processed s
 	t.c.mu.Lock()
 	t.c.state, t.c.n = s, t.c.n+1
