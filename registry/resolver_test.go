@@ -175,6 +175,9 @@ func TestConsumerReachesEveryInstanceAndStopsReachingADeregisteredOne(t *testing
 
 func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 	t.Parallel()
+	// 2 s rather than shortTTL: the test goes on checking the recovered lease after it was
+	// renewed, and a 1 s lease could lapse again on an oversubscribed CPU.
+	const ttl = 2 * time.Second
 	e := etcdtest.Start(t)
 	cli, direct := e.Client(t), e.DirectClient(t)
 	kaCli, renewed := keepAliveClient(t, e)
@@ -184,15 +187,16 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 		l := &stateLog{}
 		logs[id] = l
 		addr, _ := testutil.ServeGreeter(t, id)
-		regs = append(regs, register(t, kaCli, "greeter", id, addr, shortTTL, func(c *registry.Config) {
+		regs = append(regs, register(t, kaCli, "greeter", id, addr, func(c *registry.Config) {
+			c.TTL = ttl
 			c.OnStateChange = l.add
 		}))
 	}
 	cl := startCaller(t, dial(t, cli, "greeter"))
 	cl.waitCalls(t, nil, 20, "g-1", "g-2")
 
-	// The outage begins with both registered (a 1 s lease can lapse on a loaded machine), and
-	// only the changes from here on count.
+	// The outage begins with both registered (a short lease can lapse on a loaded machine),
+	// and only the changes from here on count.
 	for _, r := range regs {
 		testutil.Eventually(t, r.Key()+" registered", func() bool { return r.State() == registry.StateRegistered })
 	}
@@ -203,8 +207,8 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 	e.Stop()
 	stoppedAt := time.Now()
 	// The outage lasts longer than the TTL as the registrars see it: etcd's client gives up a
-	// keepalive once the TTL (1s) has passed without an answer (1.1s for the first answer
-	// with keepAliveClient), and then each registrar reports its registration lost.
+	// keepalive once the TTL has passed without an answer (+0.1 s for the first answer with
+	// keepAliveClient), and then each registrar reports its registration lost.
 	for id, l := range logs {
 		testutil.Eventually(t, id+"'s registrar to report its lease lost", func() bool {
 			return l.sawAfter(marks[id], registry.StateLost)
@@ -229,7 +233,7 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 	// And they stay registered: etcd renews the lease each key is on for a keepalive sent more
 	// than the TTL after both were registered again, and then the keys are still there, on
 	// those leases, and the registrars say registered. (The lease is read again until then: a
-	// 1 s lease can lapse on a loaded machine, and the Registrar registers again on a new one.)
+	// short lease can lapse on a loaded machine, and the Registrar registers again on a new one.)
 	for _, r := range regs {
 		var lease clientv3.LeaseID
 		testutil.Eventually(t, r.Key()+" on a lease etcd renewed for a keepalive sent a TTL after the recovery", func() bool {
@@ -238,7 +242,7 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 				return false
 			}
 			lease = clientv3.LeaseID(resp.Kvs[0].Lease)
-			return renewed.renewedSince(lease, reregistered.Add(time.Second))
+			return renewed.renewedSince(lease, reregistered.Add(ttl))
 		})
 		resp, err := direct.Get(context.Background(), r.Key())
 		if err != nil || len(resp.Kvs) != 1 || clientv3.LeaseID(resp.Kvs[0].Lease) != lease {
