@@ -65,6 +65,15 @@ func register(t testing.TB, cli *clientv3.Client, app, id, addr string, mod ...f
 	return r
 }
 
+// waitRegistered waits until each Registrar says registered: a short lease can lapse on a
+// loaded machine, and a test that begins an outage wants it to begin from there.
+func waitRegistered(t testing.TB, rs ...*registry.Registrar) {
+	t.Helper()
+	for _, r := range rs {
+		testutil.Eventually(t, r.Key()+" registered", func() bool { return r.State() == registry.StateRegistered })
+	}
+}
+
 // consumer is a client of switchyard:///app through the resolver. It taps the resolver's
 // ClientConn, so a test can wait until gRPC has taken a resolver state: UpdateState returns
 // only after the balancer has processed the state and sent its new picker, so every RPC that

@@ -62,8 +62,8 @@ func TestWritesRightAfterALeaderKillTakeShortAttempts(t *testing.T) {
 			t.Fatalf("%s right after a leader kill: %v after %v; want it done once a new leader takes it", w.name, err, took.Round(time.Millisecond))
 		}
 		// How long it took (about 0.5 s: one dropped attempt, 0.16–2.6 s seen under an
-		// oversubscribed CPU) is measured by lifecycle's BenchmarkDrainAfterLeaderKill, not
-		// asserted here.
+		// oversubscribed CPU) is logged, not asserted; lifecycle's BenchmarkDrainAfterLeaderKill
+		// measures the same attempts in a drain's Deregister.
 		if !recordHas(w.done) {
 			t.Fatalf("after %s etcd does not hold what it wrote", w.name)
 		}

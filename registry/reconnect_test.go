@@ -30,8 +30,9 @@ var outage = flag.Duration("registry.outage", 0, "etcd outage of TestEveryInstan
 // (each client dials etcd through a forwarder of its own, which counts its connections): the
 // first at once, then gRPC waits 1 s, 1.6 s, 2.56 s, ±20 % (its own backoff), so that without
 // the Registrar's help its next attempt would be at least 1.6⁴·0.8 ≈ 5.2 s away when etcd
-// comes back. The test waits for that event rather than a fixed time, and takes about 6 s. -registry.outage
-// runs it with an outage of a fixed length instead (the issue measured 6 s and 20 s).
+// comes back. The test waits for that event rather than a fixed time, and takes about 6 s.
+// -registry.outage runs it with an outage of a fixed length instead (the issue measured 6 s
+// and 20 s).
 func TestEveryInstanceIsRegisteredAgainWithinASecond(t *testing.T) {
 	t.Parallel()
 	e := etcdtest.Start(t)
@@ -59,7 +60,7 @@ func TestEveryInstanceIsRegisteredAgainWithinASecond(t *testing.T) {
 	// The outage begins with every instance registered (a 1 s lease can lapse on a loaded
 	// machine before it, and then its loss would come before stopped).
 	for _, in := range insts {
-		testutil.Eventually(t, in.id+" registered", func() bool { return in.r.State() == registry.StateRegistered })
+		waitRegistered(t, in.r)
 	}
 	e.Stop()
 	stopped := time.Now()

@@ -197,9 +197,7 @@ func TestEtcdOutageLongerThanTheTTL(t *testing.T) {
 
 	// The outage begins with both registered (a short lease can lapse on a loaded machine),
 	// and only the changes from here on count.
-	for _, r := range regs {
-		testutil.Eventually(t, r.Key()+" registered", func() bool { return r.State() == registry.StateRegistered })
-	}
+	waitRegistered(t, regs...)
 	marks := map[string]int{}
 	for id, l := range logs {
 		marks[id] = l.mark()
