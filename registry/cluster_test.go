@@ -175,6 +175,7 @@ func TestQuorumLostLongerThanTheTTLLosesNoCalls(t *testing.T) {
 	cl := f.calls
 	cl.waitCalls(t, nil, 20, fleetIDs...)
 
+	waitRegistered(t, f.regs...) // the loss waited for below is the quorum's
 	lead := f.c.WaitLeader(t)
 	other, left := (lead+1)%3, (lead+2)%3
 	lost := time.Now()
